@@ -1,0 +1,42 @@
+#include "kernels/format.h"
+
+#include <array>
+
+namespace kvtier {
+
+std::optional<Format> ParseFormat(std::string_view name) {
+  for (int i = 0; i < kNumFormats; ++i) {
+    const auto f = static_cast<Format>(i);
+    if (GetFormatInfo(f).name == name) return f;
+  }
+  return std::nullopt;
+}
+
+namespace {
+constexpr std::array<std::string_view, 4> kGroupingNames = {"none", "per_segment", "per_channel", "per_token"};
+}  // namespace
+
+std::optional<Grouping> ParseGrouping(std::string_view name) {
+  for (size_t i = 0; i < kGroupingNames.size(); ++i)
+    if (kGroupingNames[i] == name) return static_cast<Grouping>(i);
+  return std::nullopt;
+}
+
+std::string_view GroupingName(Grouping g) { return kGroupingNames[static_cast<size_t>(g)]; }
+
+SegmentCodec DefaultCodec(Format f, Operand op) {
+  switch (f) {
+    case Format::kFp16:
+    case Format::kBf16: return {f, Grouping::kNone, 0};
+    case Format::kFp8E4m3:
+    case Format::kFp8E5m2: return {f, Grouping::kPerSegment, 0};
+    case Format::kInt8:
+      return op == Operand::kKey ? SegmentCodec{f, Grouping::kPerChannel, 0} : SegmentCodec{f, Grouping::kPerToken, 0};
+    case Format::kInt4:
+      return op == Operand::kKey ? SegmentCodec{f, Grouping::kPerChannel, 0}
+                                 : SegmentCodec{f, Grouping::kPerToken, 32};
+  }
+  return {};
+}
+
+}  // namespace kvtier

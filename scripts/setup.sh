@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs everything kvtier needs to build, test and run its demo. Idempotent: a second run installs
+# nothing and takes a second. Used by both README commands and by the container image.
+#   KVTIER_SETUP_PYTHON=0  skip the Python packages (the C++ build and tests do not need them)
+set -euo pipefail
+
+apt_packages=(
+  build-essential cmake ninja-build ccache pkg-config git
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  librocksdb-dev liburing-dev libzstd-dev libabsl-dev libxxhash-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libcivetweb-dev libsystemd-dev
+)
+
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo_cmd apt-get update -qq
+  $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ "${KVTIER_SETUP_PYTHON:-1}" = "1" ]; then
+  py_missing=()
+  for m in grpc:grpcio google.protobuf:protobuf numpy:numpy; do
+    python3 -c "import ${m%%:*}" 2>/dev/null || py_missing+=("${m##*:}")
+  done
+  if [ ${#py_missing[@]} -gt 0 ]; then
+    echo "setup: pip installing ${py_missing[*]}"
+    python3 -m pip install -q "${py_missing[@]}"
+  fi
+fi
+echo "setup: ok"

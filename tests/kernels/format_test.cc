@@ -1,0 +1,153 @@
+#include "kernels/format.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "kernels/segment.h"
+
+namespace kvtier {
+namespace {
+
+TEST(Fp8, EveryE4m3CodeRoundTrips) {
+  for (int c = 0; c < 256; ++c) {
+    const float v = Fp8E4m3::Decode(static_cast<uint8_t>(c));
+    if (std::isnan(v)) {
+      EXPECT_EQ(c & 0x7f, 0x7f);
+      continue;
+    }
+    EXPECT_EQ(Fp8E4m3::Encode(v), c) << "code " << c << " value " << v;
+  }
+  EXPECT_EQ(Fp8E4m3::MaxFinite(), 448.0f);
+}
+
+TEST(Fp8, EveryE5m2CodeRoundTrips) {
+  for (int c = 0; c < 256; ++c) {
+    const float v = Fp8E5m2::Decode(static_cast<uint8_t>(c));
+    if (std::isnan(v) || std::isinf(v)) continue;
+    EXPECT_EQ(Fp8E5m2::Encode(v), c) << "code " << c << " value " << v;
+  }
+  EXPECT_EQ(Fp8E5m2::MaxFinite(), 57344.0f);
+}
+
+TEST(Fp8, RoundsToNearestEvenAndSaturates) {
+  // 1.0625 lies halfway between 1.0 (mantissa 000) and 1.125 (001): ties to even -> 1.0.
+  EXPECT_EQ(Fp8E4m3::Decode(Fp8E4m3::Encode(1.0625f)), 1.0f);
+  // 1.1875 lies halfway between 1.125 (001) and 1.25 (010): ties to even -> 1.25.
+  EXPECT_EQ(Fp8E4m3::Decode(Fp8E4m3::Encode(1.1875f)), 1.25f);
+  EXPECT_EQ(Fp8E4m3::Decode(Fp8E4m3::Encode(1000.0f)), 448.0f);
+  EXPECT_EQ(Fp8E4m3::Decode(Fp8E4m3::Encode(-INFINITY)), -448.0f);
+  EXPECT_EQ(Fp8E5m2::Decode(Fp8E5m2::Encode(1e9f)), 57344.0f);
+  EXPECT_TRUE(std::isnan(Fp8E4m3::Decode(Fp8E4m3::Encode(NAN))));
+  // Smallest subnormal of E4M3 is 2^-9; half of it ties to even (zero), slightly more rounds up.
+  EXPECT_EQ(Fp8E4m3::Encode(std::ldexp(1.0f, -10)), 0);
+  EXPECT_EQ(Fp8E4m3::Encode(std::ldexp(1.0f, -10) * 1.01f), 1);
+  EXPECT_EQ(Fp8E4m3::Encode(-0.0f), 0x80);
+}
+
+TEST(Half, SoftwareConversionMatchesDefinition) {
+  EXPECT_EQ(FloatToHalf(1.0f), 0x3c00);
+  EXPECT_EQ(FloatToHalf(65504.0f), 0x7bff);
+  EXPECT_EQ(FloatToHalf(65520.0f), 0x7c00);  // rounds to Inf
+  EXPECT_EQ(FloatToHalf(std::ldexp(1.0f, -24)), 0x0001);
+  EXPECT_EQ(FloatToHalf(std::ldexp(1.0f, -25)), 0x0000);  // tie to even
+  for (uint32_t h = 0; h < 0x7c00; ++h) EXPECT_EQ(FloatToHalf(HalfToFloat(static_cast<uint16_t>(h))), h);
+  EXPECT_EQ(FloatToBf16(1.0f), 0x3f80);
+  EXPECT_EQ(Bf16ToFloat(0x3f80), 1.0f);
+}
+
+TEST(Half, DirectedRoundingBracketsTheValue) {
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> u(-1000.0f, 1000.0f);
+  for (int i = 0; i < 10000; ++i) {
+    const float x = u(rng);
+    EXPECT_LE(HalfToFloat(FloatToHalfRoundDown(x)), x);
+    if (x > 0) {
+      EXPECT_GE(HalfToFloat(FloatToHalfRoundUp(x)), x);
+    }
+  }
+}
+
+template <Format F>
+float MaxRoundTripError(const SegmentCodec& codec, SegmentDims d, const std::vector<float>& v) {
+  std::vector<uint8_t> data(SegmentDataBytes(F, d)), params(SegmentParamBytes(codec, d) + 4);
+  std::vector<float> back(v.size());
+  QuantizeSegmentRef<F>(codec, d, v.data(), data.data(), params.data());
+  DequantizeSegmentRef<F>(codec, d, data.data(), params.data(), back.data());
+  float err = 0;
+  for (size_t i = 0; i < v.size(); ++i) err = std::max(err, std::fabs(back[i] - v[i]));
+  return err;
+}
+
+TEST(Codec, Int8PerChannelErrorIsHalfAStep) {
+  const SegmentDims d{16, 128};
+  std::mt19937 rng(1);
+  std::normal_distribution<float> n(0.0f, 2.0f);
+  std::vector<float> v(16 * 128);
+  for (auto& x : v) x = n(rng);
+  float absmax = 0;
+  for (float x : v) absmax = std::max(absmax, std::fabs(x));
+  const float err = MaxRoundTripError<Format::kInt8>(DefaultCodec(Format::kInt8, Operand::kKey), d, v);
+  EXPECT_LE(err, absmax / 127.0f * 0.5f * 1.01f);
+  EXPECT_GT(err, 0.0f);
+}
+
+TEST(Codec, Int4PerTokenErrorIsHalfAStep) {
+  const SegmentDims d{16, 128};
+  std::mt19937 rng(2);
+  std::uniform_real_distribution<float> u(-3.0f, 5.0f);
+  std::vector<float> v(16 * 128);
+  for (auto& x : v) x = u(rng);
+  const float err = MaxRoundTripError<Format::kInt4>(DefaultCodec(Format::kInt4, Operand::kValue), d, v);
+  EXPECT_LE(err, 8.0f / 15.0f * 0.5f * 1.02f);
+}
+
+TEST(Codec, AllZeroBlockDecodesToZeroInEveryFormat) {
+  const SegmentDims d{16, 64};
+  std::vector<float> v(16 * 64, 0.0f);
+  for (Format f : {Format::kFp8E4m3, Format::kFp8E5m2, Format::kInt8, Format::kInt4}) {
+    DispatchFormat(f, [&](auto tag) {
+      EXPECT_EQ(MaxRoundTripError<decltype(tag)::kFormat>(DefaultCodec(f, Operand::kKey), d, v), 0.0f)
+          << GetFormatInfo(f).name;
+    });
+  }
+}
+
+TEST(Codec, NonFiniteInputsHaveDefinedCodes) {
+  const SegmentDims d{16, 64};
+  std::vector<float> v(16 * 64, 1.0f);
+  v[0] = NAN;
+  v[1] = INFINITY;
+  v[2] = -INFINITY;
+  v[3] = -2.0f;
+  const SegmentCodec codec = DefaultCodec(Format::kInt8, Operand::kValue);  // per token: row 0 has them all
+  std::vector<uint8_t> data(SegmentDataBytes(Format::kInt8, d)), params(SegmentParamBytes(codec, d));
+  std::vector<float> back(v.size());
+  QuantizeSegmentRef<Format::kInt8>(codec, d, v.data(), data.data(), params.data());
+  DequantizeSegmentRef<Format::kInt8>(codec, d, data.data(), params.data(), back.data());
+  EXPECT_EQ(back[0], 0.0f);                  // NaN -> 0
+  EXPECT_NEAR(back[1], 2.0f, 0.02f);         // +Inf -> top of the finite range (absmax 2)
+  EXPECT_NEAR(back[2], -2.0f, 0.02f);
+  EXPECT_NEAR(back[3], -2.0f, 0.02f);
+  EXPECT_NEAR(back[5], 1.0f, 0.01f);
+}
+
+TEST(Codec, ConstantInt4GroupDecodesToTheConstant) {
+  const SegmentDims d{16, 64};
+  std::vector<float> v(16 * 64, 0.75f);
+  EXPECT_EQ(MaxRoundTripError<Format::kInt4>(DefaultCodec(Format::kInt4, Operand::kKey), d, v), 0.0f);
+}
+
+TEST(Format, NamesParseBack) {
+  for (int i = 0; i < kNumFormats; ++i) {
+    const auto f = static_cast<Format>(i);
+    ASSERT_TRUE(ParseFormat(GetFormatInfo(f).name).has_value());
+    EXPECT_EQ(*ParseFormat(GetFormatInfo(f).name), f);
+  }
+  EXPECT_FALSE(ParseFormat("int3").has_value());
+}
+
+}  // namespace
+}  // namespace kvtier
