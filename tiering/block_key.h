@@ -1,0 +1,39 @@
+// BlockKey: the identity of a full, published block. Keys are chained so that a key names the whole
+// prefix up to and including its block:
+//   key_i = XXH3-128( "kvtier.v1" | key_{i-1} (16 B, zero for the first block) | layout_id (8 B LE)
+//                     | tenant salt (length-prefixed) | tokens of block i (int32 LE) )
+// Two sequences share key_i exactly when they share the first i blocks of tokens, the layout and the
+// tenant namespace. docs/block_hash.md specifies the byte layout.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "absl/hash/hash.h"
+
+namespace kvtier {
+
+struct BlockKey {
+  uint64_t lo = 0;
+  uint64_t hi = 0;
+
+  bool IsZero() const { return lo == 0 && hi == 0; }
+  friend bool operator==(const BlockKey&, const BlockKey&) = default;
+  template <typename H>
+  friend H AbslHashValue(H h, const BlockKey& k) {
+    return H::combine(std::move(h), k.lo, k.hi);
+  }
+
+  // 16 bytes, little-endian lo then hi (the wire form).
+  std::string ToBytes() const;
+  static bool FromBytes(std::string_view bytes, BlockKey* out);
+  std::string ToHex() const;
+};
+
+BlockKey ChainKey(const BlockKey& parent, uint64_t layout_id, std::string_view tenant_salt,
+                  std::span<const int32_t> tokens);
+
+}  // namespace kvtier
