@@ -1,0 +1,265 @@
+#include "tiering/block_store.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <random>
+#include <thread>
+
+#include "kernels/testing/kv_oracle.h"
+
+namespace kvtier {
+namespace {
+
+constexpr LayoutShape kShape{4, 2, 64, 16};
+
+LayoutSpec Int8OffloadSpec() {
+  LayoutSpec spec;
+  spec.shape = kShape;
+  spec.resident = [](int, Operand op, int) { return DefaultCodec(Format::kFp16, op); };
+  spec.offload = [](int, Operand op, int) { return DefaultCodec(Format::kInt8, op); };
+  spec.policy_fingerprint = "fp16/int8";
+  return spec;
+}
+
+class BlockStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Reset(64ull << 20, 64ull << 20); }
+  void Reset(uint64_t gpu, uint64_t host) {
+    store_.reset();
+    BlockStoreOptions o;
+    o.gpu_pool_bytes = gpu;
+    o.host_tier_bytes = host;
+    store_ = std::make_unique<BlockStore>(o, MakeHostDeviceBackend(2), MakeAlignedHostAllocator());
+    auto l = store_->RegisterLayout(Int8OffloadSpec());
+    ASSERT_TRUE(l.ok()) << l.status();
+    layout_ = *l;
+  }
+
+  std::vector<int32_t> Prompt(int n, int salt) {
+    std::vector<int32_t> p(n);
+    for (int i = 0; i < n; ++i) p[i] = (i * 7919 + salt * 104729) % 32000;
+    return p;
+  }
+
+  // Writes and commits every full block of `prompt` for `session`; returns the committed ids.
+  std::vector<BlockId> WriteAndCommit(SessionId session, const std::vector<int32_t>& prompt,
+                                      std::string_view salt = "t") {
+    const int bs = kShape.block_size;
+    const int n = static_cast<int>(prompt.size()) / bs;
+    auto blocks = store_->Allocate(session, layout_->id, n);
+    EXPECT_TRUE(blocks.ok()) << blocks.status();
+    if (!blocks.ok()) return {};
+    std::vector<std::string> pages(n, std::string(layout_->activation_geometry.page_bytes(), '\0'));
+    std::vector<BlockId> ids;
+    std::vector<std::string_view> views;
+    std::vector<CommitItem> items;
+    std::string parent;
+    for (int b = 0; b < n; ++b) {
+      testing::FillActivationPage(layout_->activation_geometry, Format::kFp16, testing::BlockSeed(prompt, bs, b),
+                                  reinterpret_cast<uint8_t*>(pages[b].data()));
+      ids.push_back((*blocks)[b].id);
+      views.push_back(pages[b]);
+    }
+    EXPECT_TRUE(store_->Write(session, ids, views).ok());
+    for (int b = 0; b < n; ++b) {
+      items.push_back({ids[b], parent, std::vector<int32_t>(prompt.begin() + b * bs, prompt.begin() + (b + 1) * bs)});
+      parent = ChainKey(parent.empty() ? BlockKey{} : [&] { BlockKey k; BlockKey::FromBytes(parent, &k); return k; }(),
+                        layout_->id, salt, items.back().tokens).ToBytes();
+    }
+    auto committed = store_->Commit(session, salt, items);
+    EXPECT_TRUE(committed.ok()) << committed.status();
+    std::vector<BlockId> out;
+    if (committed.ok())
+      for (const auto& c : *committed) out.push_back(c.block_id);
+    return out;
+  }
+
+  // Reads back the blocks and checks them against the oracle; returns the worst relative error.
+  float VerifyBlocks(SessionId session, const std::vector<int32_t>& prompt, const std::vector<BlockId>& ids,
+                     float tolerance) {
+    auto pages = store_->Read(session, ids);
+    EXPECT_TRUE(pages.ok()) << pages.status();
+    if (!pages.ok()) return INFINITY;
+    float worst = 0;
+    for (size_t b = 0; b < ids.size(); ++b) {
+      const auto r = testing::CheckActivationPage(layout_->activation_geometry, Format::kFp16,
+                                                  testing::BlockSeed(prompt, kShape.block_size, b),
+                                                  reinterpret_cast<const uint8_t*>((*pages)[b].data()), tolerance);
+      EXPECT_EQ(r.bad_values, 0) << "block " << b;
+      worst = std::max(worst, r.max_rel_error);
+    }
+    return worst;
+  }
+
+  std::unique_ptr<BlockStore> store_;
+  const Layout* layout_ = nullptr;
+};
+
+TEST_F(BlockStoreTest, SecondSessionFindsTheFullBlocksOfAPrompt) {
+  const auto prompt = Prompt(1000, 1);  // 62 full blocks + a 8-token tail
+  WriteAndCommit(1, prompt);
+  auto hit = store_->Lookup(2, "t", layout_->id, prompt, /*pin=*/true, /*promote=*/false);
+  ASSERT_TRUE(hit.ok());
+  ASSERT_EQ(hit->blocks.size(), 62u);
+  EXPECT_EQ(hit->matched_tokens, 992);
+  std::vector<BlockId> ids;
+  for (const auto& b : hit->blocks) ids.push_back(b.block_id);
+  EXPECT_LE(VerifyBlocks(2, prompt, ids, 1e-3f), 1e-3f);  // fp16 resident: exact up to fp16 rounding
+}
+
+TEST_F(BlockStoreTest, DemotedBlocksComeBackWithinTheInt8Bound) {
+  const auto prompt = Prompt(320, 2);
+  const auto ids = WriteAndCommit(1, prompt);
+  ASSERT_TRUE(store_->Release(1, ids).ok());
+  const EvictOutcome ev = store_->DemoteFromGpu(0);
+  EXPECT_EQ(ev.moved, 20);
+  auto stats = store_->Stats();
+  EXPECT_EQ(stats.tiers[0].blocks, 0u);
+  EXPECT_EQ(stats.tiers[1].blocks, 20u);
+  EXPECT_GT(stats.bytes_saved_by_quantization, 0u);
+  auto hit = store_->Lookup(2, "t", layout_->id, prompt, true, /*promote=*/true);
+  ASSERT_TRUE(hit.ok());
+  ASSERT_EQ(hit->blocks.size(), 20u);
+  std::vector<BlockId> back;
+  for (const auto& b : hit->blocks) {
+    EXPECT_EQ(b.tier, Tier::kGpu);
+    back.push_back(b.block_id);
+  }
+  const float worst = VerifyBlocks(2, prompt, back, 1.0f / 127.0f);
+  EXPECT_GT(worst, 0.0f);  // it really went through int8
+  EXPECT_EQ(store_->Stats().page_ins, 20u);
+}
+
+TEST_F(BlockStoreTest, TenantsDoNotSeeEachOthersPrefixes) {
+  const auto prompt = Prompt(64, 3);
+  WriteAndCommit(1, prompt, "tenant-a");
+  auto other = store_->Lookup(2, "tenant-b", layout_->id, prompt, true, false);
+  ASSERT_TRUE(other.ok());
+  EXPECT_TRUE(other->blocks.empty());
+  auto same = store_->Lookup(3, "tenant-a", layout_->id, prompt, false, false);
+  ASSERT_TRUE(same.ok());
+  EXPECT_EQ(same->blocks.size(), 4u);
+}
+
+TEST_F(BlockStoreTest, CommittingAPublishedPrefixDeduplicates) {
+  const auto prompt = Prompt(64, 4);
+  const auto first = WriteAndCommit(1, prompt);
+  const auto second = WriteAndCommit(2, prompt);
+  EXPECT_EQ(first, second);
+  EXPECT_EQ(store_->Stats().blocks_deduplicated, 4u);
+  EXPECT_EQ(store_->Stats().tiers[0].blocks, 4u);  // the duplicates were freed
+}
+
+TEST_F(BlockStoreTest, EndingASessionReleasesItsPinsAndPrivateBlocks) {
+  const auto prompt = Prompt(64, 5);
+  WriteAndCommit(1, prompt);
+  ASSERT_TRUE(store_->Allocate(1, layout_->id, 3).ok());
+  EXPECT_EQ(store_->PinnedBy(1), 4);
+  EXPECT_EQ(store_->Stats().tiers[0].blocks, 7u);
+  store_->ReleaseSession(1);
+  EXPECT_EQ(store_->PinnedBy(1), 0);
+  EXPECT_EQ(store_->Stats().tiers[0].blocks, 4u);  // committed blocks stay cached, unpinned
+  EXPECT_EQ(store_->DemoteFromGpu(0).moved, 4);
+}
+
+TEST_F(BlockStoreTest, FullPoolOfPinnedBlocksRefusesAllocation) {
+  const uint64_t page = layout_->resident.page_bytes();
+  Reset(page * 8, 64ull << 20);
+  ASSERT_TRUE(store_->Allocate(1, layout_->id, 8).ok());
+  auto more = store_->Allocate(1, layout_->id, 1);
+  EXPECT_EQ(more.status().code(), absl::StatusCode::kResourceExhausted);
+}
+
+TEST_F(BlockStoreTest, AllocationDemotesUnpinnedBlocksWhenThePoolIsFull) {
+  const uint64_t page = layout_->resident.page_bytes();
+  Reset(page * 8, 64ull << 20);
+  const auto prompt = Prompt(128, 6);
+  const auto ids = WriteAndCommit(1, prompt);
+  ASSERT_TRUE(store_->Release(1, ids).ok());
+  ASSERT_TRUE(store_->Allocate(2, layout_->id, 4).ok());
+  EXPECT_GE(store_->Stats().page_outs, 4u);
+}
+
+TEST_F(BlockStoreTest, BadInputIsRejectedAndChangesNothing) {
+  auto blocks = store_->Allocate(1, layout_->id, 2);
+  ASSERT_TRUE(blocks.ok());
+  const BlockId id = (*blocks)[0].id;
+  EXPECT_EQ(store_->Allocate(1, layout_->id, 0).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store_->Allocate(1, 12345, 1).status().code(), absl::StatusCode::kNotFound);
+  std::string short_page(10, '\0');
+  std::vector<std::string_view> data{short_page};
+  std::vector<BlockId> ids{id};
+  EXPECT_EQ(store_->Write(1, ids, data).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store_->Write(2, ids, data).code(), absl::StatusCode::kNotFound);  // not its block
+  std::vector<CommitItem> bad{{id, "", std::vector<int32_t>(15, 1)}};
+  EXPECT_EQ(store_->Commit(1, "t", bad).status().code(), absl::StatusCode::kInvalidArgument);
+  std::vector<CommitItem> bad_parent{{id, std::string(16, 'x'), std::vector<int32_t>(16, 1)}};
+  EXPECT_EQ(store_->Commit(1, "t", bad_parent).status().code(), absl::StatusCode::kNotFound);
+  std::vector<CommitItem> twice{{id, "", std::vector<int32_t>(16, 1)}, {id, "", std::vector<int32_t>(16, 2)}};
+  EXPECT_EQ(store_->Commit(1, "t", twice).status().code(), absl::StatusCode::kInvalidArgument);
+  std::vector<BlockId> unknown{999999};
+  EXPECT_EQ(store_->Release(1, unknown).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->Read(1, unknown).status().code(), absl::StatusCode::kNotFound);
+  const auto s = store_->Stats();
+  EXPECT_EQ(s.blocks_committed, 0u);
+  EXPECT_EQ(s.tiers[0].blocks, 2u);
+}
+
+TEST_F(BlockStoreTest, CorruptHostRecordIsDroppedNotServed) {
+  const auto prompt = Prompt(64, 7);
+  const auto ids = WriteAndCommit(1, prompt);
+  ASSERT_TRUE(store_->Release(1, ids).ok());
+  ASSERT_EQ(store_->DemoteFromGpu(0).moved, 4);
+  ASSERT_TRUE(store_->CorruptHostRecordForTest(ids[2]));
+  auto hit = store_->Lookup(2, "t", layout_->id, prompt, true, true);
+  ASSERT_TRUE(hit.ok());
+  EXPECT_EQ(hit->blocks.size(), 2u);  // the prefix ends before the corrupt block
+  EXPECT_EQ(store_->Stats().checksum_failures, 1u);
+  EXPECT_EQ(store_->PinnedBy(2), 2);
+}
+
+TEST_F(BlockStoreTest, ConcurrentSessionsAlwaysReadTheirOwnPromptsContent) {
+  const uint64_t page = layout_->resident.page_bytes();
+  Reset(page * 48, 64ull << 20);  // small pool: blocks keep moving between tiers
+  constexpr int kThreads = 4;
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(t);
+      for (int iter = 0; iter < 25; ++iter) {
+        const auto prompt = Prompt(16 * (1 + rng() % 6), static_cast<int>(rng() % 8));  // shared prompts
+        const SessionId sid = 100 + t;
+        WriteAndCommit(sid, prompt);
+        store_->ReleaseSession(sid);
+        if (rng() % 3 == 0) store_->DemoteFromGpu(4);
+        auto hit = store_->Lookup(sid, "t", layout_->id, prompt, true, true);
+        if (!hit.ok()) {
+          ++failures;
+          continue;
+        }
+        std::vector<BlockId> ids;
+        for (const auto& b : hit->blocks) ids.push_back(b.block_id);
+        auto pages = store_->Read(sid, ids);
+        if (!pages.ok()) {
+          ++failures;
+          continue;
+        }
+        for (size_t b = 0; b < ids.size(); ++b) {
+          const auto r = testing::CheckActivationPage(
+              layout_->activation_geometry, Format::kFp16, testing::BlockSeed(prompt, kShape.block_size, b),
+              reinterpret_cast<const uint8_t*>((*pages)[b].data()), 1.0f / 127.0f);
+          if (r.bad_values) ++failures;
+        }
+        store_->ReleaseSession(sid);
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(store_->Stats().pinned_blocks, 0u);
+}
+
+}  // namespace
+}  // namespace kvtier

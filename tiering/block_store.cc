@@ -1,0 +1,424 @@
+#include "tiering/block_store.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "tiering/log.h"
+
+namespace kvtier {
+
+const char* TierName(Tier t) {
+  switch (t) {
+    case Tier::kGpu: return "gpu";
+    case Tier::kHost: return "host";
+    case Tier::kSsd: return "ssd";
+  }
+  return "?";
+}
+
+
+BlockStore::BlockStore(BlockStoreOptions options, std::unique_ptr<DeviceBackend> device,
+                       std::unique_ptr<HostAllocator> host_allocator)
+    : options_(options),
+      device_(std::move(device)),
+      host_(options.host_tier_bytes, std::move(host_allocator)),
+      gpu_limit_(options.gpu_pool_bytes) {
+  mover_ = std::thread([this] { MoverLoop(); });
+}
+
+BlockStore::~BlockStore() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  mover_.join();
+  absl::MutexLock lock(&mu_);
+  entries_.clear();  // host records return their memory before host_ dies
+}
+
+absl::StatusOr<const Layout*> BlockStore::RegisterLayout(const LayoutSpec& spec) { return layouts_.Register(spec); }
+
+BlockStore::Entry* BlockStore::FindLocked(BlockId id) {
+  auto it = entries_.find(id);
+  return it == entries_.end() ? nullptr : it->second.get();
+}
+
+PageArena* BlockStore::ArenaLocked(const Layout& layout) {
+  auto it = arenas_.find(layout.id);
+  if (it != arenas_.end()) return it->second.get();
+  const uint64_t reserve = std::max<uint64_t>(gpu_limit_, 1) * options_.gpu_pool_growth_factor;
+  const auto slots = static_cast<int32_t>(std::min<uint64_t>(reserve / ResidentBytes(layout) + 1, INT32_MAX));
+  auto arena = device_->CreateArena(layout, slots);
+  if (!arena.ok()) {
+    KVTIER_LOG(kError, "arena_create_failed") << "layout=" << layout.id << " error=\"" << arena.status() << "\"";
+    return nullptr;
+  }
+  PageArena* out = arena->get();
+  arenas_.emplace(layout.id, std::move(*arena));
+  return out;
+}
+
+void BlockStore::Touch(Entry& e) { e.last_use = ++clock_; }
+
+void BlockStore::Pin(SessionId s, Entry& e) {
+  ++e.pins;
+  ++pins_[s][e.id];
+  Touch(e);
+}
+
+bool BlockStore::Unpin(SessionId s, Entry& e) {
+  auto sit = pins_.find(s);
+  if (sit == pins_.end()) return false;
+  auto bit = sit->second.find(e.id);
+  if (bit == sit->second.end()) return false;
+  if (--bit->second == 0) sit->second.erase(bit);
+  if (sit->second.empty()) pins_.erase(sit);
+  --e.pins;
+  return true;
+}
+
+void BlockStore::WaitNotMoving(std::span<Entry* const> entries) {
+  auto none_moving = [&entries] {
+    for (const Entry* e : entries)
+      if (e->moving) return false;
+    return true;
+  };
+  mu_.Await(absl::Condition(&none_moving));
+}
+
+void BlockStore::FreeBlockLocked(Entry& e, bool dropped) {
+  if (e.committed) {
+    auto it = index_.find(e.key);
+    if (it != index_.end() && it->second == e.id) index_.erase(it);
+    if (!e.parent.IsZero()) {
+      auto pit = index_.find(e.parent);
+      if (pit != index_.end())
+        if (Entry* p = FindLocked(pit->second)) --p->children;
+    }
+  }
+  if (e.tier == Tier::kGpu && e.slot >= 0) {
+    ArenaLocked(*e.layout)->Free(e.slot);
+    gpu_used_ -= ResidentBytes(*e.layout);
+    gpu_blocks_.erase(e.id);
+  } else if (e.tier == Tier::kHost) {
+    host_blocks_.erase(e.id);
+  }
+  if (e.pins > 0) {
+    // Dropped while pinned (it failed its checksum): the pins die with it.
+    for (auto it = pins_.begin(); it != pins_.end();) {
+      it->second.erase(e.id);
+      if (it->second.empty()) {
+        pins_.erase(it++);
+      } else {
+        ++it;
+      }
+    }
+  }
+  if (dropped) ++counters_.blocks_dropped;
+  entries_.erase(e.id);  // destroys e (and its host record)
+}
+
+absl::StatusOr<std::vector<AllocatedBlock>> BlockStore::Allocate(SessionId session, uint64_t layout_id, int count) {
+  if (count < 1 || count > options_.max_blocks_per_call)
+    return absl::InvalidArgumentError(absl::StrCat("count=", count, " outside [1, ", options_.max_blocks_per_call, "]"));
+  const Layout* layout = layouts_.Find(layout_id);
+  if (layout == nullptr) return absl::NotFoundError(absl::StrCat("unknown layout_id=", layout_id));
+  absl::MutexLock lock(&mu_);
+  const uint64_t need = ResidentBytes(*layout) * static_cast<uint64_t>(count);
+  PageArena* arena = ArenaLocked(*layout);
+  if (arena == nullptr) return absl::ResourceExhaustedError("GPU pool arena could not be created");
+  if (!MakeGpuRoomLocked(need) || arena->free_slots() < count)
+    return absl::ResourceExhaustedError(absl::StrCat("GPU pool full: need ", need, " bytes, used ", gpu_used_,
+                                                     " of ", gpu_limit_, " and nothing evictable"));
+  std::vector<AllocatedBlock> out;
+  for (int i = 0; i < count; ++i) {
+    auto e = std::make_unique<Entry>();
+    e->id = next_id_++;
+    e->layout = layout;
+    e->owner = session;
+    e->slot = arena->Allocate();
+    Touch(*e);
+    out.push_back({e->id, e->slot});
+    owned_[session].insert(e->id);
+    gpu_blocks_.insert(e->id);
+    entries_.emplace(e->id, std::move(e));
+  }
+  gpu_used_ += need;
+  if (gpu_used_ > gpu_limit_ * options_.gpu_high_watermark) mover_kick_ = true;
+  return out;
+}
+
+absl::Status BlockStore::Write(SessionId session, std::span<const BlockId> ids, std::span<const std::string_view> data) {
+  if (ids.size() != data.size()) return absl::InvalidArgumentError("block ids and data counts differ");
+  if (ids.empty()) return absl::OkStatus();
+  absl::MutexLock lock(&mu_);
+  std::vector<Entry*> blocks;
+  absl::flat_hash_set<BlockId> seen;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    Entry* e = FindLocked(ids[i]);
+    if (e == nullptr || e->committed || e->owner != session)
+      return absl::NotFoundError(absl::StrCat("block ", ids[i], " is not a private block of this session"));
+    if (!seen.insert(ids[i]).second) return absl::InvalidArgumentError(absl::StrCat("block ", ids[i], " written twice"));
+    const uint64_t want = e->layout->activation_geometry.page_bytes();
+    if (data[i].size() != want)
+      return absl::InvalidArgumentError(
+          absl::StrCat("block ", ids[i], ": ", data[i].size(), " bytes, the layout's block is ", want));
+    if (blocks.size() && blocks.front()->layout != e->layout)
+      return absl::InvalidArgumentError("one Write call must name blocks of one layout");
+    blocks.push_back(e);
+  }
+  WaitNotMoving(blocks);
+  const Layout& layout = *blocks.front()->layout;
+  PageArena* arena = ArenaLocked(layout);
+  std::vector<int32_t> slots;
+  std::vector<const uint8_t*> src;
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    blocks[i]->moving = true;
+    slots.push_back(blocks[i]->slot);
+    src.push_back(reinterpret_cast<const uint8_t*>(data[i].data()));
+  }
+  mu_.Unlock();
+  absl::Status st = device_->WriteActivations(layout, *arena, slots, src);
+  mu_.Lock();
+  for (Entry* e : blocks) e->moving = false;
+  return st;
+}
+
+absl::StatusOr<std::vector<std::string>> BlockStore::Read(SessionId session, std::span<const BlockId> ids) {
+  absl::MutexLock lock(&mu_);
+  std::vector<Entry*> blocks;
+  auto pinned = pins_.find(session);
+  for (BlockId id : ids) {
+    Entry* e = FindLocked(id);
+    const bool visible = e != nullptr && ((!e->committed && e->owner == session) ||
+                                          (pinned != pins_.end() && pinned->second.contains(id)));
+    if (!visible) return absl::NotFoundError(absl::StrCat("block ", id, " is not owned or pinned by this session"));
+    if (blocks.size() && blocks.front()->layout != e->layout)
+      return absl::InvalidArgumentError("one Read call must name blocks of one layout");
+    blocks.push_back(e);
+  }
+  if (blocks.empty()) return std::vector<std::string>{};
+  WaitNotMoving(blocks);
+  for (Entry* e : blocks)
+    if (e->tier != Tier::kGpu)
+      return absl::FailedPreconditionError(
+          absl::StrCat("block ", e->id, " is in the ", TierName(e->tier), " tier; Lookup with promote first"));
+  const Layout& layout = *blocks.front()->layout;
+  std::vector<std::string> out(blocks.size(), std::string(layout.activation_geometry.page_bytes(), '\0'));
+  std::vector<int32_t> slots;
+  std::vector<uint8_t*> dst;
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    slots.push_back(blocks[i]->slot);
+    dst.push_back(reinterpret_cast<uint8_t*>(out[i].data()));
+    blocks[i]->moving = true;  // keeps the owner's concurrent Write and Release away while we read
+    Touch(*blocks[i]);
+  }
+  PageArena* arena = ArenaLocked(layout);
+  mu_.Unlock();
+  absl::Status st = device_->ReadActivations(layout, *arena, slots, dst);
+  mu_.Lock();
+  for (Entry* e : blocks) e->moving = false;
+  if (!st.ok()) return st;
+  return out;
+}
+
+absl::StatusOr<std::vector<CommitOutcome>> BlockStore::Commit(SessionId session, std::string_view tenant_salt,
+                                                               std::span<const CommitItem> items) {
+  absl::MutexLock lock(&mu_);
+  // Validate everything first: a failed call changes nothing.
+  absl::flat_hash_map<BlockKey, const Layout*> batch_keys;  // keys this call will produce, by layout
+  std::vector<Entry*> blocks;
+  std::vector<BlockKey> parents, keys;
+  absl::flat_hash_set<BlockId> seen;
+  for (const CommitItem& item : items) {
+    Entry* e = FindLocked(item.block_id);
+    if (e == nullptr || e->owner != session || e->committed)
+      return absl::NotFoundError(absl::StrCat("block ", item.block_id, " is not a private block of this session"));
+    if (!seen.insert(item.block_id).second)
+      return absl::InvalidArgumentError(absl::StrCat("block ", item.block_id, " committed twice in one call"));
+    if (static_cast<int>(item.tokens.size()) != e->layout->shape.block_size)
+      return absl::InvalidArgumentError(absl::StrCat("block ", item.block_id, ": ", item.tokens.size(),
+                                                     " tokens, block_size is ", e->layout->shape.block_size));
+    BlockKey parent;
+    if (!item.parent_key.empty()) {
+      if (!BlockKey::FromBytes(item.parent_key, &parent))
+        return absl::InvalidArgumentError("parent_key must be 16 bytes");
+      auto bk = batch_keys.find(parent);
+      const Layout* parent_layout = nullptr;
+      if (bk != batch_keys.end()) {
+        parent_layout = bk->second;
+      } else if (auto it = index_.find(parent); it != index_.end()) {
+        parent_layout = FindLocked(it->second)->layout;
+      }
+      // Unknown parents are reported as NOT_FOUND whether they exist for another tenant or not at all.
+      if (parent_layout == nullptr) return absl::NotFoundError("parent_key is not a published block");
+      if (parent_layout != e->layout) return absl::InvalidArgumentError("parent block has another layout");
+    }
+    const BlockKey key = ChainKey(parent, e->layout->id, tenant_salt, item.tokens);
+    batch_keys.emplace(key, e->layout);
+    blocks.push_back(e);
+    parents.push_back(parent);
+    keys.push_back(key);
+  }
+  WaitNotMoving(blocks);
+  std::vector<CommitOutcome> out;
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    Entry& e = *blocks[i];
+    owned_[session].erase(e.id);
+    if (auto it = index_.find(keys[i]); it != index_.end()) {
+      // Someone published this prefix first: keep theirs, free ours, pin theirs for the session.
+      Entry* existing = FindLocked(it->second);
+      Pin(session, *existing);
+      out.push_back({keys[i], existing->id, true});
+      ++counters_.blocks_deduplicated;
+      FreeBlockLocked(e, /*dropped=*/false);
+      continue;
+    }
+    e.committed = true;
+    e.owner = 0;
+    e.key = keys[i];
+    e.parent = parents[i];
+    index_.emplace(e.key, e.id);
+    if (!e.parent.IsZero())
+      if (auto pit = index_.find(e.parent); pit != index_.end()) ++FindLocked(pit->second)->children;
+    Pin(session, e);
+    out.push_back({e.key, e.id, false});
+    ++counters_.blocks_committed;
+  }
+  if (auto it = owned_.find(session); it != owned_.end() && it->second.empty()) owned_.erase(it);
+  return out;
+}
+
+absl::StatusOr<LookupOutcome> BlockStore::Lookup(SessionId session, std::string_view tenant_salt,
+                                                 uint64_t layout_id, std::span<const int32_t> tokens, bool pin,
+                                                 bool promote) {
+  const Layout* layout = layouts_.Find(layout_id);
+  if (layout == nullptr) return absl::NotFoundError(absl::StrCat("unknown layout_id=", layout_id));
+  const int bs = layout->shape.block_size;
+  const size_t full_blocks = tokens.size() / bs;
+  // Keys are computed before taking the lock: hashing is the bulk of a long lookup.
+  std::vector<BlockKey> keys;
+  keys.reserve(full_blocks);
+  BlockKey parent;
+  for (size_t b = 0; b < full_blocks; ++b) {
+    parent = ChainKey(parent, layout_id, tenant_salt, tokens.subspan(b * bs, bs));
+    keys.push_back(parent);
+  }
+  absl::MutexLock lock(&mu_);
+  ++counters_.lookups;
+  counters_.lookup_blocks_requested += full_blocks;
+  std::vector<Entry*> hits;
+  for (const BlockKey& k : keys) {
+    auto it = index_.find(k);
+    if (it == index_.end()) break;
+    hits.push_back(FindLocked(it->second));
+  }
+  if (pin || promote)
+    for (Entry* e : hits) Pin(session, *e);
+  if (promote) {
+    std::vector<Entry*> to_promote;
+    WaitNotMoving(hits);
+    for (Entry* e : hits)
+      if (e->tier != Tier::kGpu) to_promote.push_back(e);
+    std::vector<BlockId> hit_ids;
+    for (Entry* e : hits) hit_ids.push_back(e->id);
+    const absl::flat_hash_set<BlockId> failed = PageInLocked(to_promote);
+    if (!failed.empty()) {
+      // The prefix ends before the first block that could not be brought in; blocks past the cut are
+      // unpinned again (those PageInLocked dropped are gone, with their pins).
+      size_t keep = 0;
+      while (keep < hit_ids.size() && !failed.contains(hit_ids[keep])) ++keep;
+      for (size_t i = keep; i < hit_ids.size(); ++i)
+        if (Entry* e = FindLocked(hit_ids[i])) Unpin(session, *e);
+      hits.resize(keep);
+    }
+  }
+  LookupOutcome out;
+  for (Entry* e : hits) {
+    Touch(*e);
+    out.blocks.push_back({e->key, e->id, e->tier, e->tier == Tier::kGpu ? e->slot : -1});
+  }
+  out.matched_tokens = static_cast<int32_t>(hits.size()) * bs;
+  counters_.lookup_blocks_hit += hits.size();
+  return out;
+}
+
+absl::Status BlockStore::Release(SessionId session, std::span<const BlockId> ids) {
+  absl::MutexLock lock(&mu_);
+  // Validate: every id must be pinned by or privately owned by the session (counting repeats).
+  absl::flat_hash_map<BlockId, int32_t> wanted;
+  for (BlockId id : ids) ++wanted[id];
+  auto pinned = pins_.find(session);
+  auto owned = owned_.find(session);
+  for (const auto& [id, n] : wanted) {
+    int32_t have = 0;
+    if (pinned != pins_.end())
+      if (auto it = pinned->second.find(id); it != pinned->second.end()) have = it->second;
+    if (have == 0 && owned != owned_.end() && owned->second.contains(id)) have = 1;
+    if (have < n) return absl::NotFoundError(absl::StrCat("block ", id, " is not pinned or owned by this session"));
+  }
+  std::vector<Entry*> blocks;
+  for (const auto& [id, n] : wanted) blocks.push_back(FindLocked(id));
+  WaitNotMoving(blocks);
+  for (const auto& [id, n] : wanted) {
+    Entry* e = FindLocked(id);
+    if (e == nullptr) continue;
+    if (!e->committed) {
+      owned_[session].erase(id);
+      FreeBlockLocked(*e, /*dropped=*/false);
+      continue;
+    }
+    for (int32_t i = 0; i < n; ++i) Unpin(session, *e);
+  }
+  if (auto it = owned_.find(session); it != owned_.end() && it->second.empty()) owned_.erase(it);
+  return absl::OkStatus();
+}
+
+void BlockStore::ReleaseSession(SessionId session) {
+  absl::MutexLock lock(&mu_);
+  std::vector<Entry*> blocks;
+  if (auto it = owned_.find(session); it != owned_.end())
+    for (BlockId id : it->second)
+      if (Entry* e = FindLocked(id)) blocks.push_back(e);
+  WaitNotMoving(blocks);
+  // Re-read after waiting: the session's own in-flight calls may have changed its sets.
+  if (auto it = owned_.find(session); it != owned_.end()) {
+    const auto ids = it->second;
+    for (BlockId id : ids)
+      if (Entry* e = FindLocked(id); e != nullptr && !e->committed) FreeBlockLocked(*e, false);
+    owned_.erase(session);
+  }
+  if (auto it = pins_.find(session); it != pins_.end()) {
+    for (const auto& [id, n] : it->second)
+      if (Entry* e = FindLocked(id)) e->pins -= n;
+    pins_.erase(it);
+  }
+}
+
+int64_t BlockStore::PinnedBy(SessionId session) const {
+  absl::MutexLock lock(&mu_);
+  int64_t n = 0;
+  if (auto it = pins_.find(session); it != pins_.end())
+    for (const auto& [id, c] : it->second) n += c;
+  return n;
+}
+
+bool BlockStore::CorruptHostRecordForTest(BlockId id) {
+  absl::MutexLock lock(&mu_);
+  Entry* e = FindLocked(id);
+  if (e == nullptr || e->tier != Tier::kHost || e->moving) return false;
+  e->host->data()[e->host->size() / 2] ^= 0x5a;
+  return true;
+}
+
+StoreStats BlockStore::Stats() const {
+  absl::MutexLock lock(&mu_);
+  StoreStats s = counters_;
+  s.tiers.push_back({Tier::kGpu, gpu_limit_, gpu_used_, gpu_blocks_.size()});
+  s.tiers.push_back({Tier::kHost, host_.capacity(), host_.used(), host_blocks_.size()});
+  for (const auto& [sid, m] : pins_) s.pinned_blocks += m.size();
+  s.layouts = layouts_.size();
+  return s;
+}
+
+}  // namespace kvtier

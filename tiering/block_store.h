@@ -1,0 +1,218 @@
+// BlockStore: the page table and the one place that decides where every block lives.
+//
+// Design. Every block has one entry (BlockEntry) keyed by a BlockId; the entry records the block's
+// layout, its chained key once committed, its tier and location (GPU slot or host record), pins and
+// LRU age. Tiers are exclusive: a block lives in exactly one of them. The prefix index maps committed
+// keys to block ids; since a key is a hash of the whole prefix (tenant salt and layout included), a
+// longest-prefix lookup is a walk down the chain that stops at the first miss.
+//
+// Moving a block (page-out GPU -> host, page-in host -> GPU) converts its bytes outside the lock: the
+// entry is marked `moving`, the device backend transcodes, then the entry is switched over under the
+// lock. A block is visible in its new tier only after the conversion has completed. A block pinned
+// while it was being paged out stays on the GPU (the page-out is abandoned). Pinned and private
+// (uncommitted) blocks are never moved or dropped.
+//
+// Eviction: unpinned committed blocks, prefix-tree leaves before their ancestors, least recently used
+// first; GPU -> host -> drop (the SSD tier slots in below host). A mover thread keeps the GPU tier between
+// its low and high watermarks; allocations that find the pool full demote synchronously.
+//
+// Thread-safety: all public methods are thread-safe. One mutex guards the table; byte conversions run
+// outside it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "tiering/block_key.h"
+#include "tiering/device_backend.h"
+#include "tiering/host_tier.h"
+#include "tiering/layout.h"
+
+namespace kvtier {
+
+using BlockId = uint64_t;
+using SessionId = uint64_t;
+
+enum class Tier : uint8_t { kGpu = 1, kHost = 2, kSsd = 3 };
+const char* TierName(Tier t);
+
+struct BlockStoreOptions {
+  uint64_t gpu_pool_bytes = 256ull << 20;
+  uint64_t host_tier_bytes = 1ull << 30;
+  // Virtual room reserved per layout arena, as a multiple of gpu_pool_bytes (the pool can grow this far).
+  int gpu_pool_growth_factor = 4;
+  double gpu_high_watermark = 0.95;  // the mover demotes above this fraction of the pool...
+  double gpu_low_watermark = 0.85;   // ...down to this one
+  int max_blocks_per_call = 4096;
+};
+
+struct AllocatedBlock {
+  BlockId id;
+  int32_t slot;
+};
+
+struct CommitItem {
+  BlockId block_id;
+  std::string parent_key;  // 16 bytes, or empty for the first block of a sequence
+  std::vector<int32_t> tokens;
+};
+
+struct CommitOutcome {
+  BlockKey key;
+  BlockId block_id;
+  bool deduplicated;
+};
+
+struct BlockLocationInfo {
+  BlockKey key;
+  BlockId block_id;
+  Tier tier;
+  int32_t slot;
+};
+
+struct LookupOutcome {
+  std::vector<BlockLocationInfo> blocks;
+  int32_t matched_tokens = 0;
+};
+
+struct TierUsage {
+  Tier tier;
+  uint64_t capacity_bytes;
+  uint64_t used_bytes;
+  uint64_t blocks;
+};
+
+struct StoreStats {
+  std::vector<TierUsage> tiers;
+  uint64_t lookups = 0, lookup_blocks_requested = 0, lookup_blocks_hit = 0;
+  uint64_t blocks_committed = 0, blocks_deduplicated = 0;
+  uint64_t page_outs = 0, page_ins = 0, blocks_dropped = 0, checksum_failures = 0;
+  uint64_t bytes_saved_by_quantization = 0;
+  uint64_t pinned_blocks = 0, layouts = 0;
+};
+
+struct EvictOutcome {
+  int64_t moved = 0;
+  int64_t dropped = 0;
+};
+
+class BlockStore {
+ public:
+  BlockStore(BlockStoreOptions options, std::unique_ptr<DeviceBackend> device,
+             std::unique_ptr<HostAllocator> host_allocator);
+  ~BlockStore();
+  BlockStore(const BlockStore&) = delete;
+  BlockStore& operator=(const BlockStore&) = delete;
+
+  DeviceBackend& device() { return *device_; }
+  LayoutRegistry& layouts() { return layouts_; }
+
+  absl::StatusOr<const Layout*> RegisterLayout(const LayoutSpec& spec);
+
+  // Private GPU-resident blocks for `session`; freed by Release or when the session ends.
+  absl::StatusOr<std::vector<AllocatedBlock>> Allocate(SessionId session, uint64_t layout_id, int count);
+
+  // Writes activation pages into the session's private blocks (all-or-nothing validation).
+  absl::Status Write(SessionId session, std::span<const BlockId> ids, std::span<const std::string_view> data);
+
+  // Reads GPU-resident blocks the session owns or has pinned, as activation pages.
+  absl::StatusOr<std::vector<std::string>> Read(SessionId session, std::span<const BlockId> ids);
+
+  // Publishes full private blocks under their chained keys. The session keeps a pin on each result.
+  absl::StatusOr<std::vector<CommitOutcome>> Commit(SessionId session, std::string_view tenant_salt,
+                                                    std::span<const CommitItem> items);
+
+  // Longest cached prefix of `tokens` (full blocks only). `pin` pins the hits for the session; `promote`
+  // also pages them in to the GPU tier (a block that fails its checksum ends the prefix there).
+  absl::StatusOr<LookupOutcome> Lookup(SessionId session, std::string_view tenant_salt, uint64_t layout_id,
+                                       std::span<const int32_t> tokens, bool pin, bool promote);
+
+  // Drops one pin per id held by the session, or frees the session's private block.
+  absl::Status Release(SessionId session, std::span<const BlockId> ids);
+  // Drops every pin and private block of a session (its lease ended).
+  void ReleaseSession(SessionId session);
+
+  // Demotes up to max_blocks (0: all) unpinned committed blocks from the GPU tier.
+  EvictOutcome DemoteFromGpu(int64_t max_blocks);
+  // Changes tier capacities (0 keeps one); shrinking demotes or drops until the tier fits.
+  absl::Status SetLimits(uint64_t gpu_pool_bytes, uint64_t host_tier_bytes);
+
+  StoreStats Stats() const;
+  // Pins held by a session (tests, kvtierctl sessions).
+  int64_t PinnedBy(SessionId session) const;
+
+  // Test hook: flips one byte of a host-tier block's record, as a memory or media error would.
+  bool CorruptHostRecordForTest(BlockId id);
+
+ private:
+  // One page-table entry.
+  struct Entry {
+    BlockId id = 0;
+    const Layout* layout = nullptr;
+    BlockKey key;
+    BlockKey parent;
+    bool committed = false;
+    SessionId owner = 0;  // private blocks only
+    Tier tier = Tier::kGpu;
+    int32_t slot = -1;
+    std::unique_ptr<HostRecord> host;
+    int32_t pins = 0;
+    bool moving = false;
+    int32_t children = 0;
+    uint64_t last_use = 0;
+  };
+
+  Entry* FindLocked(BlockId id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  PageArena* ArenaLocked(const Layout& layout) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint64_t ResidentBytes(const Layout& l) const { return l.resident.page_bytes() + l.resident.param_bytes(); }
+  void Touch(Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Pin(SessionId s, Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool Unpin(SessionId s, Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void WaitNotMoving(std::span<Entry* const> entries) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FreeBlockLocked(Entry& e, bool dropped) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Selects up to `n` eviction victims in `tier` (leaves first, then least recently used).
+  std::vector<Entry*> PickVictimsLocked(Tier tier, int64_t n) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Pages `victims` out to the host tier (dropping what does not fit); releases the lock meanwhile.
+  EvictOutcome PageOutLocked(std::vector<Entry*> victims) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Pages pinned host-tier blocks in; returns the ids that failed (checksum or no room).
+  absl::flat_hash_set<BlockId> PageInLocked(std::vector<Entry*> blocks) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Frees GPU-pool bytes until `bytes` more fit, demoting victims; false if impossible.
+  bool MakeGpuRoomLocked(uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Frees host-tier bytes until `bytes` more fit by dropping victims; false if impossible.
+  bool MakeHostRoomLocked(uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  void MoverLoop();
+
+  const BlockStoreOptions options_;
+  std::unique_ptr<DeviceBackend> device_;
+  LayoutRegistry layouts_;
+  HostTier host_;
+
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<BlockId, std::unique_ptr<Entry>> entries_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<BlockKey, BlockId> index_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, std::unique_ptr<PageArena>> arenas_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<BlockId> gpu_blocks_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<BlockId> host_blocks_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<SessionId, absl::flat_hash_map<BlockId, int32_t>> pins_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<SessionId, absl::flat_hash_set<BlockId>> owned_ ABSL_GUARDED_BY(mu_);
+  uint64_t gpu_limit_ ABSL_GUARDED_BY(mu_);
+  uint64_t gpu_used_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t clock_ ABSL_GUARDED_BY(mu_) = 0;
+  StoreStats counters_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool mover_kick_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread mover_;
+};
+
+}  // namespace kvtier

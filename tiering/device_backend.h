@@ -1,0 +1,48 @@
+// DeviceBackend: the compute device that owns GPU-tier memory and converts pages on it. The BlockStore
+// touches GPU-tier bytes only through this interface, so the same tiering logic runs on a CUDA GPU and
+// on the "host device" (host memory + CPU kernels) that CI and GPU-less machines use.
+//
+// Every batch call converts pages between the layout's geometries:
+//   WriteActivations: activation pages (host memory, fp16/bf16) -> resident pages at `slots`
+//   ReadActivations:  resident pages at `slots` -> activation pages (host memory)
+//   PageOut:          resident pages at `slots` -> offload records (host memory: data, then parameters)
+//   PageIn:           offload records (host memory) -> resident pages at `slots`
+// A call returns only after its copies and kernels have completed (the caller may then reuse or free
+// the source), so a block becomes visible in its new tier only once its bytes are really there.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "tiering/layout.h"
+#include "tiering/page_arena.h"
+
+namespace kvtier {
+
+class DeviceBackend {
+ public:
+  virtual ~DeviceBackend() = default;
+
+  virtual std::string name() const = 0;  // "host" or "cuda:<n> <device name>"
+  virtual bool is_gpu() const = 0;
+
+  // Creates the layout's arena with room for `num_slots` pages (memory may be committed lazily).
+  virtual absl::StatusOr<std::unique_ptr<PageArena>> CreateArena(const Layout& layout, int32_t num_slots) = 0;
+
+  virtual absl::Status WriteActivations(const Layout& layout, PageArena& arena, std::span<const int32_t> slots,
+                                        std::span<const uint8_t* const> src) = 0;
+  virtual absl::Status ReadActivations(const Layout& layout, const PageArena& arena,
+                                       std::span<const int32_t> slots, std::span<uint8_t* const> dst) = 0;
+  virtual absl::Status PageOut(const Layout& layout, const PageArena& arena, std::span<const int32_t> slots,
+                               std::span<uint8_t* const> records) = 0;
+  virtual absl::Status PageIn(const Layout& layout, PageArena& arena, std::span<const int32_t> slots,
+                              std::span<const uint8_t* const> records) = 0;
+};
+
+// The host device: arenas in (lazily committed) host memory, CPU kernels with `threads` workers.
+std::unique_ptr<DeviceBackend> MakeHostDeviceBackend(int threads);
+
+}  // namespace kvtier
