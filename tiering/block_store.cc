@@ -240,7 +240,12 @@ absl::StatusOr<std::vector<CommitOutcome>> BlockStore::Commit(SessionId session,
       return absl::InvalidArgumentError(absl::StrCat("block ", item.block_id, ": ", item.tokens.size(),
                                                      " tokens, block_size is ", e->layout->shape.block_size));
     BlockKey parent;
-    if (!item.parent_key.empty()) {
+    if (item.chain_previous) {
+      if (keys.empty() || !item.parent_key.empty())
+        return absl::InvalidArgumentError("chain_previous needs a previous entry and no parent_key");
+      if (blocks.back()->layout != e->layout) return absl::InvalidArgumentError("parent block has another layout");
+      parent = keys.back();
+    } else if (!item.parent_key.empty()) {
       if (!BlockKey::FromBytes(item.parent_key, &parent))
         return absl::InvalidArgumentError("parent_key must be 16 bytes");
       auto bk = batch_keys.find(parent);

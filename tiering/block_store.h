@@ -63,6 +63,7 @@ struct CommitItem {
   BlockId block_id;
   std::string parent_key;  // 16 bytes, or empty for the first block of a sequence
   std::vector<int32_t> tokens;
+  bool chain_previous = false;  // parent is the previous item of the same call (parent_key must be empty)
 };
 
 struct CommitOutcome {

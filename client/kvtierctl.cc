@@ -1,0 +1,132 @@
+// kvtierctl: the operator's command line for a running kvtierd.
+//   kvtierctl [--socket=PATH | --target=ADDR] [--token=ADMIN_TOKEN] [--json] COMMAND
+// Commands:
+//   status                       tiers, hit rate, movement and sessions
+//   tiers get                    tier capacities
+//   tiers set [--gpu=B] [--host=B]  change capacities at runtime (shrinking drains)
+//   evict [--max=N]              page unpinned blocks out of the GPU tier (0 = all)
+#include <cstdio>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "client/cli_args.h"
+#include "client/client.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace kvtier {
+namespace {
+namespace v1 = kvtier::v1;
+
+std::string Human(uint64_t bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(bytes);
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  return absl::StrFormat("%.1f %s", v, units[u]);
+}
+
+const char* TierLabel(v1::Tier t) {
+  switch (t) {
+    case v1::TIER_GPU: return "gpu";
+    case v1::TIER_HOST: return "host";
+    case v1::TIER_SSD: return "ssd";
+    default: return "?";
+  }
+}
+
+std::string Json(const google::protobuf::Message& m) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions o;
+  o.always_print_primitive_fields = true;
+  o.add_whitespace = true;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, o);
+  return out;
+}
+
+void PrintStatus(const v1::StatsResponse& s) {
+  std::printf("%-6s %12s %12s %8s %10s\n", "tier", "capacity", "used", "used%", "blocks");
+  for (const auto& t : s.tiers()) {
+    const double pct = t.capacity_bytes() ? 100.0 * t.used_bytes() / t.capacity_bytes() : 0.0;
+    std::printf("%-6s %12s %12s %7.1f%% %10llu\n", TierLabel(t.tier()), Human(t.capacity_bytes()).c_str(),
+                Human(t.used_bytes()).c_str(), pct, static_cast<unsigned long long>(t.blocks()));
+  }
+  const double hit = s.lookup_blocks_requested() ? 100.0 * s.lookup_blocks_hit() / s.lookup_blocks_requested() : 0;
+  std::printf("\nlookups %llu, prefix hit rate %.1f%% (%llu of %llu full blocks)\n",
+              static_cast<unsigned long long>(s.lookups()), hit, static_cast<unsigned long long>(s.lookup_blocks_hit()),
+              static_cast<unsigned long long>(s.lookup_blocks_requested()));
+  std::printf("committed %llu blocks (%llu deduplicated), pinned %llu\n",
+              static_cast<unsigned long long>(s.blocks_committed()),
+              static_cast<unsigned long long>(s.blocks_deduplicated()),
+              static_cast<unsigned long long>(s.pinned_blocks()));
+  std::printf("page-out %llu blocks, page-in %llu blocks, saved by quantization %s\n",
+              static_cast<unsigned long long>(s.page_outs()), static_cast<unsigned long long>(s.page_ins()),
+              Human(s.bytes_saved_by_quantization()).c_str());
+  std::printf("sessions %llu, layouts %llu\n", static_cast<unsigned long long>(s.sessions()),
+              static_cast<unsigned long long>(s.layouts()));
+}
+
+int Fail(const absl::Status& st) {
+  std::fprintf(stderr, "kvtierctl: %s\n", st.ToString().c_str());
+  return 1;
+}
+
+int Run(const CliArgs& args) {
+  if (args.positional.empty() || args.Has("help")) {
+    std::printf("usage: kvtierctl [--socket=PATH] [--token=T] [--json] status | tiers get | "
+                "tiers set [--gpu=BYTES] [--host=BYTES] | evict [--max=N]\n");
+    return args.positional.empty() ? 2 : 0;
+  }
+  ClientOptions o;
+  o.client_name = "kvtierctl";
+  o.token = args.Get("token");
+  o.tenant = args.Get("tenant");
+  if (args.Has("socket")) o.target = "unix:" + args.Get("socket");
+  if (args.Has("target")) o.target = args.Get("target");
+  auto client = Client::Connect(o);
+  if (!client.ok()) return Fail(client.status());
+  const bool json = args.Has("json");
+  const std::string& cmd = args.positional[0];
+  const std::string sub = args.positional.size() > 1 ? args.positional[1] : "";
+  if (cmd == "status" || (cmd == "tiers" && sub == "get")) {
+    auto s = (*client)->Stats();
+    if (!s.ok()) return Fail(s.status());
+    if (json) {
+      std::printf("%s\n", Json(*s).c_str());
+    } else {
+      PrintStatus(*s);
+    }
+    return 0;
+  }
+  if (cmd == "tiers" && sub == "set") {
+    v1::TierLimits l;
+    l.set_gpu_pool_bytes(args.GetInt("gpu", 0));
+    l.set_host_tier_bytes(args.GetInt("host", 0));
+    l.set_ssd_tier_bytes(args.GetInt("ssd", 0));
+    auto r = (*client)->SetTierLimits(l);
+    if (!r.ok()) return Fail(r.status());
+    std::printf(json ? "%s\n" : "limits now: %s\n", Json(r->limits()).c_str());
+    return 0;
+  }
+  if (cmd == "evict") {
+    auto r = (*client)->Evict(v1::TIER_GPU, args.GetInt("max", 0));
+    if (!r.ok()) return Fail(r.status());
+    if (json) {
+      std::printf("%s\n", Json(*r).c_str());
+    } else {
+      std::printf("paged out %lld blocks from the gpu tier, dropped %lld\n",
+                  static_cast<long long>(r->blocks_moved()), static_cast<long long>(r->blocks_dropped()));
+    }
+    return 0;
+  }
+  std::fprintf(stderr, "kvtierctl: unknown command '%s'\n", cmd.c_str());
+  return 2;
+}
+
+}  // namespace
+}  // namespace kvtier
+
+int main(int argc, char** argv) { return kvtier::Run(kvtier::CliArgs::Parse(argc, argv)); }

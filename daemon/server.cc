@@ -1,0 +1,86 @@
+#include "daemon/server.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server_builder.h>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/device.h"
+#include "tiering/log.h"
+
+namespace kvtier {
+
+absl::StatusOr<std::unique_ptr<KvTierServer>> KvTierServer::Start(const kvtier::v1::DaemonConfig& config) {
+  std::unique_ptr<KvTierServer> s(new KvTierServer());
+  s->config_ = config;
+
+  const GpuInfo& gpu = ProbeGpu();
+  std::unique_ptr<DeviceBackend> device = MakeHostDeviceBackend(config.mover_threads());
+  if (gpu.available) {
+    KVTIER_LOG(kWarning, "device") << "gpu=\"" << gpu.name << "\" note=\"CUDA device backend not in this build; "
+                                   << "serving from the host device\"";
+  } else {
+    KVTIER_LOG(kInfo, "device") << "device=host reason=\"" << gpu.why_not << "\"";
+  }
+  s->device_name_ = device->name();
+
+  BlockStoreOptions options;
+  options.gpu_pool_bytes = config.limits().gpu_pool_bytes();
+  options.host_tier_bytes = config.limits().host_tier_bytes();
+  s->store_ = std::make_unique<BlockStore>(options, std::move(device), MakeAlignedHostAllocator());
+  s->sessions_ = std::make_unique<SessionRegistry>(s->store_.get());
+  s->service_ = std::make_unique<KvTierService>(config, s->store_.get(), s->sessions_.get());
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  std::string socket = config.socket_path();
+  if (!socket.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(std::filesystem::path(socket).parent_path(), ec);
+    if (ec) return absl::FailedPreconditionError(absl::StrCat("cannot create socket dir for ", socket, ": ", ec.message()));
+    ::unlink(socket.c_str());  // a stale socket of a previous (killed) daemon
+    builder.AddListeningPort("unix:" + socket, grpc::InsecureServerCredentials());
+  }
+  if (!config.tcp_address().empty()) builder.AddListeningPort(config.tcp_address(), grpc::InsecureServerCredentials());
+  builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes()));
+  builder.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes()));
+  // Detect dead peers on TCP too (unix sockets report the close at once).
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, static_cast<int>(config.lease_ms() / 2));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, static_cast<int>(config.lease_ms() / 2));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.RegisterService(s->service_.get());
+  s->server_ = builder.BuildAndStart();
+  if (s->server_ == nullptr)
+    return absl::UnavailableError(absl::StrCat("gRPC server failed to start on unix:", socket, " ",
+                                               config.tcp_address()));
+  if (!socket.empty() && ::chmod(socket.c_str(), 0660) != 0)
+    KVTIER_LOG(kWarning, "socket_chmod_failed") << "path=" << socket << " errno=" << std::strerror(errno);
+  KVTIER_LOG(kInfo, "listening") << "socket=" << socket << " tcp=" << config.tcp_address()
+                                 << " device=" << s->device_name_ << " gpu_pool_bytes=" << options.gpu_pool_bytes
+                                 << " host_tier_bytes=" << options.host_tier_bytes;
+  return s;
+}
+
+void KvTierServer::Shutdown() {
+  if (shut_down_) return;
+  shut_down_ = true;
+  // Stop accepting, let in-flight calls finish for up to 5 s, then cancel the rest (Attach streams).
+  server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  server_->Wait();
+  for (const Session& s : sessions_->List()) sessions_->Close(s.id);
+  if (!config_.socket_path().empty()) ::unlink(config_.socket_path().c_str());
+  KVTIER_LOG(kInfo, "shutdown") << "state=complete";
+}
+
+KvTierServer::~KvTierServer() { Shutdown(); }
+
+}  // namespace kvtier

@@ -1,0 +1,40 @@
+// KvTierServer: assembles a running kvtierd — device backend, block store, sessions, the gRPC service
+// (with health checking and reflection) on a unix socket (mode 0660) and optionally TCP.
+// Start returns once the server accepts calls; Shutdown stops accepting, ends open calls (sessions are
+// released), stops the movers and frees the tiers.
+#pragma once
+
+#include <grpcpp/server.h>
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "daemon/service.h"
+#include "daemon/session_registry.h"
+#include "kvtier/v1/config.pb.h"
+#include "tiering/block_store.h"
+
+namespace kvtier {
+
+class KvTierServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<KvTierServer>> Start(const kvtier::v1::DaemonConfig& config);
+  ~KvTierServer();
+
+  void Shutdown();
+  const std::string& device_name() const { return device_name_; }
+  BlockStore& store() { return *store_; }
+
+ private:
+  KvTierServer() = default;
+
+  kvtier::v1::DaemonConfig config_;
+  std::string device_name_;
+  std::unique_ptr<BlockStore> store_;
+  std::unique_ptr<SessionRegistry> sessions_;
+  std::unique_ptr<KvTierService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  bool shut_down_ = false;
+};
+
+}  // namespace kvtier

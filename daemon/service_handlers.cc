@@ -1,0 +1,227 @@
+// KvTierService: the unary handlers.
+#include "absl/strings/str_cat.h"
+#include "daemon/layout_spec.h"
+#include "daemon/service.h"
+#include "daemon/status_map.h"
+#include "tiering/log.h"
+
+namespace kvtier {
+namespace v1 = kvtier::v1;
+namespace {
+
+v1::Tier ToWire(Tier t) {
+  switch (t) {
+    case Tier::kGpu: return v1::TIER_GPU;
+    case Tier::kHost: return v1::TIER_HOST;
+    case Tier::kSsd: return v1::TIER_SSD;
+  }
+  return v1::TIER_UNSPECIFIED;
+}
+
+grpc::Status Invalid(std::string msg) { return {grpc::StatusCode::INVALID_ARGUMENT, std::move(msg)}; }
+
+grpc::Status CheckBlockCount(int n) {
+  if (n > kMaxBlocksPerCall) return Invalid(absl::StrCat(n, " blocks in one call; the limit is ", kMaxBlocksPerCall));
+  return grpc::Status::OK;
+}
+
+}  // namespace
+
+grpc::Status KvTierService::ResolveSession(uint64_t id, bool need_admin, Session* out) const {
+  auto s = sessions_->Find(id);
+  if (!s) return {grpc::StatusCode::NOT_FOUND, absl::StrCat("unknown or expired session_id ", id)};
+  if (need_admin && !s->admin) return {grpc::StatusCode::PERMISSION_DENIED, "admin call from a non-admin session"};
+  *out = *s;
+  return grpc::Status::OK;
+}
+
+template <class Fn>
+grpc::ServerUnaryReactor* KvTierService::WithSession(grpc::CallbackServerContext* ctx, uint64_t id, bool need_admin,
+                                                     Fn&& fn) {
+  Session session;
+  grpc::Status status = ResolveSession(id, need_admin, &session);
+  if (status.ok()) {
+    status = fn(session);
+    if (!sessions_->Find(id)) store_->ReleaseSession(id);
+  }
+  grpc::ServerUnaryReactor* r = ctx->DefaultReactor();
+  r->Finish(status);
+  return r;
+}
+
+grpc::ServerUnaryReactor* KvTierService::RegisterLayout(grpc::CallbackServerContext* ctx,
+                                                        const v1::RegisterLayoutRequest* req,
+                                                        v1::RegisterLayoutResponse* resp) {
+  return WithSession(ctx, req->session_id(), false, [&](const Session&) -> grpc::Status {
+    auto spec = ToLayoutSpec(req->layout(), config_.default_policy());
+    if (!spec.ok()) return ToGrpc(spec.status());
+    auto layout = store_->RegisterLayout(*spec);
+    if (!layout.ok()) return ToGrpc(layout.status());
+    const Layout& l = **layout;
+    resp->set_layout_id(l.id);
+    resp->set_page_bytes(l.resident.page_bytes());
+    resp->set_offload_page_bytes(l.offload_record_bytes());
+    resp->set_activation_page_bytes(l.activation_geometry.page_bytes());
+    KVTIER_LOG(kInfo, "layout") << "layout=" << l.id << " model=" << l.model_name << " "
+                                << l.resident.DebugString() << " offload_bytes=" << l.offload_record_bytes();
+    return grpc::Status::OK;
+  });
+}
+
+grpc::ServerUnaryReactor* KvTierService::Allocate(grpc::CallbackServerContext* ctx, const v1::AllocateRequest* req,
+                                                  v1::AllocateResponse* resp) {
+  return WithSession(ctx, req->session_id(), false, [&](const Session& s) -> grpc::Status {
+    if (req->count() < 1 || req->count() > kMaxBlocksPerCall)
+      return Invalid(absl::StrCat("count=", req->count(), " outside [1, ", kMaxBlocksPerCall, "]"));
+    auto blocks = store_->Allocate(s.id, req->layout_id(), req->count());
+    if (!blocks.ok()) return ToGrpc(blocks.status());
+    for (const auto& b : *blocks) {
+      resp->add_block_ids(b.id);
+      resp->add_slots(b.slot);
+    }
+    return grpc::Status::OK;
+  });
+}
+
+grpc::ServerUnaryReactor* KvTierService::WriteBlocks(grpc::CallbackServerContext* ctx,
+                                                     const v1::WriteBlocksRequest* req, v1::WriteBlocksResponse*) {
+  return WithSession(ctx, req->session_id(), false, [&](const Session& s) -> grpc::Status {
+    if (auto st = CheckBlockCount(req->blocks_size()); !st.ok()) return st;
+    std::vector<BlockId> ids;
+    std::vector<std::string_view> data;
+    for (const auto& b : req->blocks()) {
+      ids.push_back(b.block_id());
+      data.push_back(b.data());
+    }
+    return ToGrpc(store_->Write(s.id, ids, data));
+  });
+}
+
+grpc::ServerUnaryReactor* KvTierService::ReadBlocks(grpc::CallbackServerContext* ctx, const v1::ReadBlocksRequest* req,
+                                                    v1::ReadBlocksResponse* resp) {
+  return WithSession(ctx, req->session_id(), false, [&](const Session& s) -> grpc::Status {
+    if (auto st = CheckBlockCount(req->block_ids_size()); !st.ok()) return st;
+    std::vector<BlockId> ids(req->block_ids().begin(), req->block_ids().end());
+    auto pages = store_->Read(s.id, ids);
+    if (!pages.ok()) return ToGrpc(pages.status());
+    uint64_t bytes = 0;
+    for (const auto& p : *pages) bytes += p.size();
+    if (bytes > static_cast<uint64_t>(config_.max_message_bytes()))
+      return {grpc::StatusCode::RESOURCE_EXHAUSTED,
+              absl::StrCat("reply of ", bytes, " bytes exceeds max_message_bytes; read fewer blocks per call")};
+    for (size_t i = 0; i < ids.size(); ++i) {
+      auto* b = resp->add_blocks();
+      b->set_block_id(ids[i]);
+      b->set_data(std::move((*pages)[i]));
+    }
+    return grpc::Status::OK;
+  });
+}
+
+grpc::ServerUnaryReactor* KvTierService::Commit(grpc::CallbackServerContext* ctx, const v1::CommitRequest* req,
+                                                v1::CommitResponse* resp) {
+  return WithSession(ctx, req->session_id(), false, [&](const Session& s) -> grpc::Status {
+    if (auto st = CheckBlockCount(req->entries_size()); !st.ok()) return st;
+    std::vector<CommitItem> items;
+    for (const auto& e : req->entries()) {
+      if (e.tokens_size() > 64) return Invalid("a committed block has at most 64 tokens");
+      items.push_back({e.block_id(), e.parent_key(), std::vector<int32_t>(e.tokens().begin(), e.tokens().end()),
+                       e.chain_previous()});
+    }
+    auto out = store_->Commit(s.id, s.salt, items);
+    if (!out.ok()) return ToGrpc(out.status());
+    for (const auto& c : *out) {
+      auto* r = resp->add_results();
+      r->set_key(c.key.ToBytes());
+      r->set_block_id(c.block_id);
+      r->set_deduplicated(c.deduplicated);
+    }
+    return grpc::Status::OK;
+  });
+}
+
+grpc::ServerUnaryReactor* KvTierService::Lookup(grpc::CallbackServerContext* ctx, const v1::LookupRequest* req,
+                                                v1::LookupResponse* resp) {
+  return WithSession(ctx, req->session_id(), false, [&](const Session& s) -> grpc::Status {
+    if (req->tokens_size() > kMaxLookupTokens)
+      return Invalid(absl::StrCat(req->tokens_size(), " tokens; the limit is ", kMaxLookupTokens));
+    std::vector<int32_t> tokens(req->tokens().begin(), req->tokens().end());
+    auto out = store_->Lookup(s.id, s.salt, req->layout_id(), tokens, req->pin() || req->promote(), req->promote());
+    if (!out.ok()) return ToGrpc(out.status());
+    for (const auto& b : out->blocks) {
+      auto* loc = resp->add_blocks();
+      loc->set_key(b.key.ToBytes());
+      loc->set_block_id(b.block_id);
+      loc->set_tier(ToWire(b.tier));
+      loc->set_slot(b.slot);
+    }
+    resp->set_matched_tokens(out->matched_tokens);
+    return grpc::Status::OK;
+  });
+}
+
+grpc::ServerUnaryReactor* KvTierService::Release(grpc::CallbackServerContext* ctx, const v1::ReleaseRequest* req,
+                                                 v1::ReleaseResponse*) {
+  return WithSession(ctx, req->session_id(), false, [&](const Session& s) -> grpc::Status {
+    if (auto st = CheckBlockCount(req->block_ids_size()); !st.ok()) return st;
+    std::vector<BlockId> ids(req->block_ids().begin(), req->block_ids().end());
+    return ToGrpc(store_->Release(s.id, ids));
+  });
+}
+
+grpc::ServerUnaryReactor* KvTierService::Stats(grpc::CallbackServerContext* ctx, const v1::StatsRequest* req,
+                                               v1::StatsResponse* resp) {
+  // Stats are tier totals and counters, with no per-tenant content: any attached session may ask.
+  return WithSession(ctx, req->session_id(), false, [&](const Session&) -> grpc::Status {
+    const StoreStats st = store_->Stats();
+    for (const auto& t : st.tiers) {
+      auto* w = resp->add_tiers();
+      w->set_tier(ToWire(t.tier));
+      w->set_capacity_bytes(t.capacity_bytes);
+      w->set_used_bytes(t.used_bytes);
+      w->set_blocks(t.blocks);
+    }
+    resp->set_lookups(st.lookups);
+    resp->set_lookup_blocks_requested(st.lookup_blocks_requested);
+    resp->set_lookup_blocks_hit(st.lookup_blocks_hit);
+    resp->set_blocks_committed(st.blocks_committed);
+    resp->set_blocks_deduplicated(st.blocks_deduplicated);
+    resp->set_page_outs(st.page_outs);
+    resp->set_page_ins(st.page_ins);
+    resp->set_bytes_saved_by_quantization(st.bytes_saved_by_quantization);
+    resp->set_sessions(sessions_->size());
+    resp->set_layouts(st.layouts);
+    resp->set_pinned_blocks(st.pinned_blocks);
+    return grpc::Status::OK;
+  });
+}
+
+grpc::ServerUnaryReactor* KvTierService::Evict(grpc::CallbackServerContext* ctx, const v1::EvictRequest* req,
+                                               v1::EvictResponse* resp) {
+  return WithSession(ctx, req->session_id(), true, [&](const Session& s) -> grpc::Status {
+    if (req->from_tier() != v1::TIER_GPU) return Invalid("Evict supports from_tier=TIER_GPU");
+    if (req->max_blocks() < 0) return Invalid("max_blocks must be >= 0");
+    const EvictOutcome o = store_->DemoteFromGpu(req->max_blocks());
+    resp->set_blocks_moved(o.moved);
+    resp->set_blocks_dropped(o.dropped);
+    KVTIER_LOG(kInfo, "admin_evict") << "session=" << s.id << " moved=" << o.moved << " dropped=" << o.dropped;
+    return grpc::Status::OK;
+  });
+}
+
+grpc::ServerUnaryReactor* KvTierService::SetTierLimits(grpc::CallbackServerContext* ctx,
+                                                       const v1::SetTierLimitsRequest* req,
+                                                       v1::SetTierLimitsResponse* resp) {
+  return WithSession(ctx, req->session_id(), true, [&](const Session&) -> grpc::Status {
+    const auto& l = req->limits();
+    if (l.gpu_pool_bytes() != 0 && l.gpu_pool_bytes() < (1u << 20)) return Invalid("gpu_pool_bytes below 1 MiB");
+    if (l.ssd_tier_bytes() != 0) return {grpc::StatusCode::FAILED_PRECONDITION, "no SSD tier is configured"};
+    if (auto st = store_->SetLimits(l.gpu_pool_bytes(), l.host_tier_bytes()); !st.ok()) return ToGrpc(st);
+    const StoreStats st = store_->Stats();
+    resp->mutable_limits()->set_gpu_pool_bytes(st.tiers[0].capacity_bytes);
+    resp->mutable_limits()->set_host_tier_bytes(st.tiers[1].capacity_bytes);
+    return grpc::Status::OK;
+  });
+}
+
+}  // namespace kvtier
