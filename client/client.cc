@@ -55,7 +55,11 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
   req.set_pid(getpid());
   c->attach_ = c->stub_->Attach(&c->attach_ctx_, req);
   v1::SessionEvent first;
-  if (!c->attach_->Read(&first)) return FromGrpc(c->attach_->Finish());
+  if (!c->attach_->Read(&first)) {
+    const grpc::Status st = c->attach_->Finish();
+    c->attach_.reset();  // finished: the destructor must not finish it again
+    return FromGrpc(st);
+  }
   c->session_id_ = first.session_id();
   c->is_admin_ = first.is_admin();
   c->events_ = std::thread([raw = c.get()] { raw->ReadEvents(); });

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include <xxhash.h>
+
 #include "absl/strings/str_cat.h"
 #include "tiering/log.h"
 
@@ -224,6 +226,7 @@ absl::StatusOr<std::vector<std::string>> BlockStore::Read(SessionId session, std
 
 absl::StatusOr<std::vector<CommitOutcome>> BlockStore::Commit(SessionId session, std::string_view tenant_salt,
                                                                std::span<const CommitItem> items) {
+  const uint64_t ns = XXH3_64bits(tenant_salt.data(), tenant_salt.size()) | 1;
   absl::MutexLock lock(&mu_);
   // Validate everything first: a failed call changes nothing.
   absl::flat_hash_map<BlockKey, const Layout*> batch_keys;  // keys this call will produce, by layout
@@ -253,7 +256,8 @@ absl::StatusOr<std::vector<CommitOutcome>> BlockStore::Commit(SessionId session,
       if (bk != batch_keys.end()) {
         parent_layout = bk->second;
       } else if (auto it = index_.find(parent); it != index_.end()) {
-        parent_layout = FindLocked(it->second)->layout;
+        const Entry* p = FindLocked(it->second);
+        if (p->ns == ns) parent_layout = p->layout;  // another tenant's key is as good as unknown
       }
       // Unknown parents are reported as NOT_FOUND whether they exist for another tenant or not at all.
       if (parent_layout == nullptr) return absl::NotFoundError("parent_key is not a published block");
@@ -283,6 +287,7 @@ absl::StatusOr<std::vector<CommitOutcome>> BlockStore::Commit(SessionId session,
     e.owner = 0;
     e.key = keys[i];
     e.parent = parents[i];
+    e.ns = ns;
     index_.emplace(e.key, e.id);
     if (!e.parent.IsZero())
       if (auto pit = index_.find(e.parent); pit != index_.end()) ++FindLocked(pit->second)->children;

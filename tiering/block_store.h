@@ -160,6 +160,7 @@ class BlockStore {
     const Layout* layout = nullptr;
     BlockKey key;
     BlockKey parent;
+    uint64_t ns = 0;  // hash of the tenant salt it was committed under (0 while private)
     bool committed = false;
     SessionId owner = 0;  // private blocks only
     Tier tier = Tier::kGpu;

@@ -1,0 +1,103 @@
+// Test helpers for end-to-end tests: child processes with captured stdout, and a kvtierd child.
+#pragma once
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace kvtier::testing {
+
+class ChildProcess {
+ public:
+  // Starts argv[0] with arguments; stdout is captured, stderr goes to `stderr_path` (or inherited).
+  ChildProcess(const std::vector<std::string>& argv, const std::string& stderr_path = "") {
+    int fds[2];
+    if (pipe(fds) != 0) return;
+    pid_ = fork();
+    if (pid_ == 0) {
+      dup2(fds[1], 1);
+      close(fds[0]);
+      close(fds[1]);
+      if (!stderr_path.empty()) {
+        const int e = open(stderr_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (e >= 0) dup2(e, 2);
+      }
+      std::vector<char*> args;
+      for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+      args.push_back(nullptr);
+      execv(args[0], args.data());
+      _exit(127);
+    }
+    close(fds[1]);
+    out_fd_ = fds[0];
+  }
+  ~ChildProcess() {
+    if (pid_ > 0 && !reaped_) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+    if (out_fd_ >= 0) close(out_fd_);
+  }
+  pid_t pid() const { return pid_; }
+
+  // Reads stdout until a full line arrives (or EOF / timeout); returns it without the newline.
+  std::string ReadLine(int timeout_ms = 30000) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    while (true) {
+      const auto nl = buffer_.find('\n');
+      if (nl != std::string::npos) {
+        std::string line = buffer_.substr(0, nl);
+        buffer_.erase(0, nl + 1);
+        return line;
+      }
+      if (std::chrono::steady_clock::now() > deadline) return "";
+      char buf[4096];
+      fcntl(out_fd_, F_SETFL, O_NONBLOCK);
+      const ssize_t n = read(out_fd_, buf, sizeof buf);
+      if (n == 0) return buffer_;  // EOF
+      if (n > 0) {
+        buffer_.append(buf, n);
+      } else {
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+    }
+  }
+  // Waits for exit; returns the exit status (or -signal).
+  int Wait() {
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    reaped_ = true;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+  }
+  void Signal(int sig) { kill(pid_, sig); }
+
+ private:
+  pid_t pid_ = -1;
+  int out_fd_ = -1;
+  bool reaped_ = false;
+  std::string buffer_;
+};
+
+// Extracts a numeric field from a flat JSON line ("key":123).
+inline double JsonNumber(const std::string& line, const std::string& key) {
+  const auto pos = line.find("\"" + key + "\":");
+  if (pos == std::string::npos) return -1;
+  return std::stod(line.substr(pos + key.size() + 3));
+}
+
+inline bool WaitForPath(const std::filesystem::path& p, int timeout_ms) {
+  for (int waited = 0; waited < timeout_ms; waited += 10) {
+    if (std::filesystem::exists(p)) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+}  // namespace kvtier::testing

@@ -1,0 +1,119 @@
+// End to end on the host device: a real kvtierd process and engine-worker processes talking gRPC over a
+// unix socket, with self-verifying KV content.
+#include <gtest/gtest.h>
+
+#include "client/client.h"
+#include "tests/e2e/process.h"
+
+namespace kvtier {
+namespace {
+using testing::ChildProcess;
+using testing::JsonNumber;
+
+class TwoWorkersTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           ("kvtier-e2e-" + std::to_string(getpid()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::create_directories(dir_);
+    socket_ = (dir_ / "kvtierd.sock").string();
+    daemon_ = std::make_unique<ChildProcess>(
+        std::vector<std::string>{KVTIERD_PATH, "--socket_path=" + socket_, "--lease_ms=2000",
+                                 "--limits.gpu_pool_bytes=268435456", "--limits.host_tier_bytes=268435456"},
+        (dir_ / "kvtierd.log").string());
+    ASSERT_TRUE(testing::WaitForPath(socket_, 10000)) << "kvtierd did not create its socket";
+  }
+  void TearDown() override {
+    if (daemon_) {
+      daemon_->Signal(SIGTERM);
+      EXPECT_EQ(daemon_->Wait(), 0) << "kvtierd did not shut down cleanly";
+    }
+    std::filesystem::remove_all(dir_);
+  }
+  std::string Worker(const std::vector<std::string>& extra, int* exit_code) {
+    std::vector<std::string> argv{WORKER_PATH, "--socket=" + socket_};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    ChildProcess w(argv, (dir_ / "worker.log").string());
+    const std::string line = w.ReadLine();
+    *exit_code = w.Wait();
+    return line;
+  }
+  std::unique_ptr<Client> Admin() {
+    ClientOptions o;
+    o.target = "unix:" + socket_;
+    auto c = Client::Connect(o);
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? std::move(*c) : nullptr;
+  }
+
+  std::filesystem::path dir_;
+  std::string socket_;
+  std::unique_ptr<ChildProcess> daemon_;
+};
+
+TEST_F(TwoWorkersTest, SecondProcessReusesThePrefixAcrossAPageOutAndPageIn) {
+  int rc = 0;
+  const std::string a = Worker({"--role=writer", "--tokens=1000", "--name=A"}, &rc);
+  ASSERT_EQ(rc, 0) << a;
+  EXPECT_EQ(JsonNumber(a, "committed_blocks"), 62);
+
+  // B finds A's 62 full blocks straight from the GPU tier (fp16: exact).
+  std::string b = Worker({"--role=reader", "--tokens=1000", "--extra=0", "--name=B"}, &rc);
+  ASSERT_EQ(rc, 0) << b;
+  EXPECT_EQ(JsonNumber(b, "matched_blocks"), 62);
+  EXPECT_EQ(JsonNumber(b, "matched_tokens"), 992);
+  EXPECT_EQ(JsonNumber(b, "bad_values"), 0);
+  EXPECT_LT(JsonNumber(b, "max_rel_error"), 1e-3);
+
+  // Page A's blocks out to the host tier (int8) and have B page them back in.
+  auto admin = Admin();
+  ASSERT_NE(admin, nullptr);
+  auto ev = admin->Evict(kvtier::v1::TIER_GPU, 0);
+  ASSERT_TRUE(ev.ok()) << ev.status();
+  EXPECT_GE(ev->blocks_moved(), 62);
+  b = Worker({"--role=reader", "--tokens=1000", "--extra=0", "--name=B2"}, &rc);
+  ASSERT_EQ(rc, 0) << b;
+  EXPECT_EQ(JsonNumber(b, "matched_blocks"), 62);
+  EXPECT_EQ(JsonNumber(b, "bad_values"), 0);                        // within the int8 bound everywhere
+  EXPECT_EQ(JsonNumber(b, "blocks_with_quantization_error"), 62);  // and it really went through int8
+  auto stats = admin->Stats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_GE(stats->page_ins(), 62u);
+  EXPECT_GT(stats->bytes_saved_by_quantization(), 0u);
+}
+
+TEST_F(TwoWorkersTest, KillingAWorkerReleasesItsPins) {
+  ChildProcess holder({WORKER_PATH, "--socket=" + socket_, "--role=writer", "--tokens=320", "--hold_ms=60000",
+                       "--name=holder"},
+                      (dir_ / "worker.log").string());
+  const std::string line = holder.ReadLine();
+  ASSERT_EQ(JsonNumber(line, "committed_blocks"), 20) << line;
+  auto admin = Admin();
+  ASSERT_NE(admin, nullptr);
+  auto before = admin->Stats();
+  ASSERT_TRUE(before.ok());
+  EXPECT_EQ(before->pinned_blocks(), 20u);
+  EXPECT_EQ(before->sessions(), 2u);
+  // Pinned blocks cannot be paged out.
+  auto ev = admin->Evict(kvtier::v1::TIER_GPU, 0);
+  ASSERT_TRUE(ev.ok());
+  EXPECT_EQ(ev->blocks_moved(), 0);
+
+  holder.Signal(SIGKILL);
+  holder.Wait();
+  uint64_t pinned = 1;
+  for (int i = 0; i < 200 && pinned != 0; ++i) {  // within the 2 s lease
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    auto s = admin->Stats();
+    ASSERT_TRUE(s.ok());
+    pinned = s->pinned_blocks();
+  }
+  EXPECT_EQ(pinned, 0u);
+  ev = admin->Evict(kvtier::v1::TIER_GPU, 0);
+  ASSERT_TRUE(ev.ok());
+  EXPECT_EQ(ev->blocks_moved(), 20);  // committed blocks stay cached and are now evictable
+}
+
+}  // namespace
+}  // namespace kvtier
