@@ -16,7 +16,7 @@ Session SessionRegistry::Open(std::string tenant, std::string salt, bool admin, 
   s.client_name = std::move(client_name);
   s.pid = pid;
   s.attached = absl::Now();
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   do {
     s.id = rng();
   } while (s.id == 0 || sessions_.contains(s.id));
@@ -28,7 +28,7 @@ Session SessionRegistry::Open(std::string tenant, std::string salt, bool admin, 
 
 void SessionRegistry::Close(SessionId id) {
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (sessions_.erase(id) == 0) return;
   }
   const int64_t pins = store_->PinnedBy(id);
@@ -37,21 +37,21 @@ void SessionRegistry::Close(SessionId id) {
 }
 
 std::optional<Session> SessionRegistry::Find(SessionId id) const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = sessions_.find(id);
   if (it == sessions_.end()) return std::nullopt;
   return it->second;
 }
 
 std::vector<Session> SessionRegistry::List() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   std::vector<Session> out;
   for (const auto& [id, s] : sessions_) out.push_back(s);
   return out;
 }
 
 size_t SessionRegistry::size() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return sessions_.size();
 }
 

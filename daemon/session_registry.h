@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
-#include "absl/synchronization/mutex.h"
+#include "tiering/sync.h"
 #include "absl/time/time.h"
 #include "tiering/block_store.h"
 
@@ -41,7 +41,7 @@ class SessionRegistry {
 
  private:
   BlockStore* store_;
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   absl::flat_hash_map<SessionId, Session> sessions_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -30,11 +30,11 @@ BlockStore::BlockStore(BlockStoreOptions options, std::unique_ptr<DeviceBackend>
 
 BlockStore::~BlockStore() {
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     stopping_ = true;
   }
   mover_.join();
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   entries_.clear();  // host records return their memory before host_ dies
 }
 
@@ -85,7 +85,7 @@ void BlockStore::WaitNotMoving(std::span<Entry* const> entries) {
       if (e->moving) return false;
     return true;
   };
-  mu_.Await(absl::Condition(&none_moving));
+  mu_.Await(none_moving);
 }
 
 void BlockStore::FreeBlockLocked(Entry& e, bool dropped) {
@@ -125,7 +125,7 @@ absl::StatusOr<std::vector<AllocatedBlock>> BlockStore::Allocate(SessionId sessi
     return absl::InvalidArgumentError(absl::StrCat("count=", count, " outside [1, ", options_.max_blocks_per_call, "]"));
   const Layout* layout = layouts_.Find(layout_id);
   if (layout == nullptr) return absl::NotFoundError(absl::StrCat("unknown layout_id=", layout_id));
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   const uint64_t need = ResidentBytes(*layout) * static_cast<uint64_t>(count);
   PageArena* arena = ArenaLocked(*layout);
   if (arena == nullptr) return absl::ResourceExhaustedError("GPU pool arena could not be created");
@@ -153,7 +153,7 @@ absl::StatusOr<std::vector<AllocatedBlock>> BlockStore::Allocate(SessionId sessi
 absl::Status BlockStore::Write(SessionId session, std::span<const BlockId> ids, std::span<const std::string_view> data) {
   if (ids.size() != data.size()) return absl::InvalidArgumentError("block ids and data counts differ");
   if (ids.empty()) return absl::OkStatus();
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   std::vector<Entry*> blocks;
   absl::flat_hash_set<BlockId> seen;
   for (size_t i = 0; i < ids.size(); ++i) {
@@ -187,7 +187,7 @@ absl::Status BlockStore::Write(SessionId session, std::span<const BlockId> ids, 
 }
 
 absl::StatusOr<std::vector<std::string>> BlockStore::Read(SessionId session, std::span<const BlockId> ids) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   std::vector<Entry*> blocks;
   auto pinned = pins_.find(session);
   for (BlockId id : ids) {
@@ -227,7 +227,7 @@ absl::StatusOr<std::vector<std::string>> BlockStore::Read(SessionId session, std
 absl::StatusOr<std::vector<CommitOutcome>> BlockStore::Commit(SessionId session, std::string_view tenant_salt,
                                                                std::span<const CommitItem> items) {
   const uint64_t ns = XXH3_64bits(tenant_salt.data(), tenant_salt.size()) | 1;
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   // Validate everything first: a failed call changes nothing.
   absl::flat_hash_map<BlockKey, const Layout*> batch_keys;  // keys this call will produce, by layout
   std::vector<Entry*> blocks;
@@ -314,7 +314,7 @@ absl::StatusOr<LookupOutcome> BlockStore::Lookup(SessionId session, std::string_
     parent = ChainKey(parent, layout_id, tenant_salt, tokens.subspan(b * bs, bs));
     keys.push_back(parent);
   }
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   ++counters_.lookups;
   counters_.lookup_blocks_requested += full_blocks;
   std::vector<Entry*> hits;
@@ -354,7 +354,7 @@ absl::StatusOr<LookupOutcome> BlockStore::Lookup(SessionId session, std::string_
 }
 
 absl::Status BlockStore::Release(SessionId session, std::span<const BlockId> ids) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   // Validate: every id must be pinned by or privately owned by the session (counting repeats).
   absl::flat_hash_map<BlockId, int32_t> wanted;
   for (BlockId id : ids) ++wanted[id];
@@ -385,7 +385,7 @@ absl::Status BlockStore::Release(SessionId session, std::span<const BlockId> ids
 }
 
 void BlockStore::ReleaseSession(SessionId session) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   std::vector<Entry*> blocks;
   if (auto it = owned_.find(session); it != owned_.end())
     for (BlockId id : it->second)
@@ -406,7 +406,7 @@ void BlockStore::ReleaseSession(SessionId session) {
 }
 
 int64_t BlockStore::PinnedBy(SessionId session) const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   int64_t n = 0;
   if (auto it = pins_.find(session); it != pins_.end())
     for (const auto& [id, c] : it->second) n += c;
@@ -414,7 +414,7 @@ int64_t BlockStore::PinnedBy(SessionId session) const {
 }
 
 bool BlockStore::CorruptHostRecordForTest(BlockId id) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   Entry* e = FindLocked(id);
   if (e == nullptr || e->tier != Tier::kHost || e->moving) return false;
   e->host->data()[e->host->size() / 2] ^= 0x5a;
@@ -422,7 +422,7 @@ bool BlockStore::CorruptHostRecordForTest(BlockId id) {
 }
 
 StoreStats BlockStore::Stats() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   StoreStats s = counters_;
   s.tiers.push_back({Tier::kGpu, gpu_limit_, gpu_used_, gpu_blocks_.size()});
   s.tiers.push_back({Tier::kHost, host_.capacity(), host_.used(), host_blocks_.size()});

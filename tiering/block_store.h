@@ -30,7 +30,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
+#include "tiering/sync.h"
 #include "tiering/block_key.h"
 #include "tiering/device_backend.h"
 #include "tiering/host_tier.h"
@@ -199,7 +199,7 @@ class BlockStore {
   LayoutRegistry layouts_;
   HostTier host_;
 
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   absl::flat_hash_map<BlockId, std::unique_ptr<Entry>> entries_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<BlockKey, BlockId> index_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, std::unique_ptr<PageArena>> arenas_ ABSL_GUARDED_BY(mu_);

@@ -161,7 +161,7 @@ bool BlockStore::MakeGpuRoomLocked(uint64_t bytes) {
 }
 
 EvictOutcome BlockStore::DemoteFromGpu(int64_t max_blocks) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   EvictOutcome total;
   do {
     const int64_t want = max_blocks > 0 ? std::min<int64_t>(max_blocks - total.moved - total.dropped, 256) : 256;
@@ -178,7 +178,7 @@ EvictOutcome BlockStore::DemoteFromGpu(int64_t max_blocks) {
 }
 
 absl::Status BlockStore::SetLimits(uint64_t gpu_pool_bytes, uint64_t host_tier_bytes) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (gpu_pool_bytes) {
     const uint64_t ceiling = options_.gpu_pool_bytes * options_.gpu_pool_growth_factor;
     if (gpu_pool_bytes > ceiling)
@@ -195,10 +195,10 @@ absl::Status BlockStore::SetLimits(uint64_t gpu_pool_bytes, uint64_t host_tier_b
 }
 
 void BlockStore::MoverLoop() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   while (true) {
     auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || mover_kick_; };
-    mu_.AwaitWithTimeout(absl::Condition(&wake), absl::Milliseconds(200));
+    mu_.AwaitWithTimeout(wake, std::chrono::milliseconds(200));
     if (stopping_) return;
     mover_kick_ = false;
     if (gpu_used_ <= gpu_limit_ * options_.gpu_high_watermark) continue;

@@ -25,7 +25,7 @@ absl::StatusOr<const Layout*> LayoutRegistry::Register(const LayoutSpec& spec) {
                    spec.shape.block_size, "A", static_cast<int>(spec.activation), "|", spec.policy_fingerprint);
   const uint64_t id = XXH3_64bits(canonical.data(), canonical.size()) | 1;  // never 0
 
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = layouts_.find(id);
   if (it != layouts_.end()) return it->second.get();
   auto layout = std::make_unique<Layout>(Layout{id, spec.shape, spec.activation, std::move(*act),
@@ -36,13 +36,13 @@ absl::StatusOr<const Layout*> LayoutRegistry::Register(const LayoutSpec& spec) {
 }
 
 const Layout* LayoutRegistry::Find(uint64_t id) const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = layouts_.find(id);
   return it == layouts_.end() ? nullptr : it->second.get();
 }
 
 size_t LayoutRegistry::size() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return layouts_.size();
 }
 

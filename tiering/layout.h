@@ -12,7 +12,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
+#include "tiering/sync.h"
 #include "kernels/format.h"
 #include "kernels/page_geometry.h"
 
@@ -50,7 +50,7 @@ class LayoutRegistry {
   size_t size() const;
 
  private:
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   absl::flat_hash_map<uint64_t, std::unique_ptr<Layout>> layouts_ ABSL_GUARDED_BY(mu_);
 };
 
