@@ -189,42 +189,91 @@ std::vector<SsdTier::ReadResult> SsdTier::ReadExtents(std::span<const ReadJob> j
   // One target per job; shared with the callbacks, which copy into it and may outlive this call.
   struct Target {
     std::string bytes;
-    std::atomic<int> pending{0};
+    std::atomic<int> pending{0};  // ops that still have to deliver part of this job
     std::atomic<int64_t> error{0};
   };
-  const uint64_t block = options_.io_block_bytes;
-  size_t total_ops = 0;
-  for (const ReadJob& j : jobs) total_ops += (j.length + block - 1) / block;
-  std::shared_ptr<IoBatch> batch = IoBatch::Create(total_ops);
+  // A piece of an op's buffer that belongs to one job.
+  struct Piece {
+    std::shared_ptr<Target> target;
+    uint64_t target_offset;
+    uint32_t buffer_offset;
+    uint32_t len;
+  };
+  struct OpPlan {
+    std::shared_ptr<SlabFile> file;
+    uint64_t offset;
+    uint32_t len;
+    std::vector<Piece> pieces;
+  };
   std::vector<std::shared_ptr<Target>> targets;
-  size_t k = 0;
   for (const ReadJob& j : jobs) {
-    auto t = std::make_shared<Target>();
-    t->bytes.resize(j.length);
-    t->pending.store(static_cast<int>((j.length + block - 1) / block));
-    targets.push_back(t);
-    for (uint64_t rel = 0; rel < j.length; rel += block) {
-      const uint32_t len = static_cast<uint32_t>(std::min(block, j.length - rel));
-      std::optional<BufferPool::Buffer> buf = buffers_->Acquire(deadline);
-      if (!buf) {
-        t->error.store(-ETIMEDOUT);
-        t->pending.fetch_sub(1);
-        batch->Fail(k++, -ETIMEDOUT);
-        continue;
+    targets.push_back(std::make_shared<Target>());
+    targets.back()->bytes.resize(j.length);
+  }
+  // Jobs adjacent on disk (a batch of records written together) are read as one stream, cut into
+  // io_block_bytes ops: large, uniform requests instead of one short tail op per record.
+  std::vector<size_t> order(jobs.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    const Extent& x = jobs[a].lease->extent();
+    const Extent& y = jobs[b].lease->extent();
+    return x.slab != y.slab ? x.slab < y.slab : x.offset < y.offset;
+  });
+  const uint64_t block = options_.io_block_bytes;
+  std::vector<OpPlan> ops;
+  for (size_t n = 0; n < order.size();) {
+    // [begin, end) of `order` is one stream: each next job starts where the previous one's read ends.
+    const size_t begin = n;
+    const Extent& first = jobs[order[begin]].lease->extent();
+    uint64_t stream_end = first.offset + jobs[order[begin]].length;
+    for (++n; n < order.size(); ++n) {
+      const Extent& e = jobs[order[n]].lease->extent();
+      if (e.slab != first.slab || e.offset != stream_end ||
+          jobs[order[n - 1]].length != jobs[order[n - 1]].lease->extent().length) {
+        break;
       }
-      const IoOp op{IoKind::kRead, j.lease->file()->fd(), j.lease->extent().offset + rel, buf->data, len, buf->index};
-      backend_->Submit(op, deadline,
-                       batch->Callback(k++, [t, rel, len, data = buf->data, index = buf->index, pool = buffers_.get(),
-                                             file = j.lease->file()](int64_t r) {
-                         if (r == len) {
-                           std::memcpy(t->bytes.data() + rel, data, len);
-                         } else {
-                           t->error.store(r < 0 ? r : -EIO);
-                         }
-                         pool->Release(index);
-                         t->pending.fetch_sub(1, std::memory_order_acq_rel);
-                       }));
+      stream_end += jobs[order[n]].length;
     }
+    for (uint64_t at = first.offset; at < stream_end; at += block) {
+      OpPlan op{jobs[order[begin]].lease->file(), at, static_cast<uint32_t>(std::min(block, stream_end - at)), {}};
+      for (size_t m = begin; m < n; ++m) {
+        const uint64_t lo = std::max(at, jobs[order[m]].lease->extent().offset);
+        const uint64_t hi = std::min(at + op.len, jobs[order[m]].lease->extent().offset + jobs[order[m]].length);
+        if (lo >= hi) continue;
+        op.pieces.push_back(Piece{targets[order[m]], lo - jobs[order[m]].lease->extent().offset,
+                                  static_cast<uint32_t>(lo - at), static_cast<uint32_t>(hi - lo)});
+        targets[order[m]]->pending.fetch_add(1);
+      }
+      ops.push_back(std::move(op));
+    }
+  }
+
+  std::shared_ptr<IoBatch> batch = IoBatch::Create(ops.size());
+  for (size_t k = 0; k < ops.size(); ++k) {
+    OpPlan& plan = ops[k];
+    std::optional<BufferPool::Buffer> buf = buffers_->Acquire(deadline);
+    if (!buf) {
+      for (Piece& p : plan.pieces) {
+        p.target->error.store(-ETIMEDOUT);
+        p.target->pending.fetch_sub(1);
+      }
+      batch->Fail(k, -ETIMEDOUT);
+      continue;
+    }
+    const IoOp op{IoKind::kRead, plan.file->fd(), plan.offset, buf->data, plan.len, buf->index};
+    backend_->Submit(op, deadline,
+                     batch->Callback(k, [pieces = std::move(plan.pieces), len = plan.len, data = buf->data,
+                                         index = buf->index, pool = buffers_.get(), file = plan.file](int64_t r) {
+                       for (const Piece& p : pieces) {
+                         if (r == len) {
+                           std::memcpy(p.target->bytes.data() + p.target_offset, data + p.buffer_offset, p.len);
+                         } else {
+                           p.target->error.store(r < 0 ? r : -EIO);
+                         }
+                       }
+                       pool->Release(index);
+                       for (const Piece& p : pieces) p.target->pending.fetch_sub(1, std::memory_order_acq_rel);
+                     }));
   }
   batch->WaitUntil(deadline);
 
