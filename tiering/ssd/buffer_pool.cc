@@ -29,29 +29,29 @@ BufferPool::BufferPool(uint8_t* base, int num_buffers, uint32_t buffer_bytes)
   for (int i = 0; i < num_buffers; ++i) {
     iovecs_.push_back(iovec{base_ + static_cast<size_t>(i) * buffer_bytes, buffer_bytes});
   }
-  absl::MutexLock lock(&mu_);
+  ssd::MutexLock lock(&mu_);
   for (int i = num_buffers - 1; i >= 0; --i) free_.push_back(i);
 }
 
 BufferPool::~BufferPool() { munmap(base_, total_bytes_); }
 
 std::optional<BufferPool::Buffer> BufferPool::Acquire(absl::Time deadline) {
-  absl::MutexLock lock(&mu_);
+  ssd::MutexLock lock(&mu_);
   auto available = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !free_.empty(); };
-  if (!mu_.AwaitWithDeadline(absl::Condition(&available), deadline)) return std::nullopt;
+  if (!mu_.AwaitWithDeadline(available, deadline)) return std::nullopt;
   const int index = free_.back();
   free_.pop_back();
   return Buffer{index, static_cast<uint8_t*>(iovecs_[index].iov_base)};
 }
 
 void BufferPool::Release(int index) {
-  absl::MutexLock lock(&mu_);
+  ssd::MutexLock lock(&mu_);
   assert(index >= 0 && index < static_cast<int>(iovecs_.size()));
   free_.push_back(index);
 }
 
 int BufferPool::free_count() const {
-  absl::MutexLock lock(&mu_);
+  ssd::MutexLock lock(&mu_);
   return static_cast<int>(free_.size());
 }
 

@@ -18,8 +18,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "tiering/ssd/mutex.h"
 
 namespace kvtier {
 
@@ -53,7 +53,7 @@ class BufferPool {
   uint8_t* base_ = nullptr;
   size_t total_bytes_ = 0;
   std::vector<iovec> iovecs_;
-  mutable absl::Mutex mu_;
+  mutable ssd::Mutex mu_;
   std::vector<int> free_ ABSL_GUARDED_BY(mu_);
 };
 

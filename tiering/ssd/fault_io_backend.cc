@@ -15,7 +15,7 @@ FaultInjectingIoBackend::FaultInjectingIoBackend(std::unique_ptr<IoBackend> base
 FaultInjectingIoBackend::~FaultInjectingIoBackend() {
   ReleaseHung();
   {
-    absl::MutexLock lock(&mu_);
+    ssd::MutexLock lock(&mu_);
     stopping_ = true;
   }
   timer_.join();
@@ -25,32 +25,32 @@ FaultInjectingIoBackend::~FaultInjectingIoBackend() {
 }
 
 void FaultInjectingIoBackend::AddRule(const FaultRule& rule) {
-  absl::MutexLock lock(&mu_);
+  ssd::MutexLock lock(&mu_);
   rules_.push_back(Rule{rule});
 }
 
 void FaultInjectingIoBackend::ClearRules() {
-  absl::MutexLock lock(&mu_);
+  ssd::MutexLock lock(&mu_);
   rules_.clear();
 }
 
 void FaultInjectingIoBackend::ReleaseHung() {
   std::vector<IoCallback> hung;
   {
-    absl::MutexLock lock(&mu_);
+    ssd::MutexLock lock(&mu_);
     hung.swap(hung_);
   }
   for (IoCallback& cb : hung) cb(-ECANCELED);
 }
 
 int64_t FaultInjectingIoBackend::faults_injected() const {
-  absl::MutexLock lock(&mu_);
+  ssd::MutexLock lock(&mu_);
   return faults_;
 }
 
 void FaultInjectingIoBackend::Schedule(absl::Time when, IoCallback done, int64_t result) {
   {
-    absl::MutexLock lock(&mu_);
+    ssd::MutexLock lock(&mu_);
     if (!stopping_) {
       timed_.push_back(Timed{when, std::move(done), result});
       return;
@@ -60,7 +60,7 @@ void FaultInjectingIoBackend::Schedule(absl::Time when, IoCallback done, int64_t
 }
 
 void FaultInjectingIoBackend::TimerLoop() {
-  absl::MutexLock lock(&mu_);
+  ssd::MutexLock lock(&mu_);
   for (;;) {
     if (stopping_ && timed_.empty()) return;
     absl::Time next = absl::InfiniteFuture();
@@ -68,7 +68,7 @@ void FaultInjectingIoBackend::TimerLoop() {
     if (!stopping_) {
       auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; };
       // Re-scan at least every 10 ms so that newly scheduled completions are noticed.
-      mu_.AwaitWithDeadline(absl::Condition(&wake), std::min(next, absl::Now() + absl::Milliseconds(10)));
+      mu_.AwaitWithDeadline(wake, std::min(next, absl::Now() + absl::Milliseconds(10)));
     }
     const absl::Time now = absl::Now();
     std::vector<Timed> due;
@@ -89,7 +89,7 @@ void FaultInjectingIoBackend::TimerLoop() {
 void FaultInjectingIoBackend::Submit(const IoOp& op, absl::Time deadline, IoCallback done) {
   std::optional<FaultRule> fault;
   {
-    absl::MutexLock lock(&mu_);
+    ssd::MutexLock lock(&mu_);
     for (Rule& r : rules_) {
       if (r.spec.kind != op.kind) continue;
       if (r.seen++ < r.spec.skip) break;  // this op belongs to the rule's pass-through prefix
@@ -130,7 +130,7 @@ void FaultInjectingIoBackend::Submit(const IoOp& op, absl::Time deadline, IoCall
       return;
     }
     case FaultAction::kHang: {
-      absl::MutexLock lock(&mu_);
+      ssd::MutexLock lock(&mu_);
       hung_.push_back(std::move(done));
       return;
     }

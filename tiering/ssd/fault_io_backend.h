@@ -71,7 +71,7 @@ class FaultInjectingIoBackend final : public IoBackend {
   void Schedule(absl::Time when, IoCallback done, int64_t result);
 
   std::unique_ptr<IoBackend> base_;
-  mutable absl::Mutex mu_;
+  mutable ssd::Mutex mu_;
   std::vector<Rule> rules_ ABSL_GUARDED_BY(mu_);
   std::vector<Timed> timed_ ABSL_GUARDED_BY(mu_);
   std::vector<IoCallback> hung_ ABSL_GUARDED_BY(mu_);

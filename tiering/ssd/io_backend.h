@@ -29,8 +29,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "tiering/ssd/mutex.h"
 
 namespace kvtier {
 
@@ -86,7 +86,7 @@ class IoBatch : public std::enable_shared_from_this<IoBatch> {
   void OnAllComplete(std::function<void()> fn);
 
  private:
-  mutable absl::Mutex mu_;
+  mutable ssd::Mutex mu_;
   size_t pending_ ABSL_GUARDED_BY(mu_);
   std::vector<int64_t> results_ ABSL_GUARDED_BY(mu_);
   std::vector<std::function<void()>> on_complete_ ABSL_GUARDED_BY(mu_);

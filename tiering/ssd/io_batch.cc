@@ -15,7 +15,7 @@ IoCallback IoBatch::Callback(size_t i, std::function<void(int64_t)> then) {
     if (then) then(result);
     std::vector<std::function<void()>> run;
     {
-      absl::MutexLock lock(&mu_);
+      ssd::MutexLock lock(&mu_);
       results_[i] = result;
       if (--pending_ == 0) run.swap(on_complete_);
     }
@@ -24,19 +24,19 @@ IoCallback IoBatch::Callback(size_t i, std::function<void(int64_t)> then) {
 }
 
 bool IoBatch::WaitUntil(absl::Time deadline) {
-  absl::MutexLock lock(&mu_);
+  ssd::MutexLock lock(&mu_);
   auto done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return pending_ == 0; };
-  return mu_.AwaitWithDeadline(absl::Condition(&done), deadline);
+  return mu_.AwaitWithDeadline(done, deadline);
 }
 
 int64_t IoBatch::result(size_t i) const {
-  absl::MutexLock lock(&mu_);
+  ssd::MutexLock lock(&mu_);
   return results_[i];
 }
 
 void IoBatch::OnAllComplete(std::function<void()> fn) {
   {
-    absl::MutexLock lock(&mu_);
+    ssd::MutexLock lock(&mu_);
     if (pending_ != 0) {
       on_complete_.push_back(std::move(fn));
       return;

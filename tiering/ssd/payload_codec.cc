@@ -37,7 +37,7 @@ PayloadCodec::PayloadCodec(SsdCompression mode, int zstd_level, double min_ratio
     : mode_(mode), level_(zstd_level), min_ratio_(min_ratio), pool_(pool) {}
 
 bool PayloadCodec::ShouldCompress() {
-  absl::MutexLock lock(&mu_);
+  ssd::MutexLock lock(&mu_);
   if (mode_ == SsdCompression::kOn) return true;
   if (mode_ == SsdCompression::kOff) return false;
   const Estimates& e = est_;
@@ -57,7 +57,7 @@ bool PayloadCodec::ShouldCompress() {
 }
 
 void PayloadCodec::Observe(uint64_t raw, uint64_t compressed, absl::Duration elapsed) {
-  absl::MutexLock lock(&mu_);
+  ssd::MutexLock lock(&mu_);
   const double secs = std::max(absl::ToDoubleSeconds(elapsed), 1e-9);
   est_.ratio = Ewma(est_.ratio, static_cast<double>(raw) / static_cast<double>(std::max<uint64_t>(compressed, 1)));
   est_.compress_bps = Ewma(est_.compress_bps, static_cast<double>(raw) / secs);
@@ -65,13 +65,13 @@ void PayloadCodec::Observe(uint64_t raw, uint64_t compressed, absl::Duration ela
 
 void PayloadCodec::ObserveDiskWrite(uint64_t bytes, absl::Duration elapsed) {
   if (bytes == 0) return;
-  absl::MutexLock lock(&mu_);
+  ssd::MutexLock lock(&mu_);
   est_.disk_write_bps =
       Ewma(est_.disk_write_bps, static_cast<double>(bytes) / std::max(absl::ToDoubleSeconds(elapsed), 1e-9));
 }
 
 PayloadCodec::Estimates PayloadCodec::estimates() const {
-  absl::MutexLock lock(&mu_);
+  ssd::MutexLock lock(&mu_);
   return est_;
 }
 
@@ -82,7 +82,7 @@ void PayloadCodec::CompressBatch(std::span<const std::string_view> payloads, std
   std::vector<bool> pick(payloads.size(), all);
   if (!all) {
     // Sample one payload in kSampleEvery so the estimates follow the data.
-    absl::MutexLock lock(&mu_);
+    ssd::MutexLock lock(&mu_);
     for (size_t i = 0; i < payloads.size(); ++i) {
       if (++since_sample_ >= kSampleEvery) {
         since_sample_ = 0;

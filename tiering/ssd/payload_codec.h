@@ -23,8 +23,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "tiering/ssd/mutex.h"
 #include "tiering/ssd/worker_pool.h"
 
 namespace kvtier {
@@ -64,7 +64,7 @@ class PayloadCodec {
   const int level_;
   const double min_ratio_;
   WorkerPool* const pool_;
-  mutable absl::Mutex mu_;
+  mutable ssd::Mutex mu_;
   Estimates est_ ABSL_GUARDED_BY(mu_);
   uint64_t since_sample_ ABSL_GUARDED_BY(mu_) = 0;
 };

@@ -56,7 +56,7 @@ SsdTier::~SsdTier() {
   // I/O still in flight completes (or is dropped) now, while the pool, allocator and slabs it releases
   // into are alive.
   backend_.reset();
-  absl::MutexLock lock(&mu_);
+  ssd::MutexLock lock(&mu_);
   map_.clear();
 }
 
@@ -116,7 +116,7 @@ absl::Status SsdTier::Init(std::unique_ptr<IoBackend> backend) {
 
   const uint32_t want = static_cast<uint32_t>(std::max<uint64_t>(1, options_.capacity_bytes / slab_bytes_));
   if (absl::Status s = AddSlabs(want); !s.ok()) {
-    absl::MutexLock lock(&alloc_mu_);
+    ssd::MutexLock lock(&alloc_mu_);
     if (slabs_.empty()) return s;
     Log(absl::StrFormat("ssd_capacity_reduced slabs=%d wanted=%d reason=\"%s\"", slabs_.size(), want, s.message()));
   }
@@ -126,7 +126,7 @@ absl::Status SsdTier::Init(std::unique_ptr<IoBackend> backend) {
   // Recover as out of range; the files go.
   uint32_t have = 0;
   {
-    absl::MutexLock lock(&alloc_mu_);
+    ssd::MutexLock lock(&alloc_mu_);
     have = static_cast<uint32_t>(slabs_.size());
   }
   for (const auto& entry : std::filesystem::directory_iterator(options_.dir, ec)) {
@@ -142,7 +142,7 @@ absl::Status SsdTier::Init(std::unique_ptr<IoBackend> backend) {
 }
 
 absl::Status SsdTier::AddSlabs(uint32_t count) {
-  absl::MutexLock lock(&alloc_mu_);
+  ssd::MutexLock lock(&alloc_mu_);
   for (uint32_t id = static_cast<uint32_t>(slabs_.size()); id < count; ++id) {
     absl::StatusOr<std::shared_ptr<SlabFile>> file =
         SlabFile::Open(options_.dir + "/" + SlabFile::FileName(id), id, slab_bytes_);
@@ -157,14 +157,14 @@ absl::Status SsdTier::AddSlabs(uint32_t count) {
 }
 
 std::shared_ptr<SsdTier::ExtentLease> SsdTier::AllocateLease(uint64_t bytes, uint32_t exclude_from) {
-  absl::MutexLock lock(&alloc_mu_);
+  ssd::MutexLock lock(&alloc_mu_);
   std::optional<Extent> e = allocator_.Allocate(bytes, std::min(exclude_from, alloc_limit_));
   if (!e) return nullptr;
   return std::make_shared<ExtentLease>(this, *e, slab_epochs_.at(e->slab), slabs_.at(e->slab));
 }
 
 std::shared_ptr<SsdTier::ExtentLease> SsdTier::ClaimLease(const Extent& e) {
-  absl::MutexLock lock(&alloc_mu_);
+  ssd::MutexLock lock(&alloc_mu_);
   if (e.offset % f::kBlockSize != 0 || e.length % f::kBlockSize != 0 || !slabs_.contains(e.slab) ||
       !allocator_.MarkUsed(e)) {
     return nullptr;
@@ -173,14 +173,14 @@ std::shared_ptr<SsdTier::ExtentLease> SsdTier::ClaimLease(const Extent& e) {
 }
 
 void SsdTier::FreeExtent(const Extent& e, uint64_t epoch) {
-  absl::MutexLock lock(&alloc_mu_);
+  ssd::MutexLock lock(&alloc_mu_);
   auto it = slab_epochs_.find(e.slab);
   if (it == slab_epochs_.end() || it->second != epoch) return;  // that slab was removed (and maybe re-added)
   allocator_.Free(e);
 }
 
 bool SsdTier::LeaseIsLive(const ExtentLease& lease) const {
-  absl::MutexLock lock(&alloc_mu_);
+  ssd::MutexLock lock(&alloc_mu_);
   auto it = slab_epochs_.find(lease.extent().slab);
   return it != slab_epochs_.end() && it->second == lease.epoch();
 }
@@ -243,7 +243,7 @@ absl::Status SsdTier::Recover() {
 
   uint64_t max_sequence = 0;
   {
-    absl::MutexLock lock(&mu_);
+    ssd::MutexLock lock(&mu_);
     for (size_t i = 0; i < claimed.size(); ++i) {
       if (!keep[i]) {
         drop.push_back(claimed_keys[i]);
@@ -267,9 +267,9 @@ absl::Status SsdTier::Recover() {
 
 void SsdTier::DropCorrupt(const BlockKey& key, const ExtentLease* lease) {
   Resident gone;
-  absl::MutexLock commit(&commit_mu_);
+  ssd::MutexLock commit(&commit_mu_);
   {
-    absl::MutexLock lock(&mu_);
+    ssd::MutexLock lock(&mu_);
     auto it = map_.find(key);
     if (it == map_.end() || it->second.lease.get() != lease) return;  // already replaced or removed
     gone = std::move(it->second);
@@ -285,17 +285,17 @@ void SsdTier::DropCorrupt(const BlockKey& key, const ExtentLease* lease) {
 
 absl::StatusOr<int64_t> SsdTier::Remove(std::span<const BlockKey> keys) {
   std::vector<Resident> gone;  // released after the locks
-  absl::MutexLock commit(&commit_mu_);
+  ssd::MutexLock commit(&commit_mu_);
   std::vector<BlockKey> present;
   {
-    absl::ReaderMutexLock lock(&mu_);
+    ssd::ReaderMutexLock lock(&mu_);
     for (const BlockKey& k : keys) {
       if (map_.contains(k)) present.push_back(k);
     }
   }
   if (present.empty()) return 0;
   if (absl::Status s = index_->Apply({}, present, options_.sync_removes); !s.ok()) return s;
-  absl::MutexLock lock(&mu_);
+  ssd::MutexLock lock(&mu_);
   for (const BlockKey& k : present) {
     auto it = map_.find(k);
     if (it == map_.end()) continue;  // duplicate key in `keys`
@@ -307,7 +307,7 @@ absl::StatusOr<int64_t> SsdTier::Remove(std::span<const BlockKey> keys) {
 }
 
 bool SsdTier::Contains(const BlockKey& key) const {
-  absl::ReaderMutexLock lock(&mu_);
+  ssd::ReaderMutexLock lock(&mu_);
   return map_.contains(key);
 }
 
@@ -338,12 +338,12 @@ SsdTierStats SsdTier::Stats() const {
   SsdTierStats s;
   s.backend = std::string(backend_->name());
   {
-    absl::MutexLock lock(&alloc_mu_);
+    ssd::MutexLock lock(&alloc_mu_);
     s.capacity_bytes = allocator_.capacity_bytes();
     s.used_bytes = allocator_.used_bytes();
   }
   {
-    absl::ReaderMutexLock lock(&mu_);
+    ssd::ReaderMutexLock lock(&mu_);
     s.records = map_.size();
   }
   const Counters& c = *counters_;

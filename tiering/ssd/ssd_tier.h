@@ -44,12 +44,12 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "tiering/block_key.h"
 #include "tiering/ssd/buffer_pool.h"
 #include "tiering/ssd/extent_allocator.h"
 #include "tiering/ssd/io_backend.h"
+#include "tiering/ssd/mutex.h"
 #include "tiering/ssd/payload_codec.h"
 #include "tiering/ssd/slab_file.h"
 #include "tiering/ssd/ssd_index.h"
@@ -215,7 +215,7 @@ class SsdTier {
   std::atomic<uint64_t> next_sequence_{1};
 
   // Space. Lock order: commit_mu_, then mu_, then alloc_mu_.
-  mutable absl::Mutex alloc_mu_;
+  mutable ssd::Mutex alloc_mu_;
   ExtentAllocator allocator_ ABSL_GUARDED_BY(alloc_mu_);
   std::map<uint32_t, std::shared_ptr<SlabFile>> slabs_ ABSL_GUARDED_BY(alloc_mu_);
   std::map<uint32_t, uint64_t> slab_epochs_ ABSL_GUARDED_BY(alloc_mu_);
@@ -223,11 +223,11 @@ class SsdTier {
   uint32_t alloc_limit_ ABSL_GUARDED_BY(alloc_mu_) = UINT32_MAX;  // slabs >= this are being drained
 
   // The in-memory index: what Get and Contains consult.
-  mutable absl::Mutex mu_;
+  mutable ssd::Mutex mu_;
   absl::flat_hash_map<BlockKey, Resident> map_ ABSL_GUARDED_BY(mu_);
 
   // Serializes index commits (RocksDB write + map update) so the two never disagree.
-  absl::Mutex commit_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  ssd::Mutex commit_mu_ ABSL_ACQUIRED_BEFORE(mu_);
 
   // Destroyed first (declared last): completing or dropping the I/O still in flight releases buffers
   // and leases into the members above.

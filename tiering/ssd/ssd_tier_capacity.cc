@@ -22,15 +22,15 @@ constexpr size_t kRelocateBatch = 16;
 absl::StatusOr<SsdCapacityChange> SsdTier::SetCapacity(uint64_t bytes) {
   const uint32_t want = static_cast<uint32_t>(std::max<uint64_t>(1, bytes / slab_bytes_));
   SsdCapacityChange change;
-  absl::MutexLock commit(&commit_mu_);
+  ssd::MutexLock commit(&commit_mu_);
   uint32_t have = 0;
   {
-    absl::MutexLock lock(&alloc_mu_);
+    ssd::MutexLock lock(&alloc_mu_);
     have = static_cast<uint32_t>(slabs_.size());
   }
   if (want > have) {
     const absl::Status s = AddSlabs(want);
-    absl::MutexLock lock(&alloc_mu_);
+    ssd::MutexLock lock(&alloc_mu_);
     change.capacity_bytes = allocator_.capacity_bytes();
     if (!s.ok()) {
       Log(absl::StrFormat("ssd_grow_partial slabs=%d wanted=%d reason=\"%s\"", slabs_.size(), want, s.message()));
@@ -44,7 +44,7 @@ absl::StatusOr<SsdCapacityChange> SsdTier::SetCapacity(uint64_t bytes) {
   }
 
   {
-    absl::MutexLock lock(&alloc_mu_);
+    ssd::MutexLock lock(&alloc_mu_);
     alloc_limit_ = want;
   }
   struct Victim {
@@ -53,7 +53,7 @@ absl::StatusOr<SsdCapacityChange> SsdTier::SetCapacity(uint64_t bytes) {
   };
   std::vector<Victim> victims;
   {
-    absl::ReaderMutexLock lock(&mu_);
+    ssd::ReaderMutexLock lock(&mu_);
     for (const auto& [key, r] : map_) {
       if (r.entry.extent.slab >= want) victims.push_back(Victim{key, r});
     }
@@ -109,7 +109,7 @@ absl::StatusOr<SsdCapacityChange> SsdTier::SetCapacity(uint64_t bytes) {
       continue;
     }
     std::vector<Resident> replaced;
-    absl::MutexLock lock(&mu_);
+    ssd::MutexLock lock(&mu_);
     for (size_t n = 0; n < puts.size(); ++n) {
       auto it = map_.find(puts[n].key);
       if (it == map_.end()) continue;
@@ -124,7 +124,7 @@ absl::StatusOr<SsdCapacityChange> SsdTier::SetCapacity(uint64_t bytes) {
     // those anyway, but sync so the report is true at once.
     if (absl::Status s = index_->Apply({}, dropped, /*sync=*/true); !s.ok()) return s;
     std::vector<Resident> gone;
-    absl::MutexLock lock(&mu_);
+    ssd::MutexLock lock(&mu_);
     for (const BlockKey& k : dropped) {
       auto it = map_.find(k);
       if (it == map_.end() || it->second.entry.extent.slab < want) continue;
@@ -135,7 +135,7 @@ absl::StatusOr<SsdCapacityChange> SsdTier::SetCapacity(uint64_t bytes) {
   counters_->dropped_records.fetch_add(dropped.size());
   change.dropped = std::move(dropped);
 
-  absl::MutexLock lock(&alloc_mu_);
+  ssd::MutexLock lock(&alloc_mu_);
   for (uint32_t id = want; id < have; ++id) {
     allocator_.RemoveSlab(id);
     slab_epochs_.erase(id);

@@ -360,7 +360,7 @@ std::vector<absl::Status> SsdTier::Put(std::span<const SsdPutItem> items) {
   // stable there too (SetCapacity removes slabs under commit_mu_).
   std::vector<Resident> replaced;  // destroyed after the locks are released
   {
-    absl::MutexLock commit(&commit_mu_);
+    ssd::MutexLock commit(&commit_mu_);
     std::vector<SsdIndex::Put> puts;
     std::vector<size_t> put_job;
     for (size_t n = 0; n < jobs.size(); ++n) {
@@ -386,7 +386,7 @@ std::vector<absl::Status> SsdTier::Put(std::span<const SsdPutItem> items) {
       for (size_t n : put_job) jobs[n].status = s;
       Log(absl::StrFormat("ssd_index_write_failed records=%d error=\"%s\"", puts.size(), s.message()));
     } else {
-      absl::MutexLock lock(&mu_);
+      ssd::MutexLock lock(&mu_);
       for (size_t n = 0; n < puts.size(); ++n) {
         Resident& slot = map_[puts[n].key];
         if (slot.lease) replaced.push_back(std::move(slot));
@@ -416,7 +416,7 @@ std::vector<absl::StatusOr<SsdRecord>> SsdTier::Get(std::span<const BlockKey> ke
   std::vector<size_t> which;
   std::vector<Resident> found;  // holds the extents: they cannot be reused while we read them
   {
-    absl::ReaderMutexLock lock(&mu_);
+    ssd::ReaderMutexLock lock(&mu_);
     for (size_t i = 0; i < keys.size(); ++i) {
       auto it = map_.find(keys[i]);
       if (it == map_.end()) continue;

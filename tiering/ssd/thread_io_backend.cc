@@ -30,7 +30,7 @@ ThreadIoBackend::ThreadIoBackend(int num_threads, int queue_depth) : queue_depth
 ThreadIoBackend::~ThreadIoBackend() {
   std::deque<Pending> dropped;
   {
-    absl::MutexLock lock(&mu_);
+    ssd::MutexLock lock(&mu_);
     stopping_ = true;
     dropped.swap(queue_);
   }
@@ -40,9 +40,9 @@ ThreadIoBackend::~ThreadIoBackend() {
 
 void ThreadIoBackend::Submit(const IoOp& op, absl::Time deadline, IoCallback done) {
   {
-    absl::MutexLock lock(&mu_);
+    ssd::MutexLock lock(&mu_);
     auto has_room = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || outstanding_ < queue_depth_; };
-    if (mu_.AwaitWithDeadline(absl::Condition(&has_room), deadline) && !stopping_) {
+    if (mu_.AwaitWithDeadline(has_room, deadline) && !stopping_) {
       ++outstanding_;
       queue_.push_back(Pending{op, std::move(done)});
       return;
@@ -55,16 +55,16 @@ void ThreadIoBackend::WorkerLoop() {
   for (;;) {
     Pending p;
     {
-      absl::MutexLock lock(&mu_);
+      ssd::MutexLock lock(&mu_);
       auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || !queue_.empty(); };
-      mu_.Await(absl::Condition(&ready));
+      mu_.Await(ready);
       if (queue_.empty()) return;  // stopping
       p = std::move(queue_.front());
       queue_.pop_front();
     }
     const int64_t result = RunIoOpSync(p.op);
     {
-      absl::MutexLock lock(&mu_);
+      ssd::MutexLock lock(&mu_);
       --outstanding_;
     }
     p.done(result);

@@ -33,7 +33,7 @@ class ThreadIoBackend final : public IoBackend {
   void WorkerLoop();
 
   const int queue_depth_;
-  absl::Mutex mu_;
+  ssd::Mutex mu_;
   std::deque<Pending> queue_ ABSL_GUARDED_BY(mu_);
   int outstanding_ ABSL_GUARDED_BY(mu_) = 0;  // queued + running
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

@@ -32,7 +32,7 @@ UringIoBackend::UringIoBackend(int queue_depth, absl::Duration drain_timeout)
 
 UringIoBackend::~UringIoBackend() {
   {
-    absl::MutexLock lock(&mu_);
+    ssd::MutexLock lock(&mu_);
     stopping_ = true;
   }
   if (reaper_.joinable()) reaper_.join();
@@ -40,7 +40,7 @@ UringIoBackend::~UringIoBackend() {
 }
 
 absl::Status UringIoBackend::RegisterBuffers(std::span<const iovec> buffers) {
-  absl::MutexLock lock(&mu_);
+  ssd::MutexLock lock(&mu_);
   const int rc = io_uring_register_buffers(&ring_, buffers.data(), static_cast<unsigned>(buffers.size()));
   if (rc < 0) {
     return absl::UnavailableError(absl::StrFormat("io_uring_register_buffers: %s", std::strerror(-rc)));
@@ -52,9 +52,9 @@ absl::Status UringIoBackend::RegisterBuffers(std::span<const iovec> buffers) {
 void UringIoBackend::Submit(const IoOp& op, absl::Time deadline, IoCallback done) {
   int rc = 0;
   {
-    absl::MutexLock lock(&mu_);
+    ssd::MutexLock lock(&mu_);
     auto has_room = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || in_flight_ < queue_depth_; };
-    if (!mu_.AwaitWithDeadline(absl::Condition(&has_room), deadline)) {
+    if (!mu_.AwaitWithDeadline(has_room, deadline)) {
       rc = -ETIMEDOUT;
     } else if (stopping_) {
       rc = -ECANCELED;
@@ -103,7 +103,7 @@ void UringIoBackend::ReapLoop() {
   absl::Time drain_deadline = absl::InfiniteFuture();
   for (;;) {
     {
-      absl::MutexLock lock(&mu_);
+      ssd::MutexLock lock(&mu_);
       if (stopping_) {
         if (drain_deadline == absl::InfiniteFuture()) drain_deadline = absl::Now() + drain_timeout_;
         if (in_flight_ == 0 || absl::Now() >= drain_deadline) return;
@@ -117,7 +117,7 @@ void UringIoBackend::ReapLoop() {
     const int64_t res = cqe->res;
     io_uring_cqe_seen(&ring_, cqe);
     {
-      absl::MutexLock lock(&mu_);
+      ssd::MutexLock lock(&mu_);
       --in_flight_;
     }
     if (ctx != nullptr) ctx->done(res);

@@ -40,7 +40,7 @@ class UringIoBackend final : public IoBackend {
   const absl::Duration drain_timeout_;
   io_uring ring_{};
   bool registered_ = false;  // written before any Submit (RegisterBuffers is called once at setup)
-  absl::Mutex mu_;           // guards the submission queue and the counters below
+  ssd::Mutex mu_;            // guards the submission queue and the counters below
   int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread reaper_;

@@ -11,7 +11,7 @@ WorkerPool::WorkerPool(int num_threads) {
 
 WorkerPool::~WorkerPool() {
   {
-    absl::MutexLock lock(&mu_);
+    ssd::MutexLock lock(&mu_);
     stopping_ = true;
   }
   for (std::thread& t : threads_) t.join();
@@ -21,9 +21,9 @@ void WorkerPool::Loop() {
   for (;;) {
     std::function<void()> task;
     {
-      absl::MutexLock lock(&mu_);
+      ssd::MutexLock lock(&mu_);
       auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || !tasks_.empty(); };
-      mu_.Await(absl::Condition(&ready));
+      mu_.Await(ready);
       if (tasks_.empty()) return;
       task = std::move(tasks_.front());
       tasks_.pop_front();
@@ -42,7 +42,7 @@ void WorkerPool::ParallelFor(size_t n, const std::function<void(size_t)>& fn) {
   // after the caller has already returned (it finds no index left and exits).
   struct State {
     std::atomic<size_t> next{0};
-    absl::Mutex mu;
+    ssd::Mutex mu;
     size_t done ABSL_GUARDED_BY(mu) = 0;
   };
   auto state = std::make_shared<State>();
@@ -53,19 +53,19 @@ void WorkerPool::ParallelFor(size_t n, const std::function<void(size_t)>& fn) {
       ++finished;
     }
     if (finished > 0) {
-      absl::MutexLock lock(&state->mu);
+      ssd::MutexLock lock(&state->mu);
       state->done += finished;
     }
   };
   const size_t helpers = std::min(n - 1, threads_.size());
   {
-    absl::MutexLock lock(&mu_);
+    ssd::MutexLock lock(&mu_);
     for (size_t h = 0; h < helpers; ++h) tasks_.push_back(work);
   }
   work();
-  absl::MutexLock lock(&state->mu);
+  ssd::MutexLock lock(&state->mu);
   auto all_done = [&state, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(state->mu) { return state->done == n; };
-  state->mu.Await(absl::Condition(&all_done));
+  state->mu.Await(all_done);
 }
 
 }  // namespace kvtier

@@ -11,7 +11,7 @@
 #include <thread>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
+#include "tiering/ssd/mutex.h"
 
 namespace kvtier {
 
@@ -30,7 +30,7 @@ class WorkerPool {
  private:
   void Loop();
 
-  absl::Mutex mu_;
+  ssd::Mutex mu_;
   std::deque<std::function<void()>> tasks_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;
