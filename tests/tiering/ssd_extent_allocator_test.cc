@@ -1,10 +1,9 @@
 // ExtentAllocator: sequential next-fit, coalescing on free, rebuild with MarkUsed, draining slabs.
-#include "tiering/ssd/extent_allocator.h"
-
 #include <random>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tiering/ssd/extent_allocator.h"
 
 namespace kvtier {
 namespace {

@@ -1,12 +1,11 @@
 // The SSD record format (record_format.h) and its codec: round trips, and rejection of every kind of
 // damage a reader can meet (flipped bits anywhere, truncation, bad lengths, unknown version or codec).
-#include "tiering/ssd/record_codec.h"
-
 #include <cstring>
 #include <string>
 
 #include "gtest/gtest.h"
 #include "tests/tiering/ssd_test_util.h"
+#include "tiering/ssd/record_codec.h"
 
 namespace kvtier {
 namespace {
@@ -30,9 +29,7 @@ std::string MakeRecord(const BlockKey& key, std::string_view metadata, std::stri
   return rec;
 }
 
-std::span<const uint8_t> Bytes(const std::string& s) {
-  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
-}
+std::span<const uint8_t> Bytes(const std::string& s) { return {reinterpret_cast<const uint8_t*>(s.data()), s.size()}; }
 
 TEST(SsdRecordCodec, RoundTripsAndPadsToTheBlockSize) {
   const BlockKey key = ssd_test::KeyFor(1);

@@ -89,18 +89,26 @@ absl::StatusOr<RecordHeader> DecodeRecordHeader(std::span<const uint8_t> bytes) 
   return h;
 }
 
-absl::StatusOr<RecordHeader> VerifyRecord(std::span<const uint8_t> bytes) {
-  absl::StatusOr<RecordHeader> h = DecodeRecordHeader(bytes);
+absl::StatusOr<RecordHeader> VerifyRecordParts(std::span<const uint8_t> head, std::span<const uint8_t> payload) {
+  absl::StatusOr<RecordHeader> h = DecodeRecordHeader(head);
   if (!h.ok()) return h.status();
-  const uint64_t needed = uint64_t{f::kHeaderSize} + h->metadata_length + h->stored_length;
-  if (bytes.size() < needed) return absl::DataLossError("record truncated");
-  const char* base = reinterpret_cast<const char*>(bytes.data());
-  const std::string_view metadata(base + f::kHeaderSize, h->metadata_length);
-  const std::string_view payload(base + f::kHeaderSize + h->metadata_length, h->stored_length);
-  if (RecordChecksum(bytes.data(), metadata, payload) != h->record_checksum) {
+  if (head.size() < uint64_t{f::kHeaderSize} + h->metadata_length || payload.size() < h->stored_length) {
+    return absl::DataLossError("record truncated");
+  }
+  const std::string_view metadata(reinterpret_cast<const char*>(head.data()) + f::kHeaderSize, h->metadata_length);
+  const std::string_view stored(reinterpret_cast<const char*>(payload.data()), h->stored_length);
+  if (RecordChecksum(head.data(), metadata, stored) != h->record_checksum) {
     return absl::DataLossError("record checksum mismatch");
   }
   return h;
+}
+
+absl::StatusOr<RecordHeader> VerifyRecord(std::span<const uint8_t> bytes) {
+  absl::StatusOr<RecordHeader> h = DecodeRecordHeader(bytes);
+  if (!h.ok()) return h.status();
+  const uint64_t prefix = uint64_t{f::kHeaderSize} + h->metadata_length;
+  if (bytes.size() < prefix) return absl::DataLossError("record truncated");
+  return VerifyRecordParts(bytes, bytes.subspan(prefix));
 }
 
 }  // namespace kvtier

@@ -46,4 +46,8 @@ absl::StatusOr<RecordHeader> DecodeRecordHeader(std::span<const uint8_t> bytes);
 // record checksum over header, metadata and payload. DATA_LOSS on any mismatch.
 absl::StatusOr<RecordHeader> VerifyRecord(std::span<const uint8_t> bytes);
 
+// The same check over a record read into two buffers: `head` holds the header and the metadata (at
+// least kHeaderSize + metadata_length bytes), `payload` the stored payload (at least stored_length).
+absl::StatusOr<RecordHeader> VerifyRecordParts(std::span<const uint8_t> head, std::span<const uint8_t> payload);
+
 }  // namespace kvtier

@@ -225,14 +225,14 @@ absl::Status SsdTier::Recover() {
     std::vector<ReadJob> jobs;
     for (size_t i = begin; i < end; ++i) {
       const Extent& x = claimed[i].entry.extent;
-      jobs.push_back(ReadJob{claimed[i].lease, full ? x.length : std::min<uint64_t>(x.length, f::kBlockSize)});
+      jobs.push_back(WholeRead(claimed[i].lease, full ? x.length : std::min<uint64_t>(x.length, f::kBlockSize)));
     }
     std::vector<ReadResult> reads = ReadExtents(jobs, absl::Now() + options_.io_timeout);
     workers_->ParallelFor(jobs.size(), [&](size_t n) {
       const size_t i = begin + n;
       if (!reads[n].status.ok()) return;  // unreadable now: kept, Get verifies before serving
-      const auto* p = reinterpret_cast<const uint8_t*>(reads[n].bytes.data());
-      const std::span<const uint8_t> bytes(p, reads[n].bytes.size());
+      const auto* p = reinterpret_cast<const uint8_t*>(reads[n].head.data());
+      const std::span<const uint8_t> bytes(p, reads[n].head.size());
       absl::StatusOr<RecordHeader> h = full ? VerifyRecord(bytes) : DecodeRecordHeader(bytes);
       const IndexEntry& e = claimed[i].entry;
       keep[i] = h.ok() && h->key == claimed_keys[i] && h->record_checksum == e.checksum &&

@@ -174,13 +174,22 @@ class SsdTier {
     std::vector<std::string_view> pieces;
     absl::Status status;
   };
+  // Reads the first `length` bytes of an extent (a 4 KiB multiple). The bytes land in two buffers:
+  // [0, split) in `head` and [split, keep) in `body` (padding past `keep` is dropped), so that a Get can
+  // hand the payload buffer to its caller without another copy. split == keep == length: all in head.
   struct ReadJob {
     std::shared_ptr<ExtentLease> lease;
-    uint64_t length = 0;  // bytes to read from the start of the extent (4 KiB multiple)
+    uint64_t length = 0;
+    uint64_t split = 0;
+    uint64_t keep = 0;
   };
+  static ReadJob WholeRead(std::shared_ptr<ExtentLease> lease, uint64_t length) {
+    return ReadJob{std::move(lease), length, length, length};
+  }
   struct ReadResult {
     absl::Status status;
-    std::string bytes;
+    std::string head;
+    std::string body;
   };
   struct Counters;
 

@@ -67,7 +67,7 @@ absl::StatusOr<SsdCapacityChange> SsdTier::SetCapacity(uint64_t bytes) {
     const absl::Time deadline = absl::Now() + options_.io_timeout;
     std::vector<ReadJob> reads;
     for (size_t i = begin; i < end; ++i)
-      reads.push_back(ReadJob{victims[i].resident.lease, victims[i].resident.entry.extent.length});
+      reads.push_back(WholeRead(victims[i].resident.lease, victims[i].resident.entry.extent.length));
     std::vector<ReadResult> data = ReadExtents(reads, deadline);
     std::vector<WriteJob> writes;
     std::vector<size_t> write_victim;
@@ -75,7 +75,7 @@ absl::StatusOr<SsdCapacityChange> SsdTier::SetCapacity(uint64_t bytes) {
       ReadResult& r = data[i - begin];
       absl::StatusOr<RecordHeader> h =
           r.status.ok()
-              ? VerifyRecord(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(r.bytes.data()), r.bytes.size()))
+              ? VerifyRecord(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(r.head.data()), r.head.size()))
               : absl::StatusOr<RecordHeader>(r.status);
       std::shared_ptr<ExtentLease> lease;
       if (h.ok() && h->key == victims[i].key) lease = AllocateLease(victims[i].resident.entry.extent.length, want);
@@ -83,7 +83,7 @@ absl::StatusOr<SsdCapacityChange> SsdTier::SetCapacity(uint64_t bytes) {
         dropped.push_back(victims[i].key);
         continue;
       }
-      writes.push_back(WriteJob{std::move(lease), {std::string_view(r.bytes)}, absl::OkStatus()});
+      writes.push_back(WriteJob{std::move(lease), {std::string_view(r.head)}, absl::OkStatus()});
       write_victim.push_back(i);
     }
     WriteExtents(writes, deadline);
@@ -99,7 +99,7 @@ absl::StatusOr<SsdCapacityChange> SsdTier::SetCapacity(uint64_t bytes) {
       e.extent = writes[n].lease->extent();
       // The metadata lives in the record right after the header; the index keeps a copy of it.
       const std::string_view metadata =
-          std::string_view(data[write_victim[n] - begin].bytes).substr(ssd_format::kHeaderSize, e.metadata_length);
+          std::string_view(data[write_victim[n] - begin].head).substr(ssd_format::kHeaderSize, e.metadata_length);
       puts.push_back(SsdIndex::Put{v.key, e, metadata});
       put_write.push_back(n);
     }

@@ -32,6 +32,10 @@ absl::Status IoErrorStatus(int64_t neg_errno, std::string_view what) {
 
 namespace {
 
+std::span<const uint8_t> AsBytes(const std::string& s) {
+  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
+}
+
 // A run of write jobs adjacent on disk in one slab.
 struct Stream {
   std::shared_ptr<SlabFile> file;
@@ -188,9 +192,18 @@ void SsdTier::WriteExtents(std::span<WriteJob> jobs, absl::Time deadline) {
 std::vector<SsdTier::ReadResult> SsdTier::ReadExtents(std::span<const ReadJob> jobs, absl::Time deadline) {
   // One target per job; shared with the callbacks, which copy into it and may outlive this call.
   struct Target {
-    std::string bytes;
+    uint64_t split = 0, keep = 0;
+    std::string head, body;
     std::atomic<int> pending{0};  // ops that still have to deliver part of this job
     std::atomic<int64_t> error{0};
+
+    // Copies record bytes [at, at + len) from src into head/body.
+    void Fill(uint64_t at, const uint8_t* src, uint64_t len) {
+      const uint64_t end = at + len;
+      if (at < split) std::memcpy(head.data() + at, src, std::min(end, split) - at);
+      const uint64_t b0 = std::max(at, split), b1 = std::min(end, keep);
+      if (b0 < b1) std::memcpy(body.data() + (b0 - split), src + (b0 - at), b1 - b0);
+    }
   };
   // A piece of an op's buffer that belongs to one job.
   struct Piece {
@@ -207,8 +220,12 @@ std::vector<SsdTier::ReadResult> SsdTier::ReadExtents(std::span<const ReadJob> j
   };
   std::vector<std::shared_ptr<Target>> targets;
   for (const ReadJob& j : jobs) {
-    targets.push_back(std::make_shared<Target>());
-    targets.back()->bytes.resize(j.length);
+    auto t = std::make_shared<Target>();
+    t->split = std::min(j.split, j.length);
+    t->keep = std::clamp(j.keep, t->split, j.length);
+    t->head.resize(t->split);
+    t->body.resize(t->keep - t->split);
+    targets.push_back(std::move(t));
   }
   // Jobs adjacent on disk (a batch of records written together) are read as one stream, cut into
   // io_block_bytes ops: large, uniform requests instead of one short tail op per record.
@@ -266,7 +283,7 @@ std::vector<SsdTier::ReadResult> SsdTier::ReadExtents(std::span<const ReadJob> j
                                          index = buf->index, pool = buffers_.get(), file = plan.file](int64_t r) {
                        for (const Piece& p : pieces) {
                          if (r == len) {
-                           std::memcpy(p.target->bytes.data() + p.target_offset, data + p.buffer_offset, p.len);
+                           p.target->Fill(p.target_offset, data + p.buffer_offset, p.len);
                          } else {
                            p.target->error.store(r < 0 ? r : -EIO);
                          }
@@ -288,7 +305,8 @@ std::vector<SsdTier::ReadResult> SsdTier::ReadExtents(std::span<const ReadJob> j
       (e == -ETIMEDOUT ? counters_->timeouts : counters_->io_errors).fetch_add(1);
     } else {
       counters_->disk_bytes_read.fetch_add(jobs[i].length);
-      out[i].bytes = std::move(t.bytes);  // every op completed: no callback touches it any more
+      out[i].head = std::move(t.head);  // every op completed: no callback touches them any more
+      out[i].body = std::move(t.body);
     }
   }
   return out;
@@ -425,7 +443,11 @@ std::vector<absl::StatusOr<SsdRecord>> SsdTier::Get(std::span<const BlockKey> ke
     }
   }
   std::vector<ReadJob> jobs;
-  for (const Resident& r : found) jobs.push_back(ReadJob{r.lease, r.entry.extent.length});
+  for (const Resident& r : found) {
+    // Header and metadata in one buffer, the stored payload in another (it becomes the caller's).
+    const uint64_t split = f::kHeaderSize + r.entry.metadata_length;
+    jobs.push_back(ReadJob{r.lease, r.entry.extent.length, split, split + r.entry.stored_length});
+  }
   std::vector<ReadResult> reads = ReadExtents(jobs, deadline);
 
   std::vector<char> corrupt(which.size(), 0);
@@ -435,9 +457,9 @@ std::vector<absl::StatusOr<SsdRecord>> SsdTier::Get(std::span<const BlockKey> ke
       results[i] = reads[n].status;
       return;
     }
-    const std::string& bytes = reads[n].bytes;
-    absl::StatusOr<RecordHeader> h =
-        VerifyRecord(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
+    std::string& head = reads[n].head;
+    std::string& body = reads[n].body;
+    absl::StatusOr<RecordHeader> h = VerifyRecordParts(AsBytes(head), AsBytes(body));
     const IndexEntry& e = found[n].entry;
     if (h.ok() && (h->key != keys[i] || h->record_checksum != e.checksum || h->stored_length != e.stored_length ||
                    h->raw_length != e.raw_length || h->metadata_length != e.metadata_length)) {
@@ -450,10 +472,9 @@ std::vector<absl::StatusOr<SsdRecord>> SsdTier::Get(std::span<const BlockKey> ke
     }
     SsdRecord rec;
     rec.key = keys[i];
-    rec.metadata = bytes.substr(f::kHeaderSize, h->metadata_length);
-    const std::string_view stored(bytes.data() + f::kHeaderSize + h->metadata_length, h->stored_length);
+    rec.metadata = head.substr(f::kHeaderSize, h->metadata_length);
     if (h->codec == f::RecordCodec::kZstd) {
-      absl::StatusOr<std::string> raw = PayloadCodec::Decompress(stored, h->raw_length);
+      absl::StatusOr<std::string> raw = PayloadCodec::Decompress(body, h->raw_length);
       if (!raw.ok()) {  // checksummed bytes that do not decode: written corrupt; never serve it
         results[i] = raw.status();
         corrupt[n] = 1;
@@ -461,7 +482,7 @@ std::vector<absl::StatusOr<SsdRecord>> SsdTier::Get(std::span<const BlockKey> ke
       }
       rec.payload = *std::move(raw);
     } else {
-      rec.payload.assign(stored);
+      rec.payload = std::move(body);  // no copy: the read buffer is the payload
     }
     results[i] = std::move(rec);
   });
