@@ -12,11 +12,11 @@ TEST(BlockKey, ChainDependsOnEveryInput) {
   for (int i = 0; i < 16; ++i) t[i] = 1000 + i;
   const BlockKey a = ChainKey({}, 7, "tenant-a", t);
   EXPECT_EQ(a, ChainKey({}, 7, "tenant-a", t));
-  EXPECT_NE(a, ChainKey({}, 8, "tenant-a", t));        // layout
-  EXPECT_NE(a, ChainKey({}, 7, "tenant-b", t));        // tenant salt
+  EXPECT_NE(a, ChainKey({}, 8, "tenant-a", t));              // layout
+  EXPECT_NE(a, ChainKey({}, 7, "tenant-b", t));              // tenant salt
   EXPECT_NE(a, ChainKey(BlockKey{1, 0}, 7, "tenant-a", t));  // parent
   t[15] = 0;
-  EXPECT_NE(a, ChainKey({}, 7, "tenant-a", t));        // tokens
+  EXPECT_NE(a, ChainKey({}, 7, "tenant-a", t));  // tokens
 }
 
 TEST(BlockKey, BytesRoundTrip) {
