@@ -4,7 +4,7 @@
 //   status                       tiers, hit rate, movement and sessions
 //   tiers get                    tier capacities
 //   tiers set [--gpu=B] [--host=B]  change capacities at runtime (shrinking drains)
-//   evict [--max=N]              page unpinned blocks out of the GPU tier (0 = all)
+//   evict [--tier=gpu|host] [--max=N]  page unpinned blocks down from a tier (0 = all)
 #include <cstdio>
 #include <string>
 
@@ -65,6 +65,10 @@ void PrintStatus(const v1::StatsResponse& s) {
   std::printf("page-out %llu blocks, page-in %llu blocks, saved by quantization %s\n",
               static_cast<unsigned long long>(s.page_outs()), static_cast<unsigned long long>(s.page_ins()),
               Human(s.bytes_saved_by_quantization()).c_str());
+  std::printf("ssd: written %llu, read %llu, restored at start %llu; dropped %llu, checksum failures %llu\n",
+              static_cast<unsigned long long>(s.ssd_writes()), static_cast<unsigned long long>(s.ssd_reads()),
+              static_cast<unsigned long long>(s.ssd_restored()), static_cast<unsigned long long>(s.blocks_dropped()),
+              static_cast<unsigned long long>(s.checksum_failures()));
   std::printf("sessions %llu, layouts %llu\n", static_cast<unsigned long long>(s.sessions()),
               static_cast<unsigned long long>(s.layouts()));
 }
@@ -77,7 +81,7 @@ int Fail(const absl::Status& st) {
 int Run(const CliArgs& args) {
   if (args.positional.empty() || args.Has("help")) {
     std::printf("usage: kvtierctl [--socket=PATH] [--token=T] [--json] status | tiers get | "
-                "tiers set [--gpu=BYTES] [--host=BYTES] | evict [--max=N]\n");
+                "tiers set [--gpu=BYTES] [--host=BYTES] [--ssd=BYTES] | evict [--tier=gpu|host] [--max=N]\n");
     return args.positional.empty() ? 2 : 0;
   }
   ClientOptions o;
@@ -112,13 +116,18 @@ int Run(const CliArgs& args) {
     return 0;
   }
   if (cmd == "evict") {
-    auto r = (*client)->Evict(v1::TIER_GPU, args.GetInt("max", 0));
+    const std::string tier = args.Get("tier", "gpu");
+    if (tier != "gpu" && tier != "host") {
+      std::fprintf(stderr, "kvtierctl: --tier must be gpu or host\n");
+      return 2;
+    }
+    auto r = (*client)->Evict(tier == "gpu" ? v1::TIER_GPU : v1::TIER_HOST, args.GetInt("max", 0));
     if (!r.ok()) return Fail(r.status());
     if (json) {
       std::printf("%s\n", Json(*r).c_str());
     } else {
-      std::printf("paged out %lld blocks from the gpu tier, dropped %lld\n",
-                  static_cast<long long>(r->blocks_moved()), static_cast<long long>(r->blocks_dropped()));
+      std::printf("paged out %lld blocks from the %s tier, dropped %lld\n", static_cast<long long>(r->blocks_moved()),
+                  tier.c_str(), static_cast<long long>(r->blocks_dropped()));
     }
     return 0;
   }

@@ -113,6 +113,10 @@ absl::Status ValidateConfig(const DaemonConfig& c) {
     return absl::InvalidArgumentError("config: mover_threads outside [1, 256]");
   if (c.max_message_bytes() < (1 << 20) || c.max_message_bytes() > (1ll << 31) - 1)
     return absl::InvalidArgumentError("config: max_message_bytes outside [1 MiB, 2 GiB)");
+  if (c.limits().ssd_tier_bytes() > 0 && c.ssd_dir().empty())
+    return absl::InvalidArgumentError("config: limits.ssd_tier_bytes is set but ssd_dir is empty");
+  if (!c.ssd_dir().empty() && c.limits().ssd_tier_bytes() > 0 && c.limits().ssd_tier_bytes() < (16u << 20))
+    return absl::InvalidArgumentError("config: limits.ssd_tier_bytes must be at least 16 MiB");
   for (const auto& t : c.tenants())
     if (t.name().empty()) return absl::InvalidArgumentError("config: a tenant has no name");
   return absl::OkStatus();

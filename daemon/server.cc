@@ -35,7 +35,22 @@ absl::StatusOr<std::unique_ptr<KvTierServer>> KvTierServer::Start(const kvtier::
   BlockStoreOptions options;
   options.gpu_pool_bytes = config.limits().gpu_pool_bytes();
   options.host_tier_bytes = config.limits().host_tier_bytes();
-  s->store_ = std::make_unique<BlockStore>(options, std::move(device), MakeAlignedHostAllocator());
+  std::unique_ptr<SsdTier> ssd;
+  if (!config.ssd_dir().empty() && config.limits().ssd_tier_bytes() > 0) {
+    SsdTierOptions so;
+    so.dir = config.ssd_dir();
+    so.capacity_bytes = config.limits().ssd_tier_bytes();
+    so.slab_bytes = std::min<uint64_t>(so.capacity_bytes, 1ull << 30) / 4096 * 4096;
+    so.worker_threads = std::max(1, config.mover_threads() - 1);
+    so.log = [](std::string_view line) { KVTIER_LOG(kInfo, "ssd") << line; };
+    auto opened = SsdTier::Open(so);
+    if (!opened.ok())
+      return absl::FailedPreconditionError(absl::StrCat("SSD tier at ", so.dir, ": ", opened.status().message()));
+    ssd = std::move(*opened);
+    KVTIER_LOG(kInfo, "ssd_tier") << "dir=" << so.dir << " bytes=" << so.capacity_bytes
+                                  << " backend=" << ssd->backend_name();
+  }
+  s->store_ = std::make_unique<BlockStore>(options, std::move(device), MakeAlignedHostAllocator(), std::move(ssd));
   s->sessions_ = std::make_unique<SessionRegistry>(s->store_.get());
   s->service_ = std::make_unique<KvTierService>(config, s->store_.get(), s->sessions_.get());
 

@@ -192,6 +192,11 @@ grpc::ServerUnaryReactor* KvTierService::Stats(grpc::CallbackServerContext* ctx,
     resp->set_sessions(sessions_->size());
     resp->set_layouts(st.layouts);
     resp->set_pinned_blocks(st.pinned_blocks);
+    resp->set_blocks_dropped(st.blocks_dropped);
+    resp->set_checksum_failures(st.checksum_failures);
+    resp->set_ssd_writes(st.ssd_writes);
+    resp->set_ssd_reads(st.ssd_reads);
+    resp->set_ssd_restored(st.ssd_restored);
     return grpc::Status::OK;
   });
 }
@@ -199,9 +204,16 @@ grpc::ServerUnaryReactor* KvTierService::Stats(grpc::CallbackServerContext* ctx,
 grpc::ServerUnaryReactor* KvTierService::Evict(grpc::CallbackServerContext* ctx, const v1::EvictRequest* req,
                                                v1::EvictResponse* resp) {
   return WithSession(ctx, req->session_id(), true, [&](const Session& s) -> grpc::Status {
-    if (req->from_tier() != v1::TIER_GPU) return Invalid("Evict supports from_tier=TIER_GPU");
     if (req->max_blocks() < 0) return Invalid("max_blocks must be >= 0");
-    const EvictOutcome o = store_->DemoteFromGpu(req->max_blocks());
+    EvictOutcome o;
+    if (req->from_tier() == v1::TIER_GPU) {
+      o = store_->DemoteFromGpu(req->max_blocks());
+    } else if (req->from_tier() == v1::TIER_HOST) {
+      if (!store_->has_ssd()) return {grpc::StatusCode::FAILED_PRECONDITION, "no SSD tier is configured"};
+      o = store_->DemoteFromHost(req->max_blocks());
+    } else {
+      return Invalid("Evict needs from_tier TIER_GPU or TIER_HOST");
+    }
     resp->set_blocks_moved(o.moved);
     resp->set_blocks_dropped(o.dropped);
     KVTIER_LOG(kInfo, "admin_evict") << "session=" << s.id << " moved=" << o.moved << " dropped=" << o.dropped;
@@ -215,11 +227,12 @@ grpc::ServerUnaryReactor* KvTierService::SetTierLimits(grpc::CallbackServerConte
   return WithSession(ctx, req->session_id(), true, [&](const Session&) -> grpc::Status {
     const auto& l = req->limits();
     if (l.gpu_pool_bytes() != 0 && l.gpu_pool_bytes() < (1u << 20)) return Invalid("gpu_pool_bytes below 1 MiB");
-    if (l.ssd_tier_bytes() != 0) return {grpc::StatusCode::FAILED_PRECONDITION, "no SSD tier is configured"};
-    if (auto st = store_->SetLimits(l.gpu_pool_bytes(), l.host_tier_bytes()); !st.ok()) return ToGrpc(st);
+    if (auto st = store_->SetLimits(l.gpu_pool_bytes(), l.host_tier_bytes(), l.ssd_tier_bytes()); !st.ok())
+      return ToGrpc(st);
     const StoreStats st = store_->Stats();
     resp->mutable_limits()->set_gpu_pool_bytes(st.tiers[0].capacity_bytes);
     resp->mutable_limits()->set_host_tier_bytes(st.tiers[1].capacity_bytes);
+    if (st.tiers.size() > 2) resp->mutable_limits()->set_ssd_tier_bytes(st.tiers[2].capacity_bytes);
     return grpc::Status::OK;
   });
 }

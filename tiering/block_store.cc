@@ -20,11 +20,13 @@ const char* TierName(Tier t) {
 
 
 BlockStore::BlockStore(BlockStoreOptions options, std::unique_ptr<DeviceBackend> device,
-                       std::unique_ptr<HostAllocator> host_allocator)
+                       std::unique_ptr<HostAllocator> host_allocator, std::unique_ptr<SsdTier> ssd)
     : options_(options),
       device_(std::move(device)),
       host_(options.host_tier_bytes, std::move(host_allocator)),
+      ssd_(std::move(ssd)),
       gpu_limit_(options.gpu_pool_bytes) {
+  if (ssd_ != nullptr) RestoreFromSsd();
   mover_ = std::thread([this] { MoverLoop(); });
 }
 
@@ -104,6 +106,9 @@ void BlockStore::FreeBlockLocked(Entry& e, bool dropped) {
     gpu_blocks_.erase(e.id);
   } else if (e.tier == Tier::kHost) {
     host_blocks_.erase(e.id);
+  } else if (e.tier == Tier::kSsd) {
+    ssd_blocks_.erase(e.id);
+    if (ssd_ != nullptr) (void)ssd_->Remove(std::span<const BlockKey>(&e.key, 1));
   }
   if (e.pins > 0) {
     // Dropped while pinned (it failed its checksum): the pins die with it.
@@ -137,6 +142,7 @@ absl::StatusOr<std::vector<AllocatedBlock>> BlockStore::Allocate(SessionId sessi
     auto e = std::make_unique<Entry>();
     e->id = next_id_++;
     e->layout = layout;
+    e->layout_id = layout->id;
     e->owner = session;
     e->slot = arena->Allocate();
     Touch(*e);
@@ -229,7 +235,7 @@ absl::StatusOr<std::vector<CommitOutcome>> BlockStore::Commit(SessionId session,
   const uint64_t ns = XXH3_64bits(tenant_salt.data(), tenant_salt.size()) | 1;
   MutexLock lock(&mu_);
   // Validate everything first: a failed call changes nothing.
-  absl::flat_hash_map<BlockKey, const Layout*> batch_keys;  // keys this call will produce, by layout
+  absl::flat_hash_map<BlockKey, uint64_t> batch_keys;  // keys this call will produce -> layout id
   std::vector<Entry*> blocks;
   std::vector<BlockKey> parents, keys;
   absl::flat_hash_set<BlockId> seen;
@@ -252,19 +258,19 @@ absl::StatusOr<std::vector<CommitOutcome>> BlockStore::Commit(SessionId session,
       if (!BlockKey::FromBytes(item.parent_key, &parent))
         return absl::InvalidArgumentError("parent_key must be 16 bytes");
       auto bk = batch_keys.find(parent);
-      const Layout* parent_layout = nullptr;
+      uint64_t parent_layout = 0;
       if (bk != batch_keys.end()) {
         parent_layout = bk->second;
       } else if (auto it = index_.find(parent); it != index_.end()) {
         const Entry* p = FindLocked(it->second);
-        if (p->ns == ns) parent_layout = p->layout;  // another tenant's key is as good as unknown
+        if (p->ns == ns) parent_layout = p->layout_id;  // another tenant's key is as good as unknown
       }
       // Unknown parents are reported as NOT_FOUND whether they exist for another tenant or not at all.
-      if (parent_layout == nullptr) return absl::NotFoundError("parent_key is not a published block");
-      if (parent_layout != e->layout) return absl::InvalidArgumentError("parent block has another layout");
+      if (parent_layout == 0) return absl::NotFoundError("parent_key is not a published block");
+      if (parent_layout != e->layout_id) return absl::InvalidArgumentError("parent block has another layout");
     }
     const BlockKey key = ChainKey(parent, e->layout->id, tenant_salt, item.tokens);
-    batch_keys.emplace(key, e->layout);
+    batch_keys.emplace(key, e->layout_id);
     blocks.push_back(e);
     parents.push_back(parent);
     keys.push_back(key);
@@ -326,22 +332,54 @@ absl::StatusOr<LookupOutcome> BlockStore::Lookup(SessionId session, std::string_
   if (pin || promote)
     for (Entry* e : hits) Pin(session, *e);
   if (promote) {
-    std::vector<Entry*> to_promote;
-    WaitNotMoving(hits);
-    for (Entry* e : hits)
-      if (e->tier != Tier::kGpu) to_promote.push_back(e);
-    std::vector<BlockId> hit_ids;
-    for (Entry* e : hits) hit_ids.push_back(e->id);
-    const absl::flat_hash_set<BlockId> failed = PageInLocked(to_promote);
-    if (!failed.empty()) {
-      // The prefix ends before the first block that could not be brought in; blocks past the cut are
-      // unpinned again (those PageInLocked dropped are gone, with their pins).
-      size_t keep = 0;
-      while (keep < hit_ids.size() && !failed.contains(hit_ids[keep])) ++keep;
-      for (size_t i = keep; i < hit_ids.size(); ++i)
-        if (Entry* e = FindLocked(hit_ids[i])) Unpin(session, *e);
-      hits.resize(keep);
+    // Hits are pinned, so only promotions (this call's or a concurrent lookup's of the same prefix) move
+    // them. Work on ids: a block that fails its checksum is dropped and its Entry freed.
+    std::vector<BlockId> ids;
+    for (Entry* e : hits) ids.push_back(e->id);
+    absl::flat_hash_set<BlockId> failed;
+    for (int round = 0; round < 3; ++round) {
+      std::vector<Entry*> live;
+      for (BlockId id : ids) live.push_back(FindLocked(id));
+      WaitNotMoving(live);
+      std::vector<Entry*> from_ssd, from_host;
+      for (Entry* e : live) {
+        if (e->tier == Tier::kSsd) from_ssd.push_back(e);
+        if (e->tier == Tier::kHost) from_host.push_back(e);
+      }
+      if (from_ssd.empty() && from_host.empty()) break;
+      // Host-resident hits go up first (freeing host room), then SSD hits as host room allows.
+      for (BlockId id : PageInLocked(std::move(from_host))) failed.insert(id);
+      std::vector<Entry*> pending = std::move(from_ssd);
+      while (!pending.empty() && failed.empty()) {
+        std::vector<Entry*> deferred;
+        std::vector<BlockId> asked;
+        for (Entry* e : pending) asked.push_back(e->id);
+        for (BlockId id : PromoteFromSsdLocked(std::move(pending), &deferred)) failed.insert(id);
+        std::vector<Entry*> now_host;
+        absl::flat_hash_set<BlockId> later;
+        for (Entry* e : deferred) later.insert(e->id);
+        for (BlockId id : asked)
+          if (Entry* e = FindLocked(id); e != nullptr && e->tier == Tier::kHost && !later.contains(id))
+            now_host.push_back(e);
+        if (now_host.empty() && !deferred.empty()) {  // no host room at all: the prefix ends here
+          for (Entry* e : deferred) failed.insert(e->id);
+          break;
+        }
+        for (BlockId id : PageInLocked(std::move(now_host))) failed.insert(id);
+        pending = std::move(deferred);
+      }
+      if (!failed.empty()) break;
     }
+    // The prefix ends before the first block that could not be brought in; blocks past the cut are
+    // unpinned again (dropped ones are gone, with their pins).
+    size_t keep = 0;
+    while (keep < ids.size() && !failed.contains(ids[keep]) && FindLocked(ids[keep]) != nullptr &&
+           FindLocked(ids[keep])->tier == Tier::kGpu)
+      ++keep;
+    for (size_t i = keep; i < ids.size(); ++i)
+      if (Entry* e = FindLocked(ids[i])) Unpin(session, *e);
+    hits.clear();
+    for (size_t i = 0; i < keep; ++i) hits.push_back(FindLocked(ids[i]));
   }
   LookupOutcome out;
   for (Entry* e : hits) {
@@ -426,6 +464,10 @@ StoreStats BlockStore::Stats() const {
   StoreStats s = counters_;
   s.tiers.push_back({Tier::kGpu, gpu_limit_, gpu_used_, gpu_blocks_.size()});
   s.tiers.push_back({Tier::kHost, host_.capacity(), host_.used(), host_blocks_.size()});
+  if (ssd_ != nullptr) {
+    const SsdTierStats ss = ssd_->Stats();
+    s.tiers.push_back({Tier::kSsd, ss.capacity_bytes, ss.used_bytes, ssd_blocks_.size()});
+  }
   for (const auto& [sid, m] : pins_) s.pinned_blocks += m.size();
   s.layouts = layouts_.size();
   return s;

@@ -13,8 +13,13 @@
 // (uncommitted) blocks are never moved or dropped.
 //
 // Eviction: unpinned committed blocks, prefix-tree leaves before their ancestors, least recently used
-// first; GPU -> host -> drop (the SSD tier slots in below host). A mover thread keeps the GPU tier between
-// its low and high watermarks; allocations that find the pool full demote synchronously.
+// first; GPU -> host -> SSD (when configured) -> drop. A mover thread keeps the GPU and host tiers between
+// their low and high watermarks; allocations that find a tier full demote synchronously. Every mover
+// marks all the entries it works on `moving` before it first releases the lock, so no two movers ever
+// work on one block.
+//
+// Warm restart: with an SSD tier, the constructor rebuilds the page table and prefix index from the SSD
+// index; those blocks are served once an engine registers their layout again (layout ids are stable).
 //
 // Thread-safety: all public methods are thread-safe. One mutex guards the table; byte conversions run
 // outside it.
@@ -35,6 +40,7 @@
 #include "tiering/device_backend.h"
 #include "tiering/host_tier.h"
 #include "tiering/layout.h"
+#include "tiering/ssd/ssd_tier.h"
 
 namespace kvtier {
 
@@ -51,6 +57,8 @@ struct BlockStoreOptions {
   int gpu_pool_growth_factor = 4;
   double gpu_high_watermark = 0.95;  // the mover demotes above this fraction of the pool...
   double gpu_low_watermark = 0.85;   // ...down to this one
+  double host_high_watermark = 0.95;  // with an SSD tier: host -> SSD above this fraction...
+  double host_low_watermark = 0.85;   // ...down to this one
   int max_blocks_per_call = 4096;
 };
 
@@ -96,6 +104,7 @@ struct StoreStats {
   uint64_t lookups = 0, lookup_blocks_requested = 0, lookup_blocks_hit = 0;
   uint64_t blocks_committed = 0, blocks_deduplicated = 0;
   uint64_t page_outs = 0, page_ins = 0, blocks_dropped = 0, checksum_failures = 0;
+  uint64_t ssd_writes = 0, ssd_reads = 0, ssd_write_failures = 0, ssd_read_failures = 0, ssd_restored = 0;
   uint64_t bytes_saved_by_quantization = 0;
   uint64_t pinned_blocks = 0, layouts = 0;
 };
@@ -107,8 +116,9 @@ struct EvictOutcome {
 
 class BlockStore {
  public:
+  // `ssd` may be null (no SSD tier). With one, the store restores the blocks it holds (warm restart).
   BlockStore(BlockStoreOptions options, std::unique_ptr<DeviceBackend> device,
-             std::unique_ptr<HostAllocator> host_allocator);
+             std::unique_ptr<HostAllocator> host_allocator, std::unique_ptr<SsdTier> ssd = nullptr);
   ~BlockStore();
   BlockStore(const BlockStore&) = delete;
   BlockStore& operator=(const BlockStore&) = delete;
@@ -143,8 +153,11 @@ class BlockStore {
 
   // Demotes up to max_blocks (0: all) unpinned committed blocks from the GPU tier.
   EvictOutcome DemoteFromGpu(int64_t max_blocks);
+  // Demotes up to max_blocks (0: all) unpinned blocks from the host tier to the SSD tier.
+  EvictOutcome DemoteFromHost(int64_t max_blocks);
   // Changes tier capacities (0 keeps one); shrinking demotes or drops until the tier fits.
-  absl::Status SetLimits(uint64_t gpu_pool_bytes, uint64_t host_tier_bytes);
+  absl::Status SetLimits(uint64_t gpu_pool_bytes, uint64_t host_tier_bytes, uint64_t ssd_tier_bytes = 0);
+  bool has_ssd() const { return ssd_ != nullptr; }
 
   StoreStats Stats() const;
   // Pins held by a session (tests, kvtierctl sessions).
@@ -157,7 +170,8 @@ class BlockStore {
   // One page-table entry.
   struct Entry {
     BlockId id = 0;
-    const Layout* layout = nullptr;
+    uint64_t layout_id = 0;
+    const Layout* layout = nullptr;  // null for blocks restored from SSD until their layout is registered
     BlockKey key;
     BlockKey parent;
     uint64_t ns = 0;  // hash of the tenant salt it was committed under (0 while private)
@@ -166,6 +180,8 @@ class BlockStore {
     Tier tier = Tier::kGpu;
     int32_t slot = -1;
     std::unique_ptr<HostRecord> host;
+    uint64_t record_bytes = 0;     // host/SSD record size (offload page + parameters)
+    uint64_t record_checksum = 0;  // xxh3-64 of the record, carried into the SSD metadata
     int32_t pins = 0;
     bool moving = false;
     int32_t children = 0;
@@ -185,12 +201,30 @@ class BlockStore {
   std::vector<Entry*> PickVictimsLocked(Tier tier, int64_t n) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Pages `victims` out to the host tier (dropping what does not fit); releases the lock meanwhile.
   EvictOutcome PageOutLocked(std::vector<Entry*> victims) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Converts one chunk (marked moving, host records allocated) and switches the blocks over.
+  EvictOutcome PageOutChunkLocked(const Layout& layout, std::span<Entry* const> chunk,
+                                  std::span<std::unique_ptr<HostRecord>> records) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Pages pinned host-tier blocks in; returns the ids that failed (checksum or no room).
   absl::flat_hash_set<BlockId> PageInLocked(std::vector<Entry*> blocks) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Frees GPU-pool bytes until `bytes` more fit, demoting victims; false if impossible.
   bool MakeGpuRoomLocked(uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Frees host-tier bytes until `bytes` more fit by dropping victims; false if impossible.
+  // Frees host-tier bytes until `bytes` more fit, demoting victims to SSD (or dropping them without
+  // one); may release the lock; false if impossible.
   bool MakeHostRoomLocked(uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // SSD tier (block_store_ssd.cc).
+  // Writes host-tier `victims` to SSD and frees their host records; releases the lock meanwhile.
+  EvictOutcome DemoteToSsdLocked(std::vector<Entry*> victims) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Reads pinned SSD-tier blocks back into host records; returns the ids that failed. Blocks for which
+  // the host tier has no room now are left on SSD and returned in `deferred`.
+  absl::flat_hash_set<BlockId> PromoteFromSsdLocked(std::vector<Entry*> blocks, std::vector<Entry*>* deferred)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops SSD victims until `bytes` more would fit.
+  void MakeSsdRoomLocked(uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Warm restart: page-table entries and index for every record on SSD.
+  void RestoreFromSsd();
+  // The layout of an entry restored from SSD, once registered; null before.
+  const Layout* ResolveLayoutLocked(Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   void MoverLoop();
 
@@ -205,6 +239,8 @@ class BlockStore {
   absl::flat_hash_map<uint64_t, std::unique_ptr<PageArena>> arenas_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<BlockId> gpu_blocks_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<BlockId> host_blocks_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<BlockId> ssd_blocks_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<SsdTier> ssd_;
   absl::flat_hash_map<SessionId, absl::flat_hash_map<BlockId, int32_t>> pins_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<SessionId, absl::flat_hash_set<BlockId>> owned_ ABSL_GUARDED_BY(mu_);
   uint64_t gpu_limit_ ABSL_GUARDED_BY(mu_);

@@ -1,4 +1,5 @@
-// BlockStore: movement between tiers (page-out, page-in), eviction and the watermark mover.
+// BlockStore: movement between the GPU and host tiers (page-out, page-in), eviction and the watermark
+// mover. The SSD tier's part is in block_store_ssd.cc.
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
@@ -8,7 +9,7 @@
 namespace kvtier {
 
 std::vector<BlockStore::Entry*> BlockStore::PickVictimsLocked(Tier tier, int64_t n) {
-  const auto& set = tier == Tier::kGpu ? gpu_blocks_ : host_blocks_;
+  const auto& set = tier == Tier::kGpu ? gpu_blocks_ : tier == Tier::kHost ? host_blocks_ : ssd_blocks_;
   std::vector<Entry*> candidates;
   for (BlockId id : set) {
     Entry* e = FindLocked(id);
@@ -30,8 +31,13 @@ std::vector<BlockStore::Entry*> BlockStore::PickVictimsLocked(Tier tier, int64_t
 
 bool BlockStore::MakeHostRoomLocked(uint64_t bytes) {
   while (!host_.HasRoom(bytes)) {
-    std::vector<Entry*> v = PickVictimsLocked(Tier::kHost, 16);
+    std::vector<Entry*> v = PickVictimsLocked(Tier::kHost, 32);
     if (v.empty()) return false;
+    if (ssd_ != nullptr) {
+      const EvictOutcome o = DemoteToSsdLocked(std::move(v));
+      if (o.moved == 0 && o.dropped == 0) return false;
+      continue;
+    }
     for (Entry* e : v) {
       KVTIER_LOG(kDebug, "drop") << "block=" << e->id << " tier=host reason=capacity";
       FreeBlockLocked(*e, /*dropped=*/true);
@@ -43,82 +49,114 @@ bool BlockStore::MakeHostRoomLocked(uint64_t bytes) {
 
 EvictOutcome BlockStore::PageOutLocked(std::vector<Entry*> victims) {
   EvictOutcome outcome;
-  if (victims.empty()) return outcome;
-  // Group by layout: one device batch per layout.
+  for (Entry* e : victims) e->moving = true;  // before anything below may release the lock
   absl::flat_hash_map<const Layout*, std::vector<Entry*>> by_layout;
   for (Entry* e : victims) by_layout[e->layout].push_back(e);
   for (auto& [layout, group] : by_layout) {
-    const uint64_t record_bytes = layout->offload_record_bytes();
-    std::vector<Entry*> moving;
-    std::vector<std::unique_ptr<HostRecord>> records;
-    for (Entry* e : group) {
-      std::unique_ptr<HostRecord> r;
-      if (MakeHostRoomLocked(record_bytes)) r = host_.Allocate(record_bytes);
-      if (r == nullptr) {  // no room below: the block is dropped, never left half-moved
-        FreeBlockLocked(*e, /*dropped=*/true);
-        ++outcome.dropped;
-        continue;
+    size_t next = 0;
+    while (next < group.size()) {
+      // Take host records for as many blocks as fit now; make room (possibly demoting to SSD) when
+      // none does. A chunk is then converted in one device batch.
+      std::vector<Entry*> chunk;
+      std::vector<std::unique_ptr<HostRecord>> records;
+      const uint64_t record_bytes = layout->offload_record_bytes();
+      for (; next < group.size(); ++next) {
+        Entry* e = group[next];
+        if (e->pins > 0) {  // pinned since it was picked: stays on the GPU
+          e->moving = false;
+          continue;
+        }
+        std::unique_ptr<HostRecord> r = host_.Allocate(record_bytes);
+        if (r == nullptr && chunk.empty() && MakeHostRoomLocked(record_bytes)) r = host_.Allocate(record_bytes);
+        if (r == nullptr) {
+          if (!chunk.empty()) break;  // convert what we have, then try again for the rest
+          e->moving = false;          // no room below at all: dropped, never left half-moved
+          FreeBlockLocked(*e, /*dropped=*/true);
+          ++outcome.dropped;
+          continue;
+        }
+        chunk.push_back(e);
+        records.push_back(std::move(r));
       }
-      e->moving = true;
-      moving.push_back(e);
-      records.push_back(std::move(r));
+      if (chunk.empty()) continue;
+      const EvictOutcome o = PageOutChunkLocked(*layout, chunk, records);
+      outcome.moved += o.moved;
     }
-    if (moving.empty()) continue;
-    std::vector<int32_t> slots;
-    std::vector<uint8_t*> dst;
-    for (size_t i = 0; i < moving.size(); ++i) {
-      slots.push_back(moving[i]->slot);
-      dst.push_back(records[i]->data());
-    }
-    PageArena* arena = ArenaLocked(*layout);
-    mu_.Unlock();
-    absl::Status st = device_->PageOut(*layout, *arena, slots, dst);
-    if (st.ok())
-      for (auto& r : records) r->checksum = RecordChecksum(r->data(), r->size());
-    mu_.Lock();
-    const uint64_t resident = ResidentBytes(*layout);
-    for (size_t i = 0; i < moving.size(); ++i) {
-      Entry& e = *moving[i];
-      e.moving = false;
-      if (!st.ok() || e.pins > 0) continue;  // failed, or pinned meanwhile: stays on the GPU
-      arena->Free(e.slot);
-      e.slot = -1;
-      e.tier = Tier::kHost;
-      e.host = std::move(records[i]);
-      gpu_used_ -= resident;
-      gpu_blocks_.erase(e.id);
-      host_blocks_.insert(e.id);
-      ++counters_.page_outs;
-      if (resident > record_bytes) counters_.bytes_saved_by_quantization += resident - record_bytes;
-      ++outcome.moved;
-    }
-    if (!st.ok()) KVTIER_LOG(kError, "page_out_failed") << "blocks=" << moving.size() << " error=\"" << st << "\"";
+  }
+  return outcome;
+}
+
+EvictOutcome BlockStore::PageOutChunkLocked(const Layout& layout, std::span<Entry* const> chunk,
+                                            std::span<std::unique_ptr<HostRecord>> records) {
+  EvictOutcome outcome;
+  std::vector<int32_t> slots;
+  std::vector<uint8_t*> dst;
+  for (size_t i = 0; i < chunk.size(); ++i) {
+    slots.push_back(chunk[i]->slot);
+    dst.push_back(records[i]->data());
+  }
+  PageArena* arena = ArenaLocked(layout);
+  mu_.Unlock();
+  absl::Status st = device_->PageOut(layout, *arena, slots, dst);
+  if (st.ok())
+    for (auto& r : records) r->checksum = RecordChecksum(r->data(), r->size());
+  mu_.Lock();
+  const uint64_t resident = ResidentBytes(layout);
+  for (size_t i = 0; i < chunk.size(); ++i) {
+    Entry& e = *chunk[i];
+    e.moving = false;
+    if (!st.ok() || e.pins > 0) continue;  // failed, or pinned meanwhile: stays on the GPU
+    arena->Free(e.slot);
+    e.slot = -1;
+    e.tier = Tier::kHost;
+    e.record_bytes = records[i]->size();
+    e.record_checksum = records[i]->checksum;
+    e.host = std::move(records[i]);
+    gpu_used_ -= resident;
+    gpu_blocks_.erase(e.id);
+    host_blocks_.insert(e.id);
+    ++counters_.page_outs;
+    if (resident > e.record_bytes) counters_.bytes_saved_by_quantization += resident - e.record_bytes;
+    ++outcome.moved;
+  }
+  if (!st.ok()) {
+    KVTIER_LOG(kError, "page_out_failed") << "blocks=" << chunk.size() << " error=\"" << st << "\"";
   }
   return outcome;
 }
 
 absl::flat_hash_set<BlockId> BlockStore::PageInLocked(std::vector<Entry*> blocks) {
   absl::flat_hash_set<BlockId> failed;
+  for (Entry* e : blocks) e->moving = true;  // before anything below may release the lock
   absl::flat_hash_map<const Layout*, std::vector<Entry*>> by_layout;
-  for (Entry* e : blocks) by_layout[e->layout].push_back(e);
+  for (Entry* e : blocks) {
+    const Layout* layout = ResolveLayoutLocked(*e);
+    if (layout == nullptr) {
+      e->moving = false;
+      failed.insert(e->id);
+      continue;
+    }
+    by_layout[layout].push_back(e);
+  }
   for (auto& [layout, group] : by_layout) {
     const uint64_t resident = ResidentBytes(*layout);
     PageArena* arena = ArenaLocked(*layout);
     std::vector<Entry*> moving;
     std::vector<int32_t> slots;
     for (Entry* e : group) {
-      if (arena == nullptr || !MakeGpuRoomLocked(resident) || arena->free_slots() == 0) {
-        failed.insert(e->id);
-        continue;
-      }
       if (RecordChecksum(e->host->data(), e->host->size()) != e->host->checksum) {
         KVTIER_LOG(kError, "checksum_mismatch") << "block=" << e->id << " tier=host action=drop";
         ++counters_.checksum_failures;
         failed.insert(e->id);
+        e->moving = false;
         FreeBlockLocked(*e, /*dropped=*/true);
         continue;
       }
-      e->moving = true;
+      if (arena == nullptr || !MakeGpuRoomLocked(resident) || arena->free_slots() == 0) {
+        failed.insert(e->id);
+        e->moving = false;
+        continue;
+      }
       slots.push_back(arena->Allocate());
       gpu_used_ += resident;  // reserved now so concurrent allocations see it
       moving.push_back(e);
@@ -145,7 +183,9 @@ absl::flat_hash_set<BlockId> BlockStore::PageInLocked(std::vector<Entry*> blocks
       gpu_blocks_.insert(e.id);
       ++counters_.page_ins;
     }
-    if (!st.ok()) KVTIER_LOG(kError, "page_in_failed") << "blocks=" << moving.size() << " error=\"" << st << "\"";
+    if (!st.ok()) {
+      KVTIER_LOG(kError, "page_in_failed") << "blocks=" << moving.size() << " error=\"" << st << "\"";
+    }
   }
   return failed;
 }
@@ -163,7 +203,7 @@ bool BlockStore::MakeGpuRoomLocked(uint64_t bytes) {
 EvictOutcome BlockStore::DemoteFromGpu(int64_t max_blocks) {
   MutexLock lock(&mu_);
   EvictOutcome total;
-  do {
+  while (true) {
     const int64_t want = max_blocks > 0 ? std::min<int64_t>(max_blocks - total.moved - total.dropped, 256) : 256;
     if (want <= 0) break;
     std::vector<Entry*> v = PickVictimsLocked(Tier::kGpu, want);
@@ -172,12 +212,31 @@ EvictOutcome BlockStore::DemoteFromGpu(int64_t max_blocks) {
     total.moved += o.moved;
     total.dropped += o.dropped;
     if (o.moved == 0 && o.dropped == 0) break;
-  } while (true);
+  }
   KVTIER_LOG(kInfo, "demote") << "tier=gpu moved=" << total.moved << " dropped=" << total.dropped;
   return total;
 }
 
-absl::Status BlockStore::SetLimits(uint64_t gpu_pool_bytes, uint64_t host_tier_bytes) {
+EvictOutcome BlockStore::DemoteFromHost(int64_t max_blocks) {
+  MutexLock lock(&mu_);
+  EvictOutcome total;
+  while (ssd_ != nullptr) {
+    const int64_t want = max_blocks > 0 ? std::min<int64_t>(max_blocks - total.moved - total.dropped, 256) : 256;
+    if (want <= 0) break;
+    std::vector<Entry*> v = PickVictimsLocked(Tier::kHost, want);
+    if (v.empty()) break;
+    const EvictOutcome o = DemoteToSsdLocked(std::move(v));
+    total.moved += o.moved;
+    total.dropped += o.dropped;
+    if (o.moved == 0 && o.dropped == 0) break;
+  }
+  KVTIER_LOG(kInfo, "demote") << "tier=host moved=" << total.moved << " dropped=" << total.dropped;
+  return total;
+}
+
+absl::Status BlockStore::SetLimits(uint64_t gpu_pool_bytes, uint64_t host_tier_bytes, uint64_t ssd_tier_bytes) {
+  if (ssd_tier_bytes != 0 && ssd_ == nullptr)
+    return absl::FailedPreconditionError("no SSD tier is configured (ssd_dir)");
   MutexLock lock(&mu_);
   if (gpu_pool_bytes) {
     const uint64_t ceiling = options_.gpu_pool_bytes * options_.gpu_pool_growth_factor;
@@ -185,8 +244,22 @@ absl::Status BlockStore::SetLimits(uint64_t gpu_pool_bytes, uint64_t host_tier_b
       return absl::InvalidArgumentError(absl::StrCat("gpu_pool_bytes above the reserved ceiling of ", ceiling));
     gpu_limit_ = gpu_pool_bytes;
   }
+  if (ssd_tier_bytes) {
+    mu_.Unlock();  // SSD I/O runs without the table lock
+    auto change = ssd_->SetCapacity(ssd_tier_bytes);
+    mu_.Lock();
+    if (!change.ok()) return change.status();
+    for (const BlockKey& k : change->dropped)
+      if (auto it = index_.find(k); it != index_.end())
+        if (Entry* e = FindLocked(it->second); e != nullptr && e->tier == Tier::kSsd && !e->moving) {
+          ssd_blocks_.erase(e->id);
+          e->tier = Tier::kHost;  // so FreeBlockLocked does not remove the (already gone) SSD record
+          host_blocks_.insert(e->id);
+          FreeBlockLocked(*e, /*dropped=*/true);
+        }
+  }
   if (host_tier_bytes) host_.set_capacity(host_tier_bytes);
-  // Shrinking drains: host first (drops), then the GPU tier (demotes into what the host has left).
+  // Shrinking drains: host first (to SSD, or dropped), then the GPU tier (demoted into what is left).
   MakeHostRoomLocked(0);
   MakeGpuRoomLocked(0);
   KVTIER_LOG(kInfo, "tier_limits") << "gpu_bytes=" << gpu_limit_ << " host_bytes=" << host_.capacity()
@@ -201,13 +274,23 @@ void BlockStore::MoverLoop() {
     mu_.AwaitWithTimeout(wake, std::chrono::milliseconds(200));
     if (stopping_) return;
     mover_kick_ = false;
-    if (gpu_used_ <= gpu_limit_ * options_.gpu_high_watermark) continue;
-    const auto low = static_cast<uint64_t>(gpu_limit_ * options_.gpu_low_watermark);
-    while (gpu_used_ > low && !stopping_) {
-      std::vector<Entry*> v = PickVictimsLocked(Tier::kGpu, 64);
-      if (v.empty()) break;
-      const EvictOutcome o = PageOutLocked(std::move(v));
-      if (o.moved == 0 && o.dropped == 0) break;
+    if (gpu_used_ > gpu_limit_ * options_.gpu_high_watermark) {
+      const auto low = static_cast<uint64_t>(gpu_limit_ * options_.gpu_low_watermark);
+      while (gpu_used_ > low && !stopping_) {
+        std::vector<Entry*> v = PickVictimsLocked(Tier::kGpu, 64);
+        if (v.empty()) break;
+        const EvictOutcome o = PageOutLocked(std::move(v));
+        if (o.moved == 0 && o.dropped == 0) break;
+      }
+    }
+    if (ssd_ != nullptr && host_.used() > host_.capacity() * options_.host_high_watermark) {
+      const auto low = static_cast<uint64_t>(host_.capacity() * options_.host_low_watermark);
+      while (host_.used() > low && !stopping_) {
+        std::vector<Entry*> v = PickVictimsLocked(Tier::kHost, 64);
+        if (v.empty()) break;
+        const EvictOutcome o = DemoteToSsdLocked(std::move(v));
+        if (o.moved == 0 && o.dropped == 0) break;
+      }
     }
   }
 }

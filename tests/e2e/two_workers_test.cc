@@ -18,9 +18,14 @@ class TwoWorkersTest : public ::testing::Test {
             ::testing::UnitTest::GetInstance()->current_test_info()->name());
     std::filesystem::create_directories(dir_);
     socket_ = (dir_ / "kvtierd.sock").string();
+    StartDaemon();
+  }
+  void StartDaemon() {
+    std::filesystem::remove(socket_);
     daemon_ = std::make_unique<ChildProcess>(
         std::vector<std::string>{KVTIERD_PATH, "--socket_path=" + socket_, "--lease_ms=2000",
-                                 "--limits.gpu_pool_bytes=268435456", "--limits.host_tier_bytes=268435456"},
+                                 "--limits.gpu_pool_bytes=268435456", "--limits.host_tier_bytes=268435456",
+                                 "--ssd_dir=" + (dir_ / "ssd").string(), "--limits.ssd_tier_bytes=268435456"},
         (dir_ / "kvtierd.log").string());
     ASSERT_TRUE(testing::WaitForPath(socket_, 10000)) << "kvtierd did not create its socket";
   }
@@ -113,6 +118,35 @@ TEST_F(TwoWorkersTest, KillingAWorkerReleasesItsPins) {
   ev = admin->Evict(kvtier::v1::TIER_GPU, 0);
   ASSERT_TRUE(ev.ok());
   EXPECT_EQ(ev->blocks_moved(), 20);  // committed blocks stay cached and are now evictable
+}
+
+TEST_F(TwoWorkersTest, KilledDaemonRestartsAndServesThePrefixFromSsd) {
+  int rc = 0;
+  const std::string a = Worker({"--role=writer", "--tokens=1000", "--name=A"}, &rc);
+  ASSERT_EQ(rc, 0) << a;
+  {
+    auto admin = Admin();
+    ASSERT_NE(admin, nullptr);
+    ASSERT_TRUE(admin->Evict(kvtier::v1::TIER_GPU, 0).ok());
+    auto ev = admin->Evict(kvtier::v1::TIER_HOST, 0);
+    ASSERT_TRUE(ev.ok()) << ev.status();
+    EXPECT_EQ(ev->blocks_moved(), 62);
+  }
+  daemon_->Signal(SIGKILL);
+  daemon_->Wait();
+  StartDaemon();
+  auto admin = Admin();
+  ASSERT_NE(admin, nullptr);
+  auto s = admin->Stats();
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->ssd_restored(), 62u);
+  const std::string b = Worker({"--role=reader", "--tokens=1000", "--extra=0", "--name=B"}, &rc);
+  ASSERT_EQ(rc, 0) << b;
+  EXPECT_EQ(JsonNumber(b, "matched_blocks"), 62);
+  EXPECT_EQ(JsonNumber(b, "bad_values"), 0);
+  s = admin->Stats();
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->ssd_reads(), 62u);
 }
 
 }  // namespace

@@ -6,6 +6,8 @@
 #include <random>
 #include <thread>
 
+#include <filesystem>
+
 #include "kernels/testing/kv_oracle.h"
 
 namespace kvtier {
@@ -24,13 +26,34 @@ LayoutSpec Int8OffloadSpec() {
 
 class BlockStoreTest : public ::testing::Test {
  protected:
-  void SetUp() override { Reset(64ull << 20, 64ull << 20); }
-  void Reset(uint64_t gpu, uint64_t host) {
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           ("kvtier-bs-" + std::to_string(getpid()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::remove_all(dir_);
+    Reset(64ull << 20, 64ull << 20);
+  }
+  void TearDown() override {
+    store_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+  // ssd_bytes > 0 adds an SSD tier in dir_ (kept across Resets: a restart).
+  void Reset(uint64_t gpu, uint64_t host, uint64_t ssd_bytes = 0) {
     store_.reset();
     BlockStoreOptions o;
     o.gpu_pool_bytes = gpu;
     o.host_tier_bytes = host;
-    store_ = std::make_unique<BlockStore>(o, MakeHostDeviceBackend(2), MakeAlignedHostAllocator());
+    std::unique_ptr<SsdTier> ssd;
+    if (ssd_bytes) {
+      SsdTierOptions so;
+      so.dir = (dir_ / "ssd").string();
+      so.capacity_bytes = ssd_bytes;
+      so.slab_bytes = 16ull << 20;
+      auto opened = SsdTier::Open(so);
+      ASSERT_TRUE(opened.ok()) << opened.status();
+      ssd = std::move(*opened);
+    }
+    store_ = std::make_unique<BlockStore>(o, MakeHostDeviceBackend(2), MakeAlignedHostAllocator(), std::move(ssd));
     auto l = store_->RegisterLayout(Int8OffloadSpec());
     ASSERT_TRUE(l.ok()) << l.status();
     layout_ = *l;
@@ -92,6 +115,13 @@ class BlockStoreTest : public ::testing::Test {
     return worst;
   }
 
+  std::vector<BlockId> Ids(const LookupOutcome& hit) {
+    std::vector<BlockId> ids;
+    for (const auto& b : hit.blocks) ids.push_back(b.block_id);
+    return ids;
+  }
+
+  std::filesystem::path dir_;
   std::unique_ptr<BlockStore> store_;
   const Layout* layout_ = nullptr;
 };
@@ -259,6 +289,107 @@ TEST_F(BlockStoreTest, ConcurrentSessionsAlwaysReadTheirOwnPromptsContent) {
   for (auto& th : threads) th.join();
   EXPECT_EQ(failures.load(), 0);
   EXPECT_EQ(store_->Stats().pinned_blocks, 0u);
+}
+
+// The same workload through all three tiers: a small pool and a small host tier over an SSD tier.
+TEST_F(BlockStoreTest, ConcurrentSessionsAcrossThreeTiersReadTheirOwnContent) {
+  const uint64_t page = layout_->resident.page_bytes();
+  Reset(page * 48, layout_->offload_record_bytes() * 24, 64ull << 20);
+  constexpr int kThreads = 4;
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(t);
+      for (int iter = 0; iter < 25; ++iter) {
+        const auto prompt = Prompt(16 * (1 + rng() % 6), static_cast<int>(rng() % 8));  // shared prompts
+        const SessionId sid = 100 + t;
+        WriteAndCommit(sid, prompt);
+        store_->ReleaseSession(sid);
+        if (rng() % 3 == 0) store_->DemoteFromGpu(4);
+        if (rng() % 3 == 0) store_->DemoteFromHost(4);
+        auto hit = store_->Lookup(sid, "t", layout_->id, prompt, true, true);
+        if (!hit.ok()) {
+          ++failures;
+          continue;
+        }
+        std::vector<BlockId> ids;
+        for (const auto& b : hit->blocks) ids.push_back(b.block_id);
+        auto pages = store_->Read(sid, ids);
+        if (!pages.ok()) {
+          ++failures;
+          continue;
+        }
+        for (size_t b = 0; b < ids.size(); ++b) {
+          const auto r = testing::CheckActivationPage(
+              layout_->activation_geometry, Format::kFp16, testing::BlockSeed(prompt, kShape.block_size, b),
+              reinterpret_cast<const uint8_t*>((*pages)[b].data()), 1.0f / 127.0f);
+          if (r.bad_values) ++failures;
+        }
+        store_->ReleaseSession(sid);
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(store_->Stats().pinned_blocks, 0u);
+  EXPECT_GT(store_->Stats().ssd_writes, 0u);  // blocks really went through the SSD tier
+  EXPECT_GT(store_->Stats().ssd_reads, 0u);
+}
+
+TEST_F(BlockStoreTest, BlocksGoDownToSsdAndComeBackVerified) {
+  Reset(64ull << 20, 64ull << 20, 64ull << 20);
+  const auto prompt = Prompt(320, 8);
+  const auto ids = WriteAndCommit(1, prompt);
+  ASSERT_TRUE(store_->Release(1, ids).ok());
+  ASSERT_EQ(store_->DemoteFromGpu(0).moved, 20);
+  ASSERT_EQ(store_->DemoteFromHost(0).moved, 20);
+  auto s = store_->Stats();
+  ASSERT_EQ(s.tiers.size(), 3u);
+  EXPECT_EQ(s.tiers[2].blocks, 20u);
+  EXPECT_EQ(s.tiers[1].blocks, 0u);
+  auto hit = store_->Lookup(2, "t", layout_->id, prompt, true, true);
+  ASSERT_TRUE(hit.ok());
+  ASSERT_EQ(hit->blocks.size(), 20u);
+  VerifyBlocks(2, prompt, Ids(*hit), 1.0f / 127.0f);
+  s = store_->Stats();
+  EXPECT_EQ(s.ssd_reads, 20u);
+  EXPECT_EQ(s.tiers[2].blocks, 0u);  // tiers are exclusive
+}
+
+TEST_F(BlockStoreTest, WarmRestartServesWhatIsOnSsd) {
+  Reset(64ull << 20, 64ull << 20, 64ull << 20);
+  const auto prompt = Prompt(160, 9);
+  const auto ids = WriteAndCommit(1, prompt);
+  ASSERT_TRUE(store_->Release(1, ids).ok());
+  ASSERT_EQ(store_->DemoteFromGpu(0).moved, 10);
+  ASSERT_EQ(store_->DemoteFromHost(0).moved, 10);
+  Reset(64ull << 20, 64ull << 20, 64ull << 20);  // a new daemon on the same disk
+  EXPECT_EQ(store_->Stats().ssd_restored, 10u);
+  auto hit = store_->Lookup(3, "t", layout_->id, prompt, true, true);
+  ASSERT_TRUE(hit.ok());
+  ASSERT_EQ(hit->blocks.size(), 10u);
+  VerifyBlocks(3, prompt, Ids(*hit), 1.0f / 127.0f);
+  // Another tenant still sees nothing, and the restored chain accepts new children.
+  auto other = store_->Lookup(4, "u", layout_->id, prompt, false, false);
+  ASSERT_TRUE(other.ok());
+  EXPECT_TRUE(other->blocks.empty());
+}
+
+TEST_F(BlockStoreTest, HostPressureDemotesToSsdInsteadOfDropping) {
+  const uint64_t record = layout_->offload_record_bytes();
+  Reset(64ull << 20, record * 4, 64ull << 20);  // host holds 4 blocks
+  const auto prompt = Prompt(160, 10);
+  const auto ids = WriteAndCommit(1, prompt);
+  ASSERT_TRUE(store_->Release(1, ids).ok());
+  EXPECT_EQ(store_->DemoteFromGpu(0).moved, 10);
+  const auto s = store_->Stats();
+  EXPECT_EQ(s.blocks_dropped, 0u);
+  EXPECT_LE(s.tiers[1].blocks, 4u);
+  EXPECT_EQ(s.tiers[1].blocks + s.tiers[2].blocks, 10u);
+  auto hit = store_->Lookup(2, "t", layout_->id, prompt, true, true);
+  ASSERT_TRUE(hit.ok());
+  EXPECT_EQ(hit->blocks.size(), 10u);
 }
 
 }  // namespace

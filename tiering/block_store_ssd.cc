@@ -1,0 +1,225 @@
+// BlockStore: the SSD tier — host -> SSD demotion, SSD -> host promotion, and warm restart.
+//
+// An SSD record's payload is the block's host record verbatim (offload page data, then its parameter
+// record); its metadata is the page-table entry the block needs to be served again after a restart
+// (layout id, parent key, tenant namespace, record size and the record's own xxh3-64 checksum, checked
+// end to end when the block comes back, on top of the SSD tier's checksum of what it stored).
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "tiering/block_store.h"
+#include "tiering/log.h"
+
+namespace kvtier {
+namespace {
+
+constexpr uint32_t kMetaMagic = 0x4b56544d;  // "KVTM"
+constexpr uint32_t kMetaVersion = 1;
+
+struct SsdMeta {
+  uint64_t layout_id = 0;
+  BlockKey parent;
+  uint64_t ns = 0;
+  uint64_t record_bytes = 0;
+  uint64_t record_checksum = 0;
+};
+
+void Put64(std::string& s, uint64_t v) {
+  for (int i = 0; i < 8; ++i) s.push_back(static_cast<char>(v >> (8 * i)));
+}
+uint64_t Get64(const char* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<uint8_t>(p[i]);
+  return v;
+}
+
+std::string EncodeMeta(const SsdMeta& m) {
+  std::string s;
+  Put64(s, (uint64_t{kMetaVersion} << 32) | kMetaMagic);
+  for (uint64_t v : {m.layout_id, m.parent.lo, m.parent.hi, m.ns, m.record_bytes, m.record_checksum}) Put64(s, v);
+  return s;
+}
+
+bool DecodeMeta(std::string_view s, SsdMeta* m) {
+  if (s.size() != 56 || Get64(s.data()) != ((uint64_t{kMetaVersion} << 32) | kMetaMagic)) return false;
+  m->layout_id = Get64(s.data() + 8);
+  m->parent = {Get64(s.data() + 16), Get64(s.data() + 24)};
+  m->ns = Get64(s.data() + 32);
+  m->record_bytes = Get64(s.data() + 40);
+  m->record_checksum = Get64(s.data() + 48);
+  return m->layout_id != 0 && m->record_bytes != 0;
+}
+
+}  // namespace
+
+const Layout* BlockStore::ResolveLayoutLocked(Entry& e) {
+  if (e.layout == nullptr) {
+    const Layout* l = layouts_.Find(e.layout_id);
+    if (l != nullptr && l->offload_record_bytes() == e.record_bytes) e.layout = l;
+  }
+  return e.layout;
+}
+
+void BlockStore::MakeSsdRoomLocked(uint64_t bytes) {
+  SsdTierStats st = ssd_->Stats();
+  while (st.used_bytes + bytes > st.capacity_bytes) {
+    std::vector<Entry*> v = PickVictimsLocked(Tier::kSsd, 32);
+    if (v.empty()) return;
+    for (Entry* e : v) FreeBlockLocked(*e, /*dropped=*/true);
+    st = ssd_->Stats();
+  }
+}
+
+EvictOutcome BlockStore::DemoteToSsdLocked(std::vector<Entry*> victims) {
+  EvictOutcome outcome;
+  if (victims.empty() || ssd_ == nullptr) return outcome;
+  uint64_t bytes = 0;
+  for (Entry* e : victims) {
+    e->moving = true;  // before the lock is released below
+    bytes += e->record_bytes;
+  }
+  MakeSsdRoomLocked(bytes);
+  std::vector<std::string> metas;
+  std::vector<SsdPutItem> items;
+  for (Entry* e : victims) {
+    metas.push_back(EncodeMeta({e->layout_id, e->parent, e->ns, e->record_bytes, e->record_checksum}));
+  }
+  for (size_t i = 0; i < victims.size(); ++i) {
+    Entry* e = victims[i];
+    items.push_back({e->key, metas[i],
+                     std::string_view(reinterpret_cast<const char*>(e->host->data()), e->record_bytes)});
+  }
+  mu_.Unlock();
+  const std::vector<absl::Status> put = ssd_->Put(items);
+  mu_.Lock();
+  std::vector<BlockKey> undo;
+  for (size_t i = 0; i < victims.size(); ++i) {
+    Entry& e = *victims[i];
+    e.moving = false;
+    if (!put[i].ok()) {
+      ++counters_.ssd_write_failures;
+      KVTIER_LOG(kWarning, "ssd_write_failed") << "block=" << e.id << " error=\"" << put[i] << "\"";
+      if (e.pins == 0) {  // nothing acknowledged is lost: this block was only ever in our memory
+        FreeBlockLocked(e, /*dropped=*/true);
+        ++outcome.dropped;
+      }
+      continue;
+    }
+    if (e.pins > 0) {  // pinned meanwhile: stays in host memory; tiers are exclusive
+      undo.push_back(e.key);
+      continue;
+    }
+    e.host.reset();
+    e.tier = Tier::kSsd;
+    host_blocks_.erase(e.id);
+    ssd_blocks_.insert(e.id);
+    ++counters_.ssd_writes;
+    ++outcome.moved;
+  }
+  if (!undo.empty()) (void)ssd_->Remove(undo);
+  return outcome;
+}
+
+absl::flat_hash_set<BlockId> BlockStore::PromoteFromSsdLocked(std::vector<Entry*> blocks,
+                                                              std::vector<Entry*>* deferred) {
+  absl::flat_hash_set<BlockId> failed;
+  if (blocks.empty()) return failed;
+  uint64_t bytes = 0;
+  for (Entry* e : blocks) {
+    e->moving = true;
+    bytes += e->record_bytes;
+  }
+  MakeHostRoomLocked(bytes);
+  std::vector<Entry*> reading;
+  std::vector<std::unique_ptr<HostRecord>> records;
+  std::vector<BlockKey> keys;
+  for (Entry* e : blocks) {
+    std::unique_ptr<HostRecord> r = host_.Allocate(e->record_bytes);
+    if (r == nullptr) {
+      e->moving = false;
+      deferred->push_back(e);
+      continue;
+    }
+    reading.push_back(e);
+    records.push_back(std::move(r));
+    keys.push_back(e->key);
+  }
+  if (reading.empty()) return failed;
+  mu_.Unlock();
+  std::vector<absl::StatusOr<SsdRecord>> got = ssd_->Get(keys);
+  // Copy and verify end to end outside the lock.
+  std::vector<absl::Status> verdict(reading.size());
+  for (size_t i = 0; i < reading.size(); ++i) {
+    if (!got[i].ok()) {
+      verdict[i] = got[i].status();
+    } else if (got[i]->payload.size() != records[i]->size()) {
+      verdict[i] = absl::DataLossError("SSD record has the wrong size");
+    } else {
+      std::memcpy(records[i]->data(), got[i]->payload.data(), records[i]->size());
+      records[i]->checksum = RecordChecksum(records[i]->data(), records[i]->size());
+      if (records[i]->checksum != reading[i]->record_checksum)
+        verdict[i] = absl::DataLossError("SSD record does not match its page-table checksum");
+    }
+  }
+  mu_.Lock();
+  std::vector<BlockKey> promoted;
+  for (size_t i = 0; i < reading.size(); ++i) {
+    Entry& e = *reading[i];
+    e.moving = false;
+    if (!verdict[i].ok()) {
+      ++counters_.ssd_read_failures;
+      failed.insert(e.id);
+      KVTIER_LOG(kError, "ssd_read_failed") << "block=" << e.id << " error=\"" << verdict[i] << "\"";
+      if (verdict[i].code() == absl::StatusCode::kDataLoss) {  // corrupt: dropped, never served
+        ++counters_.checksum_failures;
+        FreeBlockLocked(e, /*dropped=*/true);
+      }
+      continue;
+    }
+    e.host = std::move(records[i]);
+    e.tier = Tier::kHost;
+    ssd_blocks_.erase(e.id);
+    host_blocks_.insert(e.id);
+    promoted.push_back(e.key);
+    ++counters_.ssd_reads;
+  }
+  if (!promoted.empty()) (void)ssd_->Remove(promoted);  // tiers are exclusive
+  return failed;
+}
+
+void BlockStore::RestoreFromSsd() {
+  MutexLock lock(&mu_);
+  int64_t bad = 0;
+  const absl::Status st = ssd_->ForEachEntry([&](const SsdEntryInfo& info) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    SsdMeta m;
+    if (!DecodeMeta(info.metadata, &m) || index_.contains(info.key)) {
+      ++bad;
+      return true;
+    }
+    auto e = std::make_unique<Entry>();
+    e->id = next_id_++;
+    e->layout_id = m.layout_id;
+    e->key = info.key;
+    e->parent = m.parent;
+    e->ns = m.ns;
+    e->committed = true;
+    e->tier = Tier::kSsd;
+    e->record_bytes = m.record_bytes;
+    e->record_checksum = m.record_checksum;
+    e->last_use = info.sequence;  // older writes are older uses
+    index_.emplace(e->key, e->id);
+    ssd_blocks_.insert(e->id);
+    entries_.emplace(e->id, std::move(e));
+    ++counters_.ssd_restored;
+    return true;
+  });
+  for (auto& [id, e] : entries_)
+    if (!e->parent.IsZero())
+      if (auto it = index_.find(e->parent); it != index_.end()) ++FindLocked(it->second)->children;
+  clock_ = 0;
+  for (auto& [id, e] : entries_) clock_ = std::max(clock_, e->last_use);
+  KVTIER_LOG(kInfo, "ssd_restore") << "blocks=" << counters_.ssd_restored << " unreadable_metadata=" << bad
+                                   << " status=\"" << st << "\"";
+}
+
+}  // namespace kvtier
