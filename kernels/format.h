@@ -86,6 +86,10 @@ struct GroupStats {
 
 KVTIER_HD float InverseOrZero(float scale) { return scale > 0.0f ? 1.0f / scale : 0.0f; }
 
+// min(max(y, lo), hi) for a non-NaN y, written as selects so that loops over it vectorise on the host
+// (fminf/fmaxf do not without -ffast-math); identical to the fminf/fmaxf form for every non-NaN y.
+KVTIER_HD float Clamp(float y, float lo, float hi) { return y < lo ? lo : (y > hi ? hi : y); }
+
 // Scaled value with NaN mapped to 0 (Inf*0 and NaN inputs included), before rounding to a code.
 KVTIER_HD float Scaled(float x, const QParams& p) {
   const float y = (x - p.offset) * p.inv_scale;
@@ -177,7 +181,7 @@ struct FormatTraits<Format::kInt8> {
     return FromScaleBits(b);
   }
   static KVTIER_HD uint32_t Encode(float x, const QParams& p) {
-    const float y = rintf(fminf(fmaxf(Scaled(x, p), -127.0f), 127.0f));
+    const float y = rintf(Clamp(Scaled(x, p), -127.0f, 127.0f));
     return static_cast<uint8_t>(static_cast<int8_t>(y));
   }
   static KVTIER_HD float Decode(uint32_t c, const QParams& p) {
@@ -199,8 +203,10 @@ struct FormatTraits<Format::kInt4> {
     p.offset = HalfToFloat(offset_bits);
     return p;
   }
+  // `lo + 0.0f` turns -0 into +0: min/max reductions in different orders (CPU lanes, GPU shuffles) may
+  // end on either zero, and the stored offset must not depend on that.
   static KVTIER_HD QParams MakeParams(const GroupStats& s) {
-    const uint16_t off = FloatToHalfRoundDown(s.any ? s.lo : 0.0f);
+    const uint16_t off = FloatToHalfRoundDown(s.any ? s.lo + 0.0f : 0.0f);
     const float range = (s.any ? s.hi : 0.0f) - HalfToFloat(off);
     return FromBits(FloatToHalfRoundUp(range / 15.0f), off);
   }
@@ -214,7 +220,7 @@ struct FormatTraits<Format::kInt4> {
     return FromBits(b[0], b[1]);
   }
   static KVTIER_HD uint32_t Encode(float x, const QParams& p) {
-    return static_cast<uint32_t>(rintf(fminf(fmaxf(Scaled(x, p), 0.0f), 15.0f)));
+    return static_cast<uint32_t>(rintf(Clamp(Scaled(x, p), 0.0f, 15.0f)));
   }
   static KVTIER_HD float Decode(uint32_t c, const QParams& p) {
     return fmaf(static_cast<float>(c & 0xfu), p.scale, p.offset);
@@ -231,12 +237,18 @@ struct FormatTag {
 template <class Fn>
 decltype(auto) DispatchFormat(Format f, Fn&& fn) {
   switch (f) {
-    case Format::kBf16: return fn(FormatTag<Format::kBf16>{});
-    case Format::kFp8E4m3: return fn(FormatTag<Format::kFp8E4m3>{});
-    case Format::kFp8E5m2: return fn(FormatTag<Format::kFp8E5m2>{});
-    case Format::kInt8: return fn(FormatTag<Format::kInt8>{});
-    case Format::kInt4: return fn(FormatTag<Format::kInt4>{});
-    case Format::kFp16: break;
+    case Format::kBf16:
+      return fn(FormatTag<Format::kBf16>{});
+    case Format::kFp8E4m3:
+      return fn(FormatTag<Format::kFp8E4m3>{});
+    case Format::kFp8E5m2:
+      return fn(FormatTag<Format::kFp8E5m2>{});
+    case Format::kInt8:
+      return fn(FormatTag<Format::kInt8>{});
+    case Format::kInt4:
+      return fn(FormatTag<Format::kInt4>{});
+    case Format::kFp16:
+      break;
   }
   return fn(FormatTag<Format::kFp16>{});
 }
