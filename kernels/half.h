@@ -1,6 +1,7 @@
 // fp16 and bf16 <-> fp32 conversions on raw 16-bit patterns, identical on host and device.
 // Rounding is round-to-nearest-even; NaN stays NaN, overflow becomes Inf (IEEE behaviour). Device code
 // uses the hardware conversions, host code a bit-exact software version (F16C when the host has it).
+// NaN results are the same on both: fp16 sign|0x7e00, bf16 the input's top half with the quiet bit set.
 #pragma once
 
 #include <cstdint>
@@ -37,6 +38,8 @@ KVTIER_HD uint32_t FloatToBits(float f) {
 
 KVTIER_HD float HalfToFloat(uint16_t h) {
 #if defined(__CUDA_ARCH__)
+  if ((h & 0x7fffu) > 0x7c00u)  // NaN: keep the payload as the host does (the hardware canonicalises)
+    return __uint_as_float((static_cast<uint32_t>(h & 0x8000u) << 16) | 0x7f800000u | ((h & 0x3ffu) << 13));
   return __half2float(__ushort_as_half(h));
 #else
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
@@ -55,6 +58,7 @@ KVTIER_HD float HalfToFloat(uint16_t h) {
 
 KVTIER_HD uint16_t FloatToHalf(float f) {
 #if defined(__CUDA_ARCH__)
+  if (f != f) return static_cast<uint16_t>(((__float_as_uint(f) >> 16) & 0x8000u) | 0x7e00u);  // as the host
   return __half_as_ushort(__float2half_rn(f));
 #else
   const uint32_t x = FloatToBits(f);
@@ -87,6 +91,7 @@ KVTIER_HD float Bf16ToFloat(uint16_t b) { return BitsToFloat(static_cast<uint32_
 
 KVTIER_HD uint16_t FloatToBf16(float f) {
 #if defined(__CUDA_ARCH__)
+  if (f != f) return static_cast<uint16_t>((__float_as_uint(f) >> 16) | 0x40u);  // NaN as the host
   return __bfloat16_as_ushort(__float2bfloat16_rn(f));
 #else
   const uint32_t x = FloatToBits(f);

@@ -64,11 +64,14 @@ struct Warp {
   uint8_t* __restrict__ dst;
   uint8_t* __restrict__ dst_params;
   int lane;
-  int rows_lanes;  // R: vectors per token row
+  int rows_lanes;  // R: vectors per token row (8, 16 or 32)
+  int row_shift;   // log2(R)
   int c0;          // first channel of this lane's vector
-  int channels;
-  int per_lane;  // vectors per lane in the whole segment
-  __device__ int Token(int n) const { return (n * 32 + lane) / rows_lanes; }
+  int per_lane;    // vectors per lane in the whole segment
+  // kPerToken parameter group of (token, c0) = token * groups_per_row + group_in_row.
+  int src_groups_per_row, src_group_in_row;
+  int dst_groups_per_row, dst_group_in_row;
+  __device__ int Token(int n) const { return (n * 32 + lane) >> row_shift; }
   __device__ int Vector(int n) const { return n * 32 + lane; }
 };
 
@@ -123,11 +126,6 @@ __device__ __forceinline__ void StoreCodes(uint8_t* data, int v, const uint32_t 
   }
 }
 
-// Parameter group of (token, channel c0) for kPerToken grouping with `group` channels per group.
-__device__ __forceinline__ int TokenGroup(const Warp& w, int token, int group) {
-  return token * (w.channels / group) + w.c0 / group;
-}
-
 // Issues the loads of chunk k (vectors beyond per_lane are skipped): all in flight before any use.
 template <Path P>
 __device__ __forceinline__ void LoadChunk(const Warp& w, int k, RawChunk& raw) {
@@ -162,7 +160,7 @@ __device__ __forceinline__ void DecodeHalf(const Warp& w, int k, int h, const Ra
       if (n >= w.per_lane) break;
       QParams pt{};
       if (grouping == Grouping::kPerToken)
-        pt = T::LoadParams(w.src_params + TokenGroup(w, w.Token(n), w.seg.src_group) * T::kParamBytes);
+        pt = T::LoadParams(w.src_params + (w.Token(n) * w.src_groups_per_row + w.src_group_in_row) * T::kParamBytes);
 #pragma unroll
       for (int j = 0; j < 8; ++j)
         vals[i][j] = T::Decode(CodeAt<F>(raw.w[h * kHalf + i], j), grouping == Grouping::kPerToken ? pt : pc[j]);
@@ -174,7 +172,6 @@ __device__ __forceinline__ GroupStats ShuffleXor(const GroupStats& s, int mask) 
   GroupStats o;
   o.lo = __shfl_xor_sync(kFullMask, s.lo, mask);
   o.hi = __shfl_xor_sync(kFullMask, s.hi, mask);
-  o.any = __shfl_xor_sync(kFullMask, static_cast<int>(s.any), mask) != 0;
   return o;
 }
 
@@ -232,7 +229,7 @@ __device__ __forceinline__ void EncodeHalf(const Warp& w, int k, int h, const fl
         for (int m = 1; m < group_lanes; m <<= 1) s.Merge(ShuffleXor(s, m));
         pt = T::MakeParams(s);
         if ((w.c0 / 8) % group_lanes == 0)
-          T::StoreParams(w.dst_params + TokenGroup(w, w.Token(n), w.seg.dst_group) * T::kParamBytes, pt);
+          T::StoreParams(w.dst_params + (w.Token(n) * w.dst_groups_per_row + w.dst_group_in_row) * T::kParamBytes, pt);
       }
       uint32_t codes[8];
 #pragma unroll
@@ -242,9 +239,18 @@ __device__ __forceinline__ void EncodeHalf(const Warp& w, int k, int h, const fl
   });
 }
 
+// Same codec on both sides: bytes are copied (as the reference does), 8 vector loads in flight per lane.
 __device__ __forceinline__ void CopySegment(const Warp& w, uint32_t data_bytes, uint32_t param_bytes) {
-  for (uint32_t off = w.lane * 16; off < data_bytes; off += 32 * 16)
-    *reinterpret_cast<uint4*>(w.dst + off) = *reinterpret_cast<const uint4*>(w.src + off);
+  constexpr uint32_t kStep = 32 * 16;
+  for (uint32_t base = w.lane * 16; base < data_bytes; base += kVecsPerChunk * kStep) {
+    uint4 v[kVecsPerChunk];
+#pragma unroll
+    for (int i = 0; i < kVecsPerChunk; ++i)
+      if (base + i * kStep < data_bytes) v[i] = *reinterpret_cast<const uint4*>(w.src + base + i * kStep);
+#pragma unroll
+    for (int i = 0; i < kVecsPerChunk; ++i)
+      if (base + i * kStep < data_bytes) *reinterpret_cast<uint4*>(w.dst + base + i * kStep) = v[i];
+  }
   for (uint32_t off = w.lane; off < param_bytes; off += 32) w.dst_params[off] = w.src_params[off];
 }
 
@@ -286,10 +292,14 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, P == Path::kFromPassThrough
   w.dst = p.out.data + out_slot * p.out.data_stride + w.seg.dst_data;
   w.dst_params = p.out.params ? p.out.params + out_slot * p.out.params_stride + w.seg.dst_params : nullptr;
   w.lane = static_cast<int>(threadIdx.x % 32);
-  w.channels = p.channels;
   w.rows_lanes = p.channels / 8;
-  w.c0 = (w.lane % w.rows_lanes) * 8;
+  w.row_shift = __ffs(w.rows_lanes) - 1;
+  w.c0 = (w.lane & (w.rows_lanes - 1)) * 8;
   w.per_lane = p.tokens * p.channels / (8 * 32);
+  w.src_groups_per_row = p.channels / w.seg.src_group;
+  w.src_group_in_row = w.c0 / w.seg.src_group;
+  w.dst_groups_per_row = p.channels / w.seg.dst_group;
+  w.dst_group_in_row = w.c0 / w.seg.dst_group;
 
   if (w.seg.src_format == w.seg.dst_format && w.seg.src_grouping == w.seg.dst_grouping &&
       w.seg.src_group == w.seg.dst_group) {

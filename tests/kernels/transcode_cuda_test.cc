@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <numeric>
 #include <random>
@@ -84,6 +85,30 @@ std::vector<uint8_t> RandomPlainPage(const PageGeometry& g, Format dtype, uint32
   return page;
 }
 
+// Empty when equal; otherwise where the first difference is: byte offset, the segment it falls in (by
+// data or parameter offset), and both bytes.
+std::string FirstDifference(const uint8_t* got, const uint8_t* want, size_t n, const PageGeometry& g, bool params) {
+  for (size_t i = 0; i < n; ++i) {
+    if (got[i] == want[i]) continue;
+    int seg = -1;
+    for (int s = 0; s < g.num_segments(); ++s) {
+      const auto& p = g.segment(s);
+      const uint64_t begin = params ? p.param_offset : p.data_offset;
+      const uint64_t size = params ? p.param_bytes : p.data_bytes;
+      if (i >= begin && i < begin + size) seg = s;
+    }
+    char buf[200];
+    std::snprintf(buf, sizeof buf, "byte %zu (segment %d: %s, +%llu) got 0x%02x want 0x%02x", i, seg,
+                  seg >= 0 ? CodecSpecString(g.segment(seg).codec).c_str() : "padding",
+                  seg >= 0 ? static_cast<unsigned long long>(i - (params ? g.segment(seg).param_offset
+                                                                         : g.segment(seg).data_offset))
+                           : 0ull,
+                  got[i], want[i]);
+    return buf;
+  }
+  return "";
+}
+
 struct Pages {
   std::vector<uint8_t> data, params;
 };
@@ -146,11 +171,10 @@ void CheckRoundTrip(const PageGeometry& plain, Format dtype, const PageGeometry&
   got_params.resize(want.params.size());
   for (int i = 0; i < n; ++i) {
     const uint64_t pb = packed.page_bytes(), qb = packed.param_bytes();
-    EXPECT_TRUE(std::equal(got_data.begin() + i * pb, got_data.begin() + (i + 1) * pb, want.data.begin() + i * pb))
-        << "gather: data of page " << i << " differs from the reference";
-    EXPECT_TRUE(
-        std::equal(got_params.begin() + i * qb, got_params.begin() + (i + 1) * qb, want.params.begin() + i * qb))
-        << "gather: parameters of page " << i << " differ from the reference";
+    EXPECT_EQ(FirstDifference(got_data.data() + i * pb, want.data.data() + i * pb, pb, packed, false), "")
+        << "gather: data of page " << i;
+    EXPECT_EQ(FirstDifference(got_params.data() + i * qb, want.params.data() + i * qb, qb, packed, true), "")
+        << "gather: parameters of page " << i;
   }
 
   // Scatter the reference's packed pages back into the other slots.
@@ -163,10 +187,10 @@ void CheckRoundTrip(const PageGeometry& plain, Format dtype, const PageGeometry&
   const auto back = RefTranscode(packed, want, plain, n);
   const auto got_pool = d_pool.Download();
   for (int i = 0; i < n; ++i) {
-    const auto pb = plain.page_bytes();
-    EXPECT_TRUE(std::equal(back.data.begin() + i * pb, back.data.begin() + (i + 1) * pb,
-                           got_pool.begin() + scatter_slots[i] * stride))
-        << "scatter: page " << i << " (slot " << scatter_slots[i] << ") differs from the reference";
+    const uint64_t pb = plain.page_bytes();
+    EXPECT_EQ(FirstDifference(got_pool.data() + scatter_slots[i] * stride, back.data.data() + i * pb, pb, plain, false),
+              "")
+        << "scatter: page " << i << " (slot " << scatter_slots[i] << ")";
     EXPECT_TRUE(std::equal(pool.begin() + gather_slots[i] * stride, pool.begin() + (gather_slots[i] + 1) * stride,
                            got_pool.begin() + gather_slots[i] * stride))
         << "the gather source slot " << gather_slots[i] << " changed";
@@ -272,8 +296,8 @@ TEST(TranscodeCuda, QuantizedToQuantizedUsesTheGenericKernel) {
   const DevicePageSet out{b.get(), int4.page_bytes(), bp.get(), int4.param_bytes(), nullptr};
   ASSERT_TRUE(plan->Launch(in, out, n, nullptr).ok());
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  EXPECT_EQ(b.Download(), want.data);
-  EXPECT_EQ(bp.Download(), want.params);
+  EXPECT_EQ(FirstDifference(b.Download().data(), want.data.data(), want.data.size(), int4, false), "");
+  EXPECT_EQ(FirstDifference(bp.Download().data(), want.params.data(), want.params.size(), int4, true), "");
 }
 
 TEST(TranscodeCuda, RejectsUnsupportedShapesAndBadBuffers) {
