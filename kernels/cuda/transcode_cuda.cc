@@ -3,6 +3,9 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <numeric>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -42,11 +45,20 @@ KernelOr<CudaTranscodePlan> CudaTranscodePlan::Create(const PageGeometry& src, c
   if (channels != 64 && channels != 128 && channels != 256)
     return InvalidArgument("CUDA transcode supports head_dim 64, 128 and 256, not " + std::to_string(channels) +
                            "; use TranscodePagesCpu");
+  // Entries sorted by codec pair, so that neighbouring warps run the same code path.
+  std::vector<int> order(src.num_segments());
+  std::iota(order.begin(), order.end(), 0);
+  auto key = [&](int s) {
+    const SegmentCodec& a = src.segment(s).codec;
+    const SegmentCodec& b = dst.segment(s).codec;
+    return std::tuple(a.format, a.grouping, a.group_size, b.format, b.grouping, b.group_size);
+  };
+  std::stable_sort(order.begin(), order.end(), [&](int x, int y) { return key(x) < key(y); });
   std::vector<cuda_transcode::SegmentPlan> table(src.num_segments());
-  for (int s = 0; s < src.num_segments(); ++s) {
-    const SegmentPlacement& a = src.segment(s);
-    const SegmentPlacement& b = dst.segment(s);
-    table[s] = {a.data_offset,
+  for (size_t e = 0; e < order.size(); ++e) {
+    const SegmentPlacement& a = src.segment(order[e]);
+    const SegmentPlacement& b = dst.segment(order[e]);
+    table[e] = {a.data_offset,
                 b.data_offset,
                 a.param_offset,
                 b.param_offset,
@@ -96,7 +108,7 @@ CudaTranscodePlan::~CudaTranscodePlan() {
 KernelStatus CudaTranscodePlan::Launch(const DevicePageSet& in, const DevicePageSet& out, uint32_t num_pages,
                                        cudaStream_t stream) const {
   if (num_pages == 0) return KernelStatus::Ok();
-  if (num_pages > 65535) return InvalidArgument("CUDA transcode: at most 65535 pages per launch");
+  if (num_pages > 0x7fffffffu) return InvalidArgument("CUDA transcode: too many pages for one launch");
   if (!device_table_) return InvalidArgument("CUDA transcode: plan was moved from");
   KVTIER_RETURN_IF_KERNEL_ERROR(CheckPageSet(in, src_, "input pages"));
   KVTIER_RETURN_IF_KERNEL_ERROR(CheckPageSet(out, dst_, "output pages"));

@@ -280,9 +280,9 @@ __device__ __forceinline__ uint32_t ParamBytes(uint8_t format, uint8_t grouping,
 template <Path P>
 __global__ void __launch_bounds__(kWarpsPerCta * 32, P == Path::kFromPassThrough ? 4 : 3)
     TranscodeKernel(const Params p) {
-  const int s = blockIdx.x * kWarpsPerCta + static_cast<int>(threadIdx.x / 32);
+  const int s = (blockIdx.z * gridDim.y + blockIdx.y) * kWarpsPerCta + static_cast<int>(threadIdx.x / 32);
   if (s >= p.num_segments) return;  // whole warps leave; the kernel has no block-level barrier
-  const uint32_t page = blockIdx.y;
+  const uint32_t page = blockIdx.x;
   Warp w;
   w.seg = p.segments[s];
   const uint64_t in_slot = p.in.slots ? p.in.slots[page] : page;
@@ -352,7 +352,12 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, P == Path::kFromPassThrough
 }  // namespace
 
 cudaError_t LaunchTranscode(const Params& params, Path path, cudaStream_t stream) {
-  const dim3 grid((params.num_segments + kWarpsPerCta - 1) / kWarpsPerCta, params.num_pages);
+  // Pages along x: CTAs launched together work on the same few table entries, which the host sorted by
+  // codec pair, so the warps resident on an SM run the same code path (the kernel is too large for the
+  // instruction cache when K and V paths interleave).
+  const uint32_t chunks = (params.num_segments + kWarpsPerCta - 1) / kWarpsPerCta;
+  const uint32_t y = chunks < 65535 ? chunks : 65535;
+  const dim3 grid(params.num_pages, y, (chunks + y - 1) / y);
   switch (path) {
     case Path::kFromPassThrough:
       TranscodeKernel<Path::kFromPassThrough><<<grid, kWarpsPerCta * 32, 0, stream>>>(params);

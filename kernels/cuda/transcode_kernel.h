@@ -33,7 +33,7 @@ struct PageSet {
 };
 
 struct Params {
-  const SegmentPlan* segments;  // [num_segments], device
+  const SegmentPlan* segments;  // [num_segments], device; any order (the host sorts by codec pair)
   int32_t num_segments;
   int32_t tokens;    // block_size
   int32_t channels;  // head_dim: 64, 128 or 256
@@ -52,7 +52,8 @@ enum class Path : uint8_t {
   kGeneric = 2,
 };
 
-// Enqueues the kernel: grid (ceil(num_segments / kWarpsPerCta), num_pages), kWarpsPerCta warps.
+// Enqueues the kernel: one CTA of kWarpsPerCta warps per (page, kWarpsPerCta table entries); grid x is
+// the page, y (and z beyond 65535) the entry chunk.
 cudaError_t LaunchTranscode(const Params& params, Path path, cudaStream_t stream);
 
 }  // namespace kvtier::cuda_transcode
