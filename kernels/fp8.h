@@ -56,35 +56,45 @@ struct MiniFloat {
     return neg ? -v : v;
   }
 
-  static KVTIER_HD float MaxFinite() { return Decode(kMaxCode); }
+  // The largest finite value, as a compile-time constant (equal to Decode(kMaxCode)).
+  static constexpr float ConstPow2(int e) {
+    return e >= 0 ? (e == 0 ? 1.0f : 2.0f * ConstPow2(e - 1)) : 0.5f * ConstPow2(e + 1);
+  }
+  static constexpr float kMaxFiniteValue = static_cast<float>((1 << kManBits) + (kMaxCode & ((1 << kManBits) - 1))) *
+                                           ConstPow2((kMaxCode >> kManBits) - kBias - kManBits);
+  static KVTIER_HD float MaxFinite() { return kMaxFiniteValue; }
 
   static KVTIER_HD uint8_t Encode(float f) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
     if (f == f)
       return static_cast<uint8_t>(__nv_cvt_float_to_fp8(f, __NV_SATFINITE, kExpBits == 4 ? __NV_E4M3 : __NV_E5M2));
 #endif
+    // Branch-free, with masks rather than selects (so that host loops over it vectorise): round to nearest
+    // even on the bit pattern for normal results and on a * 2^-kQuantumExp for subnormal ones, then
+    // saturate and map NaN. Magnitude comparisons are on the bit patterns (monotonic for |f|).
+    constexpr int kDrop = 23 - kManBits;
+    constexpr uint32_t kMinNormalBits = static_cast<uint32_t>(127 + kMinNormalExp) << 23;
+    constexpr uint32_t kMaxBits = (static_cast<uint32_t>((kMaxCode >> kManBits) - kBias + 127) << 23) |
+                                  (static_cast<uint32_t>(kMaxCode & ((1 << kManBits) - 1)) << kDrop);
     const uint32_t bits = FloatToBits(f);
-    const uint8_t sign = static_cast<uint8_t>((bits >> 24) & 0x80u);
+    const uint32_t sign = (bits >> 24) & 0x80u;
     const uint32_t abs_bits = bits & 0x7fffffffu;
-    if (abs_bits > 0x7f800000u) return static_cast<uint8_t>(sign | (kNanCode & 0x7fu));
-    const float a = BitsToFloat(abs_bits);
-    if (a >= MaxFinite()) return static_cast<uint8_t>(sign | kMaxCode);
-    // Quantum (spacing of representable values) at a's magnitude.
-    int e = static_cast<int>(abs_bits >> 23) - 127;
-    if (e < kMinNormalExp) e = kMinNormalExp;
-    const float quantum = Pow2(e - kManBits);
-    const float q = rintf(a / quantum) * quantum;  // exact: division by a power of two
-    if (q >= MaxFinite()) return static_cast<uint8_t>(sign | kMaxCode);
-    if (q == 0.0f) return sign;
-    const uint32_t qb = FloatToBits(q);
-    const int qe = static_cast<int>(qb >> 23) - 127;
-    if (qe < kMinNormalExp) {
-      const int man = static_cast<int>(q / Pow2(kQuantumExp));
-      return static_cast<uint8_t>(sign | man);
-    }
-    const uint32_t man = (qb >> (23 - kManBits)) & ((1u << kManBits) - 1u);
-    return static_cast<uint8_t>(sign | ((qe + kBias) << kManBits) | man);
+    const uint32_t normal = ((abs_bits + ((1u << (kDrop - 1)) - 1u) + ((abs_bits >> kDrop) & 1u)) >> kDrop) -
+                            (static_cast<uint32_t>(127 - kBias) << kManBits);
+    const uint32_t is_sub = 0u - static_cast<uint32_t>(abs_bits < kMinNormalBits);
+    const float small = BitsToFloat(abs_bits & is_sub);  // |f| when subnormal, else 0
+    const uint32_t sub = static_cast<uint32_t>(RoundSubnormal(small * Pow2(-kQuantumExp)));
+    uint32_t code = (sub & is_sub) | (normal & ~is_sub);
+    const uint32_t sat = 0u - static_cast<uint32_t>((abs_bits >= kMaxBits) | (code > kMaxCode));  // Inf too
+    code = (kMaxCode & sat) | (code & ~sat);
+    const uint32_t nan = 0u - static_cast<uint32_t>(abs_bits > 0x7f800000u);
+    code = ((kNanCode & 0x7fu) & nan) | (code & ~nan);
+    return static_cast<uint8_t>(sign | code);
   }
+
+ private:
+  // Round to nearest even of 0 <= y <= 2^kManBits (exactly representable steps).
+  static KVTIER_HD int RoundSubnormal(float y) { return static_cast<int>(rintf(y)); }
 };
 
 using Fp8E4m3 = MiniFloat<4, 3, 7, 0x7e, 0x7f, false>;

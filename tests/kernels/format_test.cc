@@ -47,6 +47,54 @@ TEST(Fp8, RoundsToNearestEvenAndSaturates) {
   EXPECT_EQ(Fp8E4m3::Encode(-0.0f), 0x80);
 }
 
+// The definition of round-to-nearest-even with saturation, by search over the codes.
+template <class Mini>
+uint8_t NearestCode(float x) {
+  if (std::isnan(x)) return 0x7f | (std::signbit(x) ? 0x80 : 0);
+  const uint8_t sign = std::signbit(x) ? 0x80 : 0;
+  const float a = std::fabs(x);
+  int max_code = 0;
+  for (int c = 0; c < 0x80; ++c)
+    if (Mini::Decode(static_cast<uint8_t>(c)) == Mini::MaxFinite()) max_code = c;
+  if (a >= Mini::MaxFinite()) return static_cast<uint8_t>(sign | max_code);
+  int best = 0;
+  for (int c = 1; c < 0x80; ++c) {
+    const float v = Mini::Decode(static_cast<uint8_t>(c));
+    if (!(v <= Mini::MaxFinite())) continue;
+    const double d = std::fabs(static_cast<double>(v) - a), db = std::fabs(static_cast<double>(Mini::Decode(best)) - a);
+    if (d < db || (d == db && (c & 1) == 0)) best = c;
+  }
+  return static_cast<uint8_t>(sign | best);
+}
+
+template <class Mini>
+void ExpectEncodeIsNearestEven(const char* name) {
+  std::vector<float> xs;
+  for (uint32_t h = 0; h < 0x10000; ++h) xs.push_back(HalfToFloat(static_cast<uint16_t>(h)));
+  for (int c = 0; c < 0x7f; ++c) {  // midpoints between neighbouring codes and their neighbours
+    const float lo = Mini::Decode(static_cast<uint8_t>(c)), hi = Mini::Decode(static_cast<uint8_t>(c + 1));
+    if (!(hi <= Mini::MaxFinite())) continue;
+    const float mid = static_cast<float>((static_cast<double>(lo) + hi) / 2);
+    xs.insert(xs.end(), {mid, std::nextafter(mid, 0.0f), std::nextafter(mid, INFINITY), -mid});
+  }
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> mant(1.0f, 2.0f);
+  std::uniform_int_distribution<int> exp(-30, 20);
+  for (int i = 0; i < 200000; ++i) xs.push_back(std::ldexp(mant(rng), exp(rng)) * (i % 2 ? -1.0f : 1.0f));
+  xs.insert(xs.end(), {INFINITY, -INFINITY, 3e38f, -3e38f, 1e-40f, -1e-45f});
+  int bad = 0;
+  for (float x : xs)
+    if (Mini::Encode(x) != NearestCode<Mini>(x) && ++bad < 5)
+      ADD_FAILURE() << name << ": Encode(" << x << ") = " << int(Mini::Encode(x)) << ", nearest-even is "
+                    << int(NearestCode<Mini>(x));
+  EXPECT_EQ(bad, 0);
+}
+
+TEST(Fp8, EncodeIsRoundToNearestEvenWithSaturation) {
+  ExpectEncodeIsNearestEven<Fp8E4m3>("e4m3");
+  ExpectEncodeIsNearestEven<Fp8E5m2>("e5m2");
+}
+
 TEST(Half, SoftwareConversionMatchesDefinition) {
   EXPECT_EQ(FloatToHalf(1.0f), 0x3c00);
   EXPECT_EQ(FloatToHalf(65504.0f), 0x7bff);
@@ -127,8 +175,8 @@ TEST(Codec, NonFiniteInputsHaveDefinedCodes) {
   std::vector<float> back(v.size());
   QuantizeSegmentRef<Format::kInt8>(codec, d, v.data(), data.data(), params.data());
   DequantizeSegmentRef<Format::kInt8>(codec, d, data.data(), params.data(), back.data());
-  EXPECT_EQ(back[0], 0.0f);                  // NaN -> 0
-  EXPECT_NEAR(back[1], 2.0f, 0.02f);         // +Inf -> top of the finite range (absmax 2)
+  EXPECT_EQ(back[0], 0.0f);           // NaN -> 0
+  EXPECT_NEAR(back[1], 2.0f, 0.02f);  // +Inf -> top of the finite range (absmax 2)
   EXPECT_NEAR(back[2], -2.0f, 0.02f);
   EXPECT_NEAR(back[3], -2.0f, 0.02f);
   EXPECT_NEAR(back[5], 1.0f, 0.01f);

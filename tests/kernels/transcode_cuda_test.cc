@@ -100,8 +100,8 @@ std::string FirstDifference(const uint8_t* got, const uint8_t* want, size_t n, c
     char buf[200];
     std::snprintf(buf, sizeof buf, "byte %zu (segment %d: %s, +%llu) got 0x%02x want 0x%02x", i, seg,
                   seg >= 0 ? CodecSpecString(g.segment(seg).codec).c_str() : "padding",
-                  seg >= 0 ? static_cast<unsigned long long>(i - (params ? g.segment(seg).param_offset
-                                                                         : g.segment(seg).data_offset))
+                  seg >= 0 ? static_cast<unsigned long long>(
+                                 i - (params ? g.segment(seg).param_offset : g.segment(seg).data_offset))
                            : 0ull,
                   got[i], want[i]);
     return buf;
