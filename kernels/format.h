@@ -112,7 +112,13 @@ KVTIER_HD int32_t RoundToInt(float y) {
 // Scaled value with NaN mapped to 0 (Inf*0 and NaN inputs included), before rounding to a code.
 KVTIER_HD float Scaled(float x, const QParams& p) {
   const float y = (x - p.offset) * p.inv_scale;
+#if defined(__CUDA_ARCH__)
   return y != y ? 0.0f : y;
+#else
+  // The same select as a mask: GCC does not if-convert the select when the fp8 encoder's integer masks
+  // follow, and the loop would not vectorise.
+  return BitsToFloat(FloatToBits(y) & (0u - static_cast<uint32_t>(y == y)));
+#endif
 }
 
 template <Format F>

@@ -5,7 +5,8 @@
 // Throughput counts bytes read plus bytes written (data and parameter records). Timing: CUDA events
 // around each launch, warm-up first, median of --reps runs; each rep uses the next of several slot sets
 // and staging buffers so that the 50 MB L2 holds none of the inputs (one batch of 256 fp16 pages is
-// 512 MiB); the copy moves bytes / 2 from one buffer to another, also far larger than L2. Prints one JSON object on stdout and a table on stderr.
+// 512 MiB); the copy moves bytes / 2 from one buffer to another, also far larger than L2. Prints one JSON object on
+// stdout and a table on stderr.
 //
 //   transcode_gpu_bench [--pages N] [--reps N]
 #include <cuda_runtime.h>
@@ -26,22 +27,22 @@
 namespace kvtier {
 namespace {
 
-#define BENCH_CHECK(expr)                                                                  \
-  do {                                                                                     \
-    cudaError_t _e = (expr);                                                               \
-    if (_e != cudaSuccess) {                                                               \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(_e)); \
-      std::exit(1);                                                                        \
-    }                                                                                      \
-  } while (0)
-
-#define BENCH_OK(expr)                                                                           \
+#define BENCH_CHECK(expr)                                                                        \
   do {                                                                                           \
-    KernelStatus _s = (expr);                                                                    \
-    if (!_s.ok()) {                                                                              \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, _s.ToString().c_str()); \
+    cudaError_t _e = (expr);                                                                     \
+    if (_e != cudaSuccess) {                                                                     \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(_e)); \
       std::exit(1);                                                                              \
     }                                                                                            \
+  } while (0)
+
+#define BENCH_OK(expr)                                                                          \
+  do {                                                                                          \
+    KernelStatus _s = (expr);                                                                   \
+    if (!_s.ok()) {                                                                             \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, _s.ToString().c_str()); \
+      std::exit(1);                                                                             \
+    }                                                                                           \
   } while (0)
 
 struct DevMem {
@@ -176,10 +177,11 @@ int main(int argc, char** argv) {
   for (const auto& r : results)
     std::fprintf(stderr, "%-10s %-20s %12llu %10.4f %10.1f %10.1f %7.1f%%\n", r.name.c_str(), r.direction.c_str(),
                  static_cast<unsigned long long>(r.bytes), r.ms, r.gbps, r.copy_gbps, 100.0 * r.gbps / r.copy_gbps);
-  std::printf("{\n  \"device\": \"%s\",\n  \"sm_count\": %d,\n  \"shape\": \"32L x 8H x 128D x 16T\",\n", gpu.name.c_str(),
-              gpu.sm_count);
-  std::printf("  \"pages\": %u,\n  \"reps\": %d,\n  \"timing\": \"cuda events, 5 warm-up, median\",\n  \"results\": [\n",
-              pages, reps);
+  std::printf("{\n  \"device\": \"%s\",\n  \"sm_count\": %d,\n  \"shape\": \"32L x 8H x 128D x 16T\",\n",
+              gpu.name.c_str(), gpu.sm_count);
+  std::printf(
+      "  \"pages\": %u,\n  \"reps\": %d,\n  \"timing\": \"cuda events, 5 warm-up, median\",\n  \"results\": [\n", pages,
+      reps);
   for (size_t i = 0; i < results.size(); ++i) {
     const auto& r = results[i];
     std::printf(

@@ -91,19 +91,29 @@ static void DecodeSegment(const SegmentCodec& c, SegmentDims d, const uint8_t* d
   }
 }
 
-// Per-lane min/max over the finite values of v[0..n) (n a multiple of 8), reduced to one GroupStats.
-static GroupStats StatsOf(const float* v, int n) {
-  float lo[8], hi[8];
-  for (int k = 0; k < 8; ++k) lo[k] = __builtin_inff(), hi[k] = -__builtin_inff();
-  for (int i = 0; i < n; i += 8)
-    for (int k = 0; k < 8; ++k) {
-      const float x = v[i + k];
+// Column-wise min/max over the finite values of v[rows][cols] into lo[cols], hi[cols] (which the caller
+// initialises). Selects with `&`, not `&&`, so that the loop has no control flow and vectorises.
+static void MinMaxColumns(const float* v, int rows, int cols, float* lo, float* hi) {
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c) {
+      const float x = v[r * cols + c];
       const bool finite = fabsf(x) <= 3.402823466e38f;
-      lo[k] = finite && x < lo[k] ? x : lo[k];
-      hi[k] = finite && x > hi[k] ? x : hi[k];
+      lo[c] = finite & (x < lo[c]) ? x : lo[c];
+      hi[c] = finite & (x > hi[c]) ? x : hi[c];
     }
-  GroupStats s;
-  for (int k = 0; k < 8; ++k) s.Merge(GroupStats{lo[k], hi[k]});
+}
+
+// Min/max over the finite values of v[0..n), n a multiple of 16, as one GroupStats.
+static GroupStats StatsOf(const float* v, int n) {
+  constexpr int kCols = 16;
+  float lo[kCols], hi[kCols];
+  for (int c = 0; c < kCols; ++c) lo[c] = __builtin_inff(), hi[c] = -__builtin_inff();
+  MinMaxColumns(v, n / kCols, kCols, lo, hi);
+  GroupStats s;  // the columns' min/max by selects (libm fminf/fmaxf are calls here)
+  for (int c = 0; c < kCols; ++c) {
+    s.lo = lo[c] < s.lo ? lo[c] : s.lo;
+    s.hi = hi[c] > s.hi ? hi[c] : s.hi;
+  }
   return s;
 }
 
@@ -162,13 +172,7 @@ static void EncodeSegment(const SegmentCodec& c, SegmentDims d, const float* v, 
     if (c.grouping == Grouping::kPerChannel) {
       float lo[256], hi[256];
       for (int ch = 0; ch < d.channels; ++ch) lo[ch] = __builtin_inff(), hi[ch] = -__builtin_inff();
-      for (int t = 0; t < d.tokens; ++t)
-        for (int ch = 0; ch < d.channels; ++ch) {
-          const float x = v[t * d.channels + ch];
-          const bool finite = fabsf(x) <= 3.402823466e38f;
-          lo[ch] = finite && x < lo[ch] ? x : lo[ch];
-          hi[ch] = finite && x > hi[ch] ? x : hi[ch];
-        }
+      MinMaxColumns(v, d.tokens, d.channels, lo, hi);
       for (int ch = 0; ch < d.channels; ++ch) set_params(ch, GroupStats{lo[ch], hi[ch]});
     } else if (c.grouping == Grouping::kPerToken) {
       const int width = ChannelsPerGroup(c, d.channels);
