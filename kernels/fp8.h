@@ -36,10 +36,10 @@ struct MiniFloat {
 
   static KVTIER_HD float Decode(uint8_t code) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-    const bool special = kHasInf ? ((code >> kManBits) & ((1 << kExpBits) - 1)) == (1 << kExpBits) - 1
-                                 : (code & 0x7fu) == (kNanCode & 0x7fu);
-    if (!special) return __half2float(__half(__nv_cvt_fp8_to_halfraw(code, kExpBits == 4 ? __NV_E4M3 : __NV_E5M2)));
-#endif
+    // Every code, NaN and Inf included, converts exactly (NaN payloads may differ from the software
+    // path; fp16/bf16 encoders canonicalise NaN, so no stored byte depends on them).
+    return __half2float(__half(__nv_cvt_fp8_to_halfraw(code, kExpBits == 4 ? __NV_E4M3 : __NV_E5M2)));
+#else
     const bool neg = code & 0x80u;
     const int exp = (code >> kManBits) & ((1 << kExpBits) - 1);
     const int man = code & ((1 << kManBits) - 1);
@@ -54,6 +54,7 @@ struct MiniFloat {
       v = static_cast<float>((1 << kManBits) + man) * Pow2(exp - kBias - kManBits);
     }
     return neg ? -v : v;
+#endif
   }
 
   // The largest finite value, as a compile-time constant (equal to Decode(kMaxCode)).
@@ -66,9 +67,11 @@ struct MiniFloat {
 
   static KVTIER_HD uint8_t Encode(float f) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-    if (f == f)
-      return static_cast<uint8_t>(__nv_cvt_float_to_fp8(f, __NV_SATFINITE, kExpBits == 4 ? __NV_E4M3 : __NV_E5M2));
-#endif
+    const uint8_t hw =
+        static_cast<uint8_t>(__nv_cvt_float_to_fp8(f, __NV_SATFINITE, kExpBits == 4 ? __NV_E4M3 : __NV_E5M2));
+    const uint8_t nan = static_cast<uint8_t>(((__float_as_uint(f) >> 24) & 0x80u) | (kNanCode & 0x7fu));
+    return f == f ? hw : nan;  // a select, not a branch: NaN maps to the host's code
+#else
     // Branch-free, with masks rather than selects (so that host loops over it vectorise): round to nearest
     // even on the bit pattern for normal results and on a * 2^-kQuantumExp for subnormal ones, then
     // saturate and map NaN. Magnitude comparisons are on the bit patterns (monotonic for |f|).
@@ -90,6 +93,7 @@ struct MiniFloat {
     const uint32_t nan = 0u - static_cast<uint32_t>(abs_bits > 0x7f800000u);
     code = ((kNanCode & 0x7fu) & nan) | (code & ~nan);
     return static_cast<uint8_t>(sign | code);
+#endif
   }
 
  private:

@@ -217,29 +217,37 @@ __device__ __forceinline__ void EncodeHalf(const Warp& w, int k, int h, const fl
     using T = FormatTraits<F>;
     const bool per_token = static_cast<Grouping>(w.seg.dst_grouping) == Grouping::kPerToken;
     const int group_lanes = w.seg.dst_group / 8;
+    if (per_token) {  // parameters per (token, group): reduce over the group's lanes, vector by vector
 #pragma unroll
-    for (int i = 0; i < kHalf; ++i) {
-      const int n = k * kVecsPerChunk + h * kHalf + i;
-      if (n >= w.per_lane) break;
-      QParams pt{};
-      if (per_token) {
+      for (int i = 0; i < kHalf; ++i) {
+        const int n = k * kVecsPerChunk + h * kHalf + i;
+        if (n >= w.per_lane) break;
         GroupStats s;
 #pragma unroll
         for (int j = 0; j < 8; ++j) s.Add(vals[i][j]);
         for (int m = 1; m < group_lanes; m <<= 1) s.Merge(ShuffleXor(s, m));
-        pt = T::MakeParams(s);
+        const QParams pt = T::MakeParams(s);
         if ((w.c0 / 8) % group_lanes == 0)
           T::StoreParams(w.dst_params + (w.Token(n) * w.dst_groups_per_row + w.dst_group_in_row) * T::kParamBytes, pt);
-      }
-      uint32_t codes[8];
+        uint32_t codes[8];
 #pragma unroll
-      for (int j = 0; j < 8; ++j) codes[j] = T::Encode(vals[i][j], per_token ? pt : q[j]);
-      StoreCodes<F>(w.dst, w.Vector(n), codes);
+        for (int j = 0; j < 8; ++j) codes[j] = T::Encode(vals[i][j], pt);
+        StoreCodes<F>(w.dst, w.Vector(n), codes);
+      }
+    } else {  // per channel, per segment or none: parameters from the pre-pass (or none)
+#pragma unroll
+      for (int i = 0; i < kHalf; ++i) {
+        const int n = k * kVecsPerChunk + h * kHalf + i;
+        if (n >= w.per_lane) break;
+        uint32_t codes[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) codes[j] = T::Encode(vals[i][j], q[j]);
+        StoreCodes<F>(w.dst, w.Vector(n), codes);
+      }
     }
   });
 }
 
-// Same codec on both sides: bytes are copied (as the reference does), 8 vector loads in flight per lane.
 __device__ __forceinline__ void CopySegment(const Warp& w, uint32_t data_bytes, uint32_t param_bytes) {
   constexpr uint32_t kStep = 32 * 16;
   for (uint32_t base = w.lane * 16; base < data_bytes; base += kVecsPerChunk * kStep) {
