@@ -17,7 +17,15 @@
 namespace kvtier::cuda_transcode {
 namespace {
 
-constexpr int kVecsPerChunk = 8;
+// Tuning knobs (compile-time; the defaults are what bench/results measured): vectors a lane keeps in
+// flight, and the CTAs per SM the page-out instance is register-limited to.
+#ifndef KVTIER_TRANSCODE_VECS
+#define KVTIER_TRANSCODE_VECS 8
+#endif
+#ifndef KVTIER_TRANSCODE_MIN_CTAS
+#define KVTIER_TRANSCODE_MIN_CTAS 4
+#endif
+constexpr int kVecsPerChunk = KVTIER_TRANSCODE_VECS;
 constexpr unsigned kFullMask = 0xffffffffu;
 
 constexpr unsigned Bit(Format f) { return 1u << static_cast<int>(f); }
@@ -126,6 +134,53 @@ __device__ __forceinline__ void StoreCodes(uint8_t* data, int v, const uint32_t 
   }
 }
 
+// Parameter records through registers with aligned accesses (the traits' memcpy-based LoadParams /
+// StoreParams would otherwise become byte accesses): one group at p (aligned to its size), or the 8
+// consecutive per-channel groups of a lane (16-byte aligned: c0 is a multiple of 8).
+template <class T>
+__device__ __forceinline__ QParams LoadParamsAt(const uint8_t* p) {
+  uint32_t word = 0;
+  if constexpr (T::kParamBytes == 2) word = *reinterpret_cast<const uint16_t*>(p);
+  if constexpr (T::kParamBytes == 4) word = *reinterpret_cast<const uint32_t*>(p);
+  return T::LoadParams(reinterpret_cast<const uint8_t*>(&word));
+}
+
+template <class T>
+__device__ __forceinline__ void StoreParamsAt(uint8_t* p, const QParams& q) {
+  uint32_t word = 0;
+  T::StoreParams(reinterpret_cast<uint8_t*>(&word), q);
+  if constexpr (T::kParamBytes == 2) *reinterpret_cast<uint16_t*>(p) = static_cast<uint16_t>(word);
+  if constexpr (T::kParamBytes == 4) *reinterpret_cast<uint32_t*>(p) = word;
+}
+
+template <class T>
+__device__ __forceinline__ void LoadParams8(const uint8_t* p, QParams (&q)[8]) {
+  constexpr int kWords = 2 * T::kParamBytes;  // 8 records of kParamBytes, in 32-bit words
+  if constexpr (kWords > 0) {
+    uint32_t w[kWords];
+#pragma unroll
+    for (int o = 0; o < kWords; o += 4) {
+      const uint4 v = *reinterpret_cast<const uint4*>(p + 4 * o);
+      w[o] = v.x, w[o + 1] = v.y, w[o + 2] = v.z, w[o + 3] = v.w;
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j) q[j] = T::LoadParams(reinterpret_cast<const uint8_t*>(w) + j * T::kParamBytes);
+  }
+}
+
+template <class T>
+__device__ __forceinline__ void StoreParams8(uint8_t* p, const QParams (&q)[8]) {
+  constexpr int kWords = 2 * T::kParamBytes;
+  if constexpr (kWords > 0) {
+    uint32_t w[kWords];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) T::StoreParams(reinterpret_cast<uint8_t*>(w) + j * T::kParamBytes, q[j]);
+#pragma unroll
+    for (int o = 0; o < kWords; o += 4)
+      *reinterpret_cast<uint4*>(p + 4 * o) = make_uint4(w[o], w[o + 1], w[o + 2], w[o + 3]);
+  }
+}
+
 // Issues the loads of chunk k (vectors beyond per_lane are skipped): all in flight before any use.
 template <Path P>
 __device__ __forceinline__ void LoadChunk(const Warp& w, int k, RawChunk& raw) {
@@ -147,10 +202,9 @@ __device__ __forceinline__ void DecodeHalf(const Warp& w, int k, int h, const Ra
     const auto grouping = static_cast<Grouping>(w.seg.src_grouping);
     QParams pc[8];
     if (grouping == Grouping::kPerChannel) {
-#pragma unroll
-      for (int j = 0; j < 8; ++j) pc[j] = T::LoadParams(w.src_params + (w.c0 + j) * T::kParamBytes);
+      LoadParams8<T>(w.src_params + w.c0 * T::kParamBytes, pc);
     } else if (grouping == Grouping::kPerSegment) {
-      pc[0] = T::LoadParams(w.src_params);
+      pc[0] = LoadParamsAt<T>(w.src_params);
 #pragma unroll
       for (int j = 1; j < 8; ++j) pc[j] = pc[0];
     }
@@ -160,7 +214,7 @@ __device__ __forceinline__ void DecodeHalf(const Warp& w, int k, int h, const Ra
       if (n >= w.per_lane) break;
       QParams pt{};
       if (grouping == Grouping::kPerToken)
-        pt = T::LoadParams(w.src_params + (w.Token(n) * w.src_groups_per_row + w.src_group_in_row) * T::kParamBytes);
+        pt = LoadParamsAt<T>(w.src_params + (w.Token(n) * w.src_groups_per_row + w.src_group_in_row) * T::kParamBytes);
 #pragma unroll
       for (int j = 0; j < 8; ++j)
         vals[i][j] = T::Decode(CodeAt<F>(raw.w[h * kHalf + i], j), grouping == Grouping::kPerToken ? pt : pc[j]);
@@ -228,7 +282,8 @@ __device__ __forceinline__ void EncodeHalf(const Warp& w, int k, int h, const fl
         for (int m = 1; m < group_lanes; m <<= 1) s.Merge(ShuffleXor(s, m));
         const QParams pt = T::MakeParams(s);
         if ((w.c0 / 8) % group_lanes == 0)
-          T::StoreParams(w.dst_params + (w.Token(n) * w.dst_groups_per_row + w.dst_group_in_row) * T::kParamBytes, pt);
+          StoreParamsAt<T>(w.dst_params + (w.Token(n) * w.dst_groups_per_row + w.dst_group_in_row) * T::kParamBytes,
+                           pt);
         uint32_t codes[8];
 #pragma unroll
         for (int j = 0; j < 8; ++j) codes[j] = T::Encode(vals[i][j], pt);
@@ -286,7 +341,7 @@ __device__ __forceinline__ uint32_t ParamBytes(uint8_t format, uint8_t grouping,
 }
 
 template <Path P>
-__global__ void __launch_bounds__(kWarpsPerCta * 32, P == Path::kFromPassThrough ? 4 : 3)
+__global__ void __launch_bounds__(kWarpsPerCta * 32, P == Path::kFromPassThrough ? KVTIER_TRANSCODE_MIN_CTAS : 3)
     TranscodeKernel(const Params p) {
   const int s = (blockIdx.z * gridDim.y + blockIdx.y) * kWarpsPerCta + static_cast<int>(threadIdx.x / 32);
   if (s >= p.num_segments) return;  // whole warps leave; the kernel has no block-level barrier
@@ -334,15 +389,12 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, P == Path::kFromPassThrough
       if (dst_grouping == Grouping::kPerChannel) {
 #pragma unroll
         for (int j = 0; j < 8; ++j) q[j] = T::MakeParams(st[j]);
-        if (w.lane < w.rows_lanes) {
-#pragma unroll
-          for (int j = 0; j < 8; ++j) T::StoreParams(w.dst_params + (w.c0 + j) * T::kParamBytes, q[j]);
-        }
+        if (w.lane < w.rows_lanes) StoreParams8<T>(w.dst_params + w.c0 * T::kParamBytes, q);
       } else {
         q[0] = T::MakeParams(st[0]);
 #pragma unroll
         for (int j = 1; j < 8; ++j) q[j] = q[0];
-        if (w.lane == 0) T::StoreParams(w.dst_params, q[0]);
+        if (w.lane == 0) StoreParamsAt<T>(w.dst_params, q[0]);
       }
     });
   }
