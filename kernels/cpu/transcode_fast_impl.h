@@ -81,7 +81,15 @@ static void DecodeSegment(const SegmentCodec& c, SegmentDims d, const uint8_t* d
                                                           : n;
     for (int first = 0; first < n; first += width) {
       float* o = out + first;
-      if (per_channel) {
+      if constexpr (T::kBits == 4) {  // byte by byte: both nibbles of one load
+        const uint8_t* bytes = data + first / 2;
+        const int g = first / width;
+        for (int k = 0; k < width / 2; ++k) {
+          const int g0 = per_channel ? 2 * k : g, g1 = per_channel ? 2 * k + 1 : g;
+          o[2 * k] = T::Decode(bytes[k] & 0xfu, QParams{scale[g0], 0.0f, offset[g0]});
+          o[2 * k + 1] = T::Decode(bytes[k] >> 4, QParams{scale[g1], 0.0f, offset[g1]});
+        }
+      } else if (per_channel) {
         for (int k = 0; k < width; ++k) o[k] = DecodeOne<F>(data, first + k, lut, scale[k], offset[k]);
       } else {
         const int g = first / width;
