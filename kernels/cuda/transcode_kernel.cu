@@ -18,7 +18,8 @@ namespace kvtier::cuda_transcode {
 namespace {
 
 // Tuning knobs (compile-time; the defaults are what bench/results measured): vectors a lane keeps in
-// flight, and the CTAs per SM the page-out instance is register-limited to.
+// flight, and the CTAs per SM the page-out and page-in instances are register-limited to (the generic
+// instance gets 3).
 #ifndef KVTIER_TRANSCODE_VECS
 #define KVTIER_TRANSCODE_VECS 8
 #endif
@@ -341,7 +342,7 @@ __device__ __forceinline__ uint32_t ParamBytes(uint8_t format, uint8_t grouping,
 }
 
 template <Path P>
-__global__ void __launch_bounds__(kWarpsPerCta * 32, P == Path::kFromPassThrough ? KVTIER_TRANSCODE_MIN_CTAS : 3)
+__global__ void __launch_bounds__(kWarpsPerCta * 32, P == Path::kGeneric ? 3 : KVTIER_TRANSCODE_MIN_CTAS)
     TranscodeKernel(const Params p) {
   const int s = (blockIdx.z * gridDim.y + blockIdx.y) * kWarpsPerCta + static_cast<int>(threadIdx.x / 32);
   if (s >= p.num_segments) return;  // whole warps leave; the kernel has no block-level barrier
