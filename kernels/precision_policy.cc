@@ -82,7 +82,7 @@ bool TierMatches(RuleTiers rt, PolicyTier t) {
 }
 
 bool RuleSelectsLayer(const PrecisionRule& r, int layer, int num_layers, std::string_view name) {
-  bool in = false;
+  bool in = r.layers.empty();
   for (const auto& p : r.layers) in = in || LayerPatternMatches(p, layer, num_layers, name);
   if (!in) return false;
   for (const auto& p : r.exclude_layers)
@@ -143,7 +143,6 @@ KernelStatus PrecisionPolicy::Validate() const {
     const PrecisionRule& r = rules[i];
     const std::string label = RuleLabel(i, r);
     if (!r.key && !r.value) return InvalidArgument(label + ": sets neither a key nor a value codec");
-    if (r.layers.empty()) return InvalidArgument(label + ": no layer patterns (use \"*\" for every layer)");
     for (const auto* list : {&r.layers, &r.exclude_layers})
       for (const auto& p : *list) {
         KernelStatus st = ValidatePatternSyntax(p);
@@ -252,40 +251,46 @@ KernelOr<ResolvedPolicy> Resolve(const PrecisionPolicy& policy, const LayoutShap
   return out;
 }
 
+KernelOr<SegmentCodec> MakeCodec(std::string_view format, std::string_view grouping, uint32_t group_size, Operand op) {
+  const auto f = ParseFormat(format);
+  if (!f)
+    return InvalidArgument("unknown format '" + std::string(format) + "' (fp16, bf16, fp8_e4m3, fp8_e5m2, int8, int4)");
+  SegmentCodec codec = DefaultCodec(*f, op);
+  if (!grouping.empty()) {
+    const auto g = ParseGrouping(grouping);
+    if (!g)
+      return InvalidArgument("unknown grouping '" + std::string(grouping) +
+                             "' (none, per_segment, per_channel, per_token)");
+    codec.grouping = *g;
+    codec.group_size = *g == Grouping::kPerToken ? DefaultCodec(*f, Operand::kValue).group_size : 0;
+  }
+  if (group_size != 0) {
+    if (codec.grouping != Grouping::kPerToken) return InvalidArgument("a group size needs per_token grouping");
+    if (group_size > 4096) return InvalidArgument("group size " + std::to_string(group_size) + " too large");
+    codec.group_size = static_cast<uint16_t>(group_size);
+  }
+  KVTIER_RETURN_IF_KERNEL_ERROR(ValidateCodecAlone(codec));
+  return codec;
+}
+
 KernelOr<SegmentCodec> ParseCodecSpec(std::string_view spec, Operand op) {
   std::string_view parts[3];
   int n = 0;
-  for (size_t start = 0; n < 3;) {
+  for (size_t start = 0;;) {
+    if (n == 3) return InvalidArgument("codec spec '" + std::string(spec) + "' has more than 3 ':' parts");
     const size_t colon = spec.find(':', start);
     parts[n++] = spec.substr(start, colon == std::string_view::npos ? std::string_view::npos : colon - start);
     if (colon == std::string_view::npos) break;
     start = colon + 1;
-    if (n == 3) return InvalidArgument("codec spec '" + std::string(spec) + "' has more than 3 ':' parts");
   }
-  const auto format = ParseFormat(parts[0]);
-  if (!format)
-    return InvalidArgument("codec spec '" + std::string(spec) + "': unknown format '" + std::string(parts[0]) +
-                           "' (fp16, bf16, fp8_e4m3, fp8_e5m2, int8, int4)");
-  SegmentCodec codec = DefaultCodec(*format, op);
-  if (n >= 2) {
-    const auto grouping = ParseGrouping(parts[1]);
-    if (!grouping)
-      return InvalidArgument("codec spec '" + std::string(spec) + "': unknown grouping '" + std::string(parts[1]) +
-                             "' (none, per_segment, per_channel, per_token)");
-    codec.grouping = *grouping;
-    codec.group_size = 0;
-  }
+  uint32_t group = 0;
   if (n == 3) {
-    if (codec.grouping != Grouping::kPerToken)
-      return InvalidArgument("codec spec '" + std::string(spec) + "': a group size needs per_token grouping");
-    int64_t g = 0;
-    const auto [ptr, ec] = std::from_chars(parts[2].data(), parts[2].data() + parts[2].size(), g);
-    if (ec != std::errc() || ptr != parts[2].data() + parts[2].size() || g <= 0 || g > 4096)
+    const auto [ptr, ec] = std::from_chars(parts[2].data(), parts[2].data() + parts[2].size(), group);
+    if (ec != std::errc() || ptr != parts[2].data() + parts[2].size() || group == 0)
       return InvalidArgument("codec spec '" + std::string(spec) + "': bad group size '" + std::string(parts[2]) + "'");
-    codec.group_size = static_cast<uint16_t>(g);
   }
-  KernelStatus st = ValidateCodecAlone(codec);
-  if (!st.ok()) return InvalidArgument("codec spec '" + std::string(spec) + "': " + st.message());
+  auto codec = MakeCodec(parts[0], parts[1], group, op);
+  if (!codec.ok()) return InvalidArgument("codec spec '" + std::string(spec) + "': " + codec.status().message());
   return codec;
 }
 

@@ -6,7 +6,8 @@
 // (layer, K|V, kv head) of a tier, the codec is the default of that tier, overridden by every rule that
 // matches, in order (the LAST matching rule wins). A rule matches when
 //   - its tier is that tier or kBoth,
-//   - the layer matches one of `layers` and none of `exclude_layers` (exclude wins),
+//   - the layer matches one of `layers` (an empty list selects every layer) and none of `exclude_layers`
+//     (exclude wins),
 //   - the head is in `heads` (empty: every head),
 //   - it sets a codec for that operand (`key` for K, `value` for V),
 //   - and, for rules with `first_block_only`, the block is the first of its sequence.
@@ -49,7 +50,7 @@ enum class RuleTiers : uint8_t { kBoth = 0, kResident = 1, kOffload = 2 };
 struct PrecisionRule {
   std::string name;  // optional; quoted in error messages
   RuleTiers tiers = RuleTiers::kBoth;
-  std::vector<std::string> layers = {"*"};  // include patterns (see the header comment)
+  std::vector<std::string> layers;          // include patterns (see the header comment); empty: every layer
   std::vector<std::string> exclude_layers;  // a layer matching one of these is never selected
   std::vector<int32_t> heads;               // kv heads; empty: every head
   bool first_block_only = false;            // applies only to the first block of a sequence
@@ -103,8 +104,12 @@ KernelStatus ValidateFor(const PrecisionPolicy& policy, const LayoutShape& shape
 KernelOr<ResolvedPolicy> Resolve(const PrecisionPolicy& policy, const LayoutShape& shape,
                                  std::span<const std::string> layer_names = {});
 
-// Codec specs as they appear in configs: "fp16", "fp8_e4m3", "int8" (default grouping for the operand),
-// "int8:per_token", "int4:per_token:64", "int8:per_channel". Returns InvalidArgument with the reason.
+// A codec from its config fields (kvtier.v1.CodecSpec): format name; grouping name, empty for the
+// format's default for K or V (DefaultCodec); group_size, 0 for the default (per_token: 32 for int4, the
+// whole row for int8). Returns InvalidArgument with the reason.
+KernelOr<SegmentCodec> MakeCodec(std::string_view format, std::string_view grouping, uint32_t group_size, Operand op);
+
+// The same from one string: "fp16", "fp8_e4m3", "int8", "int8:per_token", "int4:per_token:64".
 KernelOr<SegmentCodec> ParseCodecSpec(std::string_view spec, Operand op);
 std::string CodecSpecString(const SegmentCodec& codec);
 

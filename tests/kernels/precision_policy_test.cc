@@ -78,6 +78,15 @@ TEST(PrecisionPolicy, RangesAndLastRuleWins) {
   EXPECT_EQ(r->resident.segment(0, Operand::kKey, 0).codec.format, Format::kFp8E4m3);
 }
 
+TEST(PrecisionPolicy, EmptyLayerListSelectsEveryLayer) {
+  PrecisionPolicy p;
+  p.rules.push_back({.tiers = RuleTiers::kOffload, .exclude_layers = {"0"}, .key = kInt8K});
+  auto r = Resolve(p, kLlama3_8B);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(Offload(*r, 0, Operand::kKey, 0).format, Format::kFp16);
+  for (int l = 1; l < 32; ++l) EXPECT_EQ(Offload(*r, l, Operand::kKey, 0), kInt8K);
+}
+
 TEST(PrecisionPolicy, PerHeadOverride) {
   PrecisionPolicy p = PrecisionPolicy::K8V4();
   p.rules.push_back(
@@ -133,9 +142,9 @@ TEST(PrecisionPolicy, RejectsBadInputWithClearMessages) {
     return p;
   };
   ExpectError(with_rule({.name = "empty"}).Validate(), "rule 0 'empty': sets neither");
+  EXPECT_TRUE(with_rule({.layers = {}, .key = kInt8K}).Validate().ok());  // empty layer list: every layer
   ExpectError(with_rule({.layers = {"1-2-3"}, .key = kInt8K}).Validate(), "'1-2-3' is not N, -N or A-B");
   ExpectError(with_rule({.layers = {""}, .key = kInt8K}).Validate(), "empty layer pattern");
-  ExpectError(with_rule({.layers = {}, .key = kInt8K}).Validate(), "no layer patterns");
   ExpectError(with_rule({.heads = {-1}, .key = kInt8K}).Validate(), "negative head");
   ExpectError(with_rule({.key = SegmentCodec{Format::kInt8, Grouping::kNone, 0}}).Validate(),
               "per_channel or per_token");
@@ -173,6 +182,13 @@ TEST(CodecSpec, ParsesConfigStrings) {
   ASSERT_TRUE(pt.ok());
   EXPECT_EQ(*pt, (SegmentCodec{Format::kInt8, Grouping::kPerToken, 0}));
   EXPECT_EQ(CodecSpecString(DefaultCodec(Format::kFp8E5m2, Operand::kKey)), "fp8_e5m2:per_segment");
+  auto i4 = ParseCodecSpec("int4:per_token", Operand::kKey);  // per-token int4 defaults to groups of 32
+  ASSERT_TRUE(i4.ok());
+  EXPECT_EQ(*i4, kInt4V);
+  auto fields = MakeCodec("int4", "", 0, Operand::kValue);  // empty grouping: the operand's default
+  ASSERT_TRUE(fields.ok());
+  EXPECT_EQ(*fields, kInt4V);
+  ExpectError(MakeCodec("int8", "per_channel", 16, Operand::kKey).status(), "needs per_token");
   ExpectError(ParseCodecSpec("int3", Operand::kKey).status(), "unknown format 'int3'");
   ExpectError(ParseCodecSpec("int8:diagonal", Operand::kKey).status(), "unknown grouping");
   ExpectError(ParseCodecSpec("int8:per_channel:32", Operand::kKey).status(), "needs per_token");
