@@ -45,7 +45,8 @@ struct DevicePageSet {
 };
 
 // Host-side handle on the device copy of a (src, dst) segment table. Create() once per geometry pair
-// (it allocates and copies synchronously); Launch() any number of times from any thread. Move-only; the
+// (it allocates on the CURRENT device and copies synchronously); Launch() any number of times, from any
+// thread, on streams of that device. Move-only; the
 // table is freed by the destructor, which must not run while a launch that uses it is in flight.
 class CudaTranscodePlan {
  public:
