@@ -64,32 +64,61 @@ struct QParams {
   float offset = 0.0f;     // asymmetric formats: value of code 0
 };
 
-// Running min/max over the finite values of a group.
+// Running min/max over the finite values of a group; empty (no finite value yet) while lo > hi. The
+// result of a min/max reduction does not depend on the order of the values except for the sign of a
+// zero bound, which MakeParams never lets through (see ZeroToPositive).
 struct GroupStats {
-  float lo = 0.0f;
-  float hi = 0.0f;
-  bool any = false;
+  float lo = __builtin_inff();
+  float hi = -__builtin_inff();
+  KVTIER_HD bool any() const { return lo <= hi; }
   KVTIER_HD void Add(float x) {
-    if (!(fabsf(x) <= 3.402823466e38f)) return;  // skips NaN and +-Inf
-    lo = any ? fminf(lo, x) : x;
-    hi = any ? fmaxf(hi, x) : x;
-    any = true;
+    if (fabsf(x) <= 3.402823466e38f) {  // skips NaN and +-Inf
+      lo = fminf(lo, x);
+      hi = fmaxf(hi, x);
+    }
   }
   KVTIER_HD void Merge(const GroupStats& o) {
-    if (!o.any) return;
-    lo = any ? fminf(lo, o.lo) : o.lo;
-    hi = any ? fmaxf(hi, o.hi) : o.hi;
-    any = true;
+    lo = fminf(lo, o.lo);
+    hi = fmaxf(hi, o.hi);
   }
-  KVTIER_HD float AbsMax() const { return fmaxf(fabsf(lo), fabsf(hi)); }
+  KVTIER_HD float AbsMax() const { return any() ? fmaxf(fabsf(lo), fabsf(hi)) : 0.0f; }
 };
 
+// -0 becomes +0; everything else is unchanged.
+KVTIER_HD float ZeroToPositive(float x) { return x == 0.0f ? 0.0f : x; }
+
 KVTIER_HD float InverseOrZero(float scale) { return scale > 0.0f ? 1.0f / scale : 0.0f; }
+
+// min(max(y, lo), hi) for a non-NaN y. Host: selects, so that loops over it vectorise (fminf/fmaxf do
+// not without -ffast-math); device: fmin/fmax instructions. The two may differ only in the sign of a
+// zero result, which RoundToInt erases.
+KVTIER_HD float Clamp(float y, float lo, float hi) {
+#if defined(__CUDA_ARCH__)
+  return fminf(fmaxf(y, lo), hi);
+#else
+  return y < lo ? lo : (y > hi ? hi : y);
+#endif
+}
+
+// Round to nearest, ties to even, of a finite y within the int32 range (one cvt.rni on the device).
+KVTIER_HD int32_t RoundToInt(float y) {
+#if defined(__CUDA_ARCH__)
+  return __float2int_rn(y);
+#else
+  return static_cast<int32_t>(rintf(y));
+#endif
+}
 
 // Scaled value with NaN mapped to 0 (Inf*0 and NaN inputs included), before rounding to a code.
 KVTIER_HD float Scaled(float x, const QParams& p) {
   const float y = (x - p.offset) * p.inv_scale;
+#if defined(__CUDA_ARCH__)
   return y != y ? 0.0f : y;
+#else
+  // The same select as a mask: GCC does not if-convert the select when the fp8 encoder's integer masks
+  // follow, and the loop would not vectorise.
+  return BitsToFloat(FloatToBits(y) & (0u - static_cast<uint32_t>(y == y)));
+#endif
 }
 
 template <Format F>
@@ -177,8 +206,7 @@ struct FormatTraits<Format::kInt8> {
     return FromScaleBits(b);
   }
   static KVTIER_HD uint32_t Encode(float x, const QParams& p) {
-    const float y = rintf(fminf(fmaxf(Scaled(x, p), -127.0f), 127.0f));
-    return static_cast<uint8_t>(static_cast<int8_t>(y));
+    return static_cast<uint8_t>(static_cast<int8_t>(RoundToInt(Clamp(Scaled(x, p), -127.0f, 127.0f))));
   }
   static KVTIER_HD float Decode(uint32_t c, const QParams& p) {
     return static_cast<float>(static_cast<int8_t>(static_cast<uint8_t>(c))) * p.scale;
@@ -199,9 +227,11 @@ struct FormatTraits<Format::kInt4> {
     p.offset = HalfToFloat(offset_bits);
     return p;
   }
+  // A -0 lower bound counts as +0: reductions in different orders (CPU lanes, GPU shuffles) may end
+  // on either zero, and the stored offset must not depend on that.
   static KVTIER_HD QParams MakeParams(const GroupStats& s) {
-    const uint16_t off = FloatToHalfRoundDown(s.any ? s.lo : 0.0f);
-    const float range = (s.any ? s.hi : 0.0f) - HalfToFloat(off);
+    const uint16_t off = FloatToHalfRoundDown(s.any() ? ZeroToPositive(s.lo) : 0.0f);
+    const float range = (s.any() ? s.hi : 0.0f) - HalfToFloat(off);
     return FromBits(FloatToHalfRoundUp(range / 15.0f), off);
   }
   static KVTIER_HD void StoreParams(uint8_t* dst, const QParams& p) {
@@ -214,7 +244,7 @@ struct FormatTraits<Format::kInt4> {
     return FromBits(b[0], b[1]);
   }
   static KVTIER_HD uint32_t Encode(float x, const QParams& p) {
-    return static_cast<uint32_t>(rintf(fminf(fmaxf(Scaled(x, p), 0.0f), 15.0f)));
+    return static_cast<uint32_t>(RoundToInt(Clamp(Scaled(x, p), 0.0f, 15.0f)));
   }
   static KVTIER_HD float Decode(uint32_t c, const QParams& p) {
     return fmaf(static_cast<float>(c & 0xfu), p.scale, p.offset);
@@ -231,12 +261,18 @@ struct FormatTag {
 template <class Fn>
 decltype(auto) DispatchFormat(Format f, Fn&& fn) {
   switch (f) {
-    case Format::kBf16: return fn(FormatTag<Format::kBf16>{});
-    case Format::kFp8E4m3: return fn(FormatTag<Format::kFp8E4m3>{});
-    case Format::kFp8E5m2: return fn(FormatTag<Format::kFp8E5m2>{});
-    case Format::kInt8: return fn(FormatTag<Format::kInt8>{});
-    case Format::kInt4: return fn(FormatTag<Format::kInt4>{});
-    case Format::kFp16: break;
+    case Format::kBf16:
+      return fn(FormatTag<Format::kBf16>{});
+    case Format::kFp8E4m3:
+      return fn(FormatTag<Format::kFp8E4m3>{});
+    case Format::kFp8E5m2:
+      return fn(FormatTag<Format::kFp8E5m2>{});
+    case Format::kInt8:
+      return fn(FormatTag<Format::kInt8>{});
+    case Format::kInt4:
+      return fn(FormatTag<Format::kInt4>{});
+    case Format::kFp16:
+      break;
   }
   return fn(FormatTag<Format::kFp16>{});
 }

@@ -1,6 +1,8 @@
 // fp16 and bf16 <-> fp32 conversions on raw 16-bit patterns, identical on host and device.
 // Rounding is round-to-nearest-even; NaN stays NaN, overflow becomes Inf (IEEE behaviour). Device code
 // uses the hardware conversions, host code a bit-exact software version (F16C when the host has it).
+// Every NaN converts to the canonical positive quiet NaN (fp16 0x7e00, bf16 0x7fc0) on host and device,
+// so results never depend on NaN payloads or signs (the hardware does not keep them).
 #pragma once
 
 #include <cstdint>
@@ -55,14 +57,14 @@ KVTIER_HD float HalfToFloat(uint16_t h) {
 
 KVTIER_HD uint16_t FloatToHalf(float f) {
 #if defined(__CUDA_ARCH__)
+  if (f != f) return 0x7e00u;  // canonical NaN, as on the host
   return __half_as_ushort(__float2half_rn(f));
 #else
   const uint32_t x = FloatToBits(f);
   const uint32_t sign = (x >> 16) & 0x8000u;
   const uint32_t abs = x & 0x7fffffffu;
-  if (abs >= 0x7f800000u) {  // Inf or NaN (keep NaN quiet and non-zero)
-    return static_cast<uint16_t>(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0u));
-  }
+  if (abs > 0x7f800000u) return 0x7e00u;                                 // NaN: canonical
+  if (abs == 0x7f800000u) return static_cast<uint16_t>(sign | 0x7c00u);  // Inf
   if (abs >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // rounds to >= 65536: Inf
   if (abs < 0x38800000u) {  // result is subnormal or zero: value / 2^-24, rounded to nearest even
     if (abs < 0x33000000u) return static_cast<uint16_t>(sign);  // < 2^-25: rounds to zero
@@ -87,10 +89,11 @@ KVTIER_HD float Bf16ToFloat(uint16_t b) { return BitsToFloat(static_cast<uint32_
 
 KVTIER_HD uint16_t FloatToBf16(float f) {
 #if defined(__CUDA_ARCH__)
+  if (f != f) return 0x7fc0u;  // canonical NaN, as on the host
   return __bfloat16_as_ushort(__float2bfloat16_rn(f));
 #else
   const uint32_t x = FloatToBits(f);
-  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40u);  // quiet NaN
+  if ((x & 0x7fffffffu) > 0x7f800000u) return 0x7fc0u;  // NaN: canonical
   const uint32_t lsb = (x >> 16) & 1u;
   return static_cast<uint16_t>((x + 0x7fffu + lsb) >> 16);
 #endif

@@ -31,9 +31,17 @@ KernelStatus CheckTranscodable(const PageGeometry& src, const PageGeometry& dst)
 // Scalar reference transcode of one page. The definition of correct.
 KernelStatus TranscodePageRef(const PageGeometry& src, PageView in, const PageGeometry& dst, MutablePageView out);
 
-// Host fast path: transcodes a batch of pages (out[i] from in[i]) using up to `threads` worker threads.
-// Produces exactly the reference's bytes.
+// Which compiled variant of the host fast path to use: the best the CPU supports (AVX2 + FMA + F16C on
+// x86-64, chosen at run time) or the baseline-ISA build of the same code (tests compare the two).
+enum class CpuPath : uint8_t { kBest = 0, kPortable = 1 };
+
+// Host fast path: transcodes a batch of pages (out[i] from in[i]) using up to `threads` worker threads
+// (the calling thread is one of them). Produces exactly the reference's bytes. Input and output pages
+// must not overlap. Fails, changing nothing, when a page lacks its data or a needed parameter record.
 KernelStatus TranscodePagesCpu(const PageGeometry& src, std::span<const PageView> in, const PageGeometry& dst,
-                               std::span<const MutablePageView> out, int threads = 1);
+                               std::span<const MutablePageView> out, int threads = 1, CpuPath path = CpuPath::kBest);
+
+// "avx2+fma+f16c" or "portable": what TranscodePagesCpu runs for `path` on this CPU.
+const char* CpuPathName(CpuPath path);
 
 }  // namespace kvtier

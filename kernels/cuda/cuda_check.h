@@ -17,8 +17,8 @@ inline KernelStatus CudaStatus(cudaError_t err, const char* what) {
 }  // namespace kvtier
 
 // Evaluates a CUDA runtime call and returns a KernelStatus from the enclosing function on failure.
-#define KVTIER_CUDA_RETURN_IF_ERROR(call)                                       \
-  do {                                                                          \
+#define KVTIER_CUDA_RETURN_IF_ERROR(call)                                         \
+  do {                                                                            \
     ::kvtier::KernelStatus _kvtier_cuda_st = ::kvtier::CudaStatus((call), #call); \
-    if (!_kvtier_cuda_st.ok()) return _kvtier_cuda_st;                          \
+    if (!_kvtier_cuda_st.ok()) return _kvtier_cuda_st;                            \
   } while (0)

@@ -12,8 +12,8 @@ const GpuInfo& ProbeGpu() {
     int count = 0;
     const cudaError_t err = cudaGetDeviceCount(&count);
     if (err != cudaSuccess || count == 0) {
-      info.why_not = err != cudaSuccess ? std::string("cudaGetDeviceCount: ") + cudaGetErrorString(err)
-                                        : "no CUDA device visible";
+      info.why_not =
+          err != cudaSuccess ? std::string("cudaGetDeviceCount: ") + cudaGetErrorString(err) : "no CUDA device visible";
       (void)cudaGetLastError();
       return;
     }
