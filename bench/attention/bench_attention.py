@@ -221,7 +221,15 @@ SHAPES = [(1, 32768), (8, 8192), (32, 4096), (64, 8192)]
 res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "Hq": HQ, "Hkv": HKV, "D": D,
        "block": BS, "hbm_ref_GBs": HBM_GBS, "iters": ITERS, "timing": "CUDA graph replay, events, L2 flushed, median",
        "decode": [], "extend": {}}
-print(res["device"], "torch", torch.__version__, flush=True)
+_src = torch.empty(1 << 31, dtype=torch.uint8, device=DEV).fill_(3)
+_dst = torch.empty_like(_src)
+res["copy_GBs_measured"] = round(2 * _src.numel() / bench(lambda: _dst.copy_(_src), 10) / 1e3)
+del _src, _dst
+if "H200" in res["device"]:
+    HBM_GBS = 4800.0  # H200 HBM3e spec
+    res["hbm_ref_GBs"] = HBM_GBS
+print(res["device"], "torch", torch.__version__, "device copy (read+write)", res["copy_GBs_measured"], "GB/s",
+      flush=True)
 torch.manual_seed(0)
 
 for B, L in SHAPES:
