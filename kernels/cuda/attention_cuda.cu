@@ -42,7 +42,7 @@ bool IsInt(Format f) { return f == Format::kInt8 || f == Format::kInt4; }
 
 int VGroup(const HeadRun& run, int head_dim) { return run.value.group_size == 0 ? head_dim : run.value.group_size; }
 
-int QueryChunk(int group) { return group <= 4 ? 4 : 8; }
+constexpr int kRowsPerCta = 16;  // query heads per decode CTA (mma rows)
 
 cuda_attn::TileLayout LayoutFor(const PageGeometry& g, int layer, const HeadRun& run, bool pad_rows) {
   const SegmentPlacement& k = g.segment(layer, Operand::kKey, run.first_head);
@@ -71,7 +71,10 @@ KernelStatus CheckCudaSupport(const HeadRun& run, int head_dim) {
     return InvalidArgument("CUDA attention: integer K must be grouped per channel");
   if (IsInt(v) && run.value.grouping != Grouping::kPerToken)
     return InvalidArgument("CUDA attention: integer V must be grouped per token");
-  if (IsInt(v) && (VGroup(run, head_dim) % 8 != 0)) return InvalidArgument("CUDA attention: V group size % 8 != 0");
+  if (v == Format::kInt8 && VGroup(run, head_dim) != head_dim)
+    return InvalidArgument("CUDA attention: int8 V must have one scale per token (group_size 0)");
+  if (v == Format::kInt4 && VGroup(run, head_dim) % 8 != 0)
+    return InvalidArgument("CUDA attention: int4 V group size must be a multiple of 8");
   if ((IsFp8(k) && run.key.grouping != Grouping::kPerSegment) ||
       (IsFp8(v) && run.value.grouping != Grouping::kPerSegment))
     return InvalidArgument("CUDA attention: fp8 must be scaled per segment");
@@ -85,7 +88,7 @@ KernelOr<DecodePlan> PlanDecodeCuda(const DecodeParams& p) {
   const LayoutShape& s = p.geometry->shape();
   const int group = p.num_q_heads / s.num_kv_heads;
   const int64_t base =
-      int64_t(p.batch.num_seqs) * s.num_kv_heads * ((group + QueryChunk(group) - 1) / QueryChunk(group));
+      int64_t(p.batch.num_seqs) * s.num_kv_heads * ((group + kRowsPerCta - 1) / kRowsPerCta);
   int max_len = 0;
   for (int i = 0; i < p.batch.num_seqs; ++i) max_len = std::max(max_len, p.batch.seq_lens[i]);
   const int max_tiles = (max_len + kAttnTile - 1) / kAttnTile;
@@ -120,7 +123,6 @@ KernelStatus PagedDecodeCuda(const DecodeParams& p, const CudaLaunch& launch) {
     return InvalidArgument("CUDA attention: workspace of " + std::to_string(launch.workspace_bytes) + " bytes, " +
                            std::to_string(plan->workspace_bytes) + " needed");
   const int group = p.num_q_heads / g.shape().num_kv_heads;
-  const int kg = QueryChunk(group);
   const int rows = p.batch.num_seqs * p.num_q_heads;
   float* partial_o = static_cast<float*>(launch.workspace);
   float* partial_lse = partial_o + size_t(plan->num_splits) * rows * D;
@@ -136,20 +138,20 @@ KernelStatus PagedDecodeCuda(const DecodeParams& p, const CudaLaunch& launch) {
     k.num_seqs = p.batch.num_seqs;
     k.num_q_heads = p.num_q_heads;
     k.group = group;
-    k.g_chunks = (group + kg - 1) / kg;
+    k.g_chunks = (group + kRowsPerCta - 1) / kRowsPerCta;
     k.num_splits = plan->num_splits;
     k.scale_log2 = SoftmaxScale(p.sm_scale, D) * kLog2e;
     k.v_group = VGroup(run, D);
-    k.tile = LayoutFor(g, p.layer, run, /*pad_rows=*/false);
+    k.tile = LayoutFor(g, p.layer, run, /*pad_rows=*/true);
     const dim3 grid(plan->num_splits, run.num_heads * k.g_chunks, p.batch.num_seqs);
     const Format fk = run.key.format, fv = run.value.format;
     cudaError_t err;
     if (fk == Format::kFp16 || fk == Format::kBf16) {
-      err = cuda_attn::LaunchDecodeF16(fk, fv, D, kg, k, grid, launch.stream);
+      err = cuda_attn::LaunchDecodeF16(fk, fv, D, k, grid, launch.stream);
     } else if (IsFp8(fk)) {
-      err = cuda_attn::LaunchDecodeFp8(fk, fv, D, kg, k, grid, launch.stream);
+      err = cuda_attn::LaunchDecodeFp8(fk, fv, D, k, grid, launch.stream);
     } else {
-      err = cuda_attn::LaunchDecodeInt(fk, fv, D, kg, k, grid, launch.stream);
+      err = cuda_attn::LaunchDecodeInt(fk, fv, D, k, grid, launch.stream);
     }
     if (err != cudaSuccess) return LaunchError(err, "PagedDecodeKernel", run);
   }

@@ -3,12 +3,12 @@
 
 namespace kvtier::cuda_attn {
 
-cudaError_t LaunchDecodeF16(Format fk, Format fv, int head_dim, int kg, const DecodeKernelParams& p, dim3 grid,
+cudaError_t LaunchDecodeF16(Format fk, Format fv, int head_dim, const DecodeKernelParams& p, dim3 grid,
                             cudaStream_t stream) {
   if (fk == Format::kFp16 && fv == Format::kFp16)
-    return DispatchDecode<Format::kFp16, Format::kFp16>(head_dim, kg, p, grid, stream);
+    return DispatchDecode<Format::kFp16, Format::kFp16>(head_dim, p, grid, stream);
   if (fk == Format::kBf16 && fv == Format::kBf16)
-    return DispatchDecode<Format::kBf16, Format::kBf16>(head_dim, kg, p, grid, stream);
+    return DispatchDecode<Format::kBf16, Format::kBf16>(head_dim, p, grid, stream);
   return cudaErrorNotSupported;
 }
 

@@ -3,12 +3,12 @@
 
 namespace kvtier::cuda_attn {
 
-cudaError_t LaunchDecodeFp8(Format fk, Format fv, int head_dim, int kg, const DecodeKernelParams& p, dim3 grid,
+cudaError_t LaunchDecodeFp8(Format fk, Format fv, int head_dim, const DecodeKernelParams& p, dim3 grid,
                             cudaStream_t stream) {
   if (fk == Format::kFp8E4m3 && fv == Format::kFp8E4m3)
-    return DispatchDecode<Format::kFp8E4m3, Format::kFp8E4m3>(head_dim, kg, p, grid, stream);
+    return DispatchDecode<Format::kFp8E4m3, Format::kFp8E4m3>(head_dim, p, grid, stream);
   if (fk == Format::kFp8E5m2 && fv == Format::kFp8E5m2)
-    return DispatchDecode<Format::kFp8E5m2, Format::kFp8E5m2>(head_dim, kg, p, grid, stream);
+    return DispatchDecode<Format::kFp8E5m2, Format::kFp8E5m2>(head_dim, p, grid, stream);
   return cudaErrorNotSupported;
 }
 

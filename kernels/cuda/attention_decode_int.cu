@@ -3,14 +3,14 @@
 
 namespace kvtier::cuda_attn {
 
-cudaError_t LaunchDecodeInt(Format fk, Format fv, int head_dim, int kg, const DecodeKernelParams& p, dim3 grid,
+cudaError_t LaunchDecodeInt(Format fk, Format fv, int head_dim, const DecodeKernelParams& p, dim3 grid,
                             cudaStream_t stream) {
   if (fk == Format::kInt8 && fv == Format::kInt8)
-    return DispatchDecode<Format::kInt8, Format::kInt8>(head_dim, kg, p, grid, stream);
+    return DispatchDecode<Format::kInt8, Format::kInt8>(head_dim, p, grid, stream);
   if (fk == Format::kInt4 && fv == Format::kInt4)
-    return DispatchDecode<Format::kInt4, Format::kInt4>(head_dim, kg, p, grid, stream);
+    return DispatchDecode<Format::kInt4, Format::kInt4>(head_dim, p, grid, stream);
   if (fk == Format::kInt8 && fv == Format::kInt4)
-    return DispatchDecode<Format::kInt8, Format::kInt4>(head_dim, kg, p, grid, stream);
+    return DispatchDecode<Format::kInt8, Format::kInt4>(head_dim, p, grid, stream);
   return cudaErrorNotSupported;
 }
 

@@ -14,12 +14,12 @@
 
 namespace kvtier::cuda_attn {
 
-// Each returns cudaErrorNotSupported when the family lacks (fk, fv, head_dim, kg).
-cudaError_t LaunchDecodeF16(Format fk, Format fv, int head_dim, int kg, const DecodeKernelParams& p, dim3 grid,
+// Each returns cudaErrorNotSupported when the family lacks (fk, fv, head_dim).
+cudaError_t LaunchDecodeF16(Format fk, Format fv, int head_dim, const DecodeKernelParams& p, dim3 grid,
                             cudaStream_t stream);
-cudaError_t LaunchDecodeFp8(Format fk, Format fv, int head_dim, int kg, const DecodeKernelParams& p, dim3 grid,
+cudaError_t LaunchDecodeFp8(Format fk, Format fv, int head_dim, const DecodeKernelParams& p, dim3 grid,
                             cudaStream_t stream);
-cudaError_t LaunchDecodeInt(Format fk, Format fv, int head_dim, int kg, const DecodeKernelParams& p, dim3 grid,
+cudaError_t LaunchDecodeInt(Format fk, Format fv, int head_dim, const DecodeKernelParams& p, dim3 grid,
                             cudaStream_t stream);
 
 cudaError_t LaunchExtendF16(Format fk, Format fv, int head_dim, const ExtendKernelParams& p, dim3 grid,
@@ -29,25 +29,15 @@ cudaError_t LaunchExtendFp8(Format fk, Format fv, int head_dim, const ExtendKern
 cudaError_t LaunchExtendInt(Format fk, Format fv, int head_dim, const ExtendKernelParams& p, dim3 grid,
                             cudaStream_t stream);
 
-// head_dim x heads-per-CTA switch for one (FK, FV) pair.
+// head_dim switch for one (FK, FV) pair.
 template <Format FK, Format FV>
-cudaError_t DispatchDecode(int head_dim, int kg, const DecodeKernelParams& p, dim3 grid, cudaStream_t stream) {
-  auto by_g = [&](auto d) {
-    constexpr int kD = decltype(d)::value;
-    return kg == 4 ? LaunchPagedDecode<kD, FK, FV, 4>(p, grid, stream)
-                   : LaunchPagedDecode<kD, FK, FV, 8>(p, grid, stream);
-  };
+cudaError_t DispatchDecode(int head_dim, const DecodeKernelParams& p, dim3 grid, cudaStream_t stream) {
   switch (head_dim) {
-    case 64:
-      return by_g(std::integral_constant<int, 64>{});
-    case 96:
-      return by_g(std::integral_constant<int, 96>{});
-    case 128:
-      return by_g(std::integral_constant<int, 128>{});
-    case 256:
-      return by_g(std::integral_constant<int, 256>{});
-    default:
-      return cudaErrorNotSupported;
+    case 64: return LaunchPagedDecode<64, FK, FV>(p, grid, stream);
+    case 96: return LaunchPagedDecode<96, FK, FV>(p, grid, stream);
+    case 128: return LaunchPagedDecode<128, FK, FV>(p, grid, stream);
+    case 256: return LaunchPagedDecode<256, FK, FV>(p, grid, stream);
+    default: return cudaErrorNotSupported;
   }
 }
 

@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/attention_convert.cuh"
+#include "kernels/cuda/attention_mma.cuh"
 #include "kernels/cuda/attention_tile.cuh"
 
 namespace kvtier::cuda_attn {
@@ -37,112 +38,6 @@ struct ExtendKernelParams {
   uint32_t mma_tile_off;  // offset of the dequantized fp16 K|V tile (quantized formats only)
 };
 
-template <Format F>
-inline constexpr bool kIs16Bit = F == Format::kFp16 || F == Format::kBf16;
-
-__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const void* smem) {
-  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a));
-}
-__device__ __forceinline__ void LdMatrixX4T(uint32_t (&r)[4], const void* smem) {
-  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a));
-}
-
-template <bool kBf16>
-__device__ __forceinline__ void Mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  if constexpr (kBf16) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
-
-template <bool kBf16>
-__device__ __forceinline__ uint32_t PackPair(float x, float y) {
-  uint32_t r;
-  if constexpr (kBf16) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
-    memcpy(&r, &h, 4);
-  } else {
-    const __half2 h = __floats2half2_rn(x, y);
-    memcpy(&r, &h, 4);
-  }
-  return r;
-}
-
-// Dequantizes the staged raw tile into the padded fp16 tile: K with its per-channel scale/offset or
-// per-segment scale, V with its per-token (group) scale/offset or per-segment scale. V rows at or past
-// `valid` (tokens past the sequence's end) become zeros.
-template <int D, Format FK, Format FV>
-__device__ __forceinline__ void DequantTile(const ExtendKernelParams& p, const uint8_t* st, int valid, uint8_t* mma) {
-  constexpr int kChunks = D / 8;
-  constexpr int kPitch = D * 2 + 16;
-  const int bs = p.kv.block_size;
-  for (int i = threadIdx.x; i < 2 * kAttnTile * kChunks; i += kExtendThreads) {
-    const bool is_v = i >= kAttnTile * kChunks;
-    const int c = (is_v ? i - kAttnTile * kChunks : i) % kChunks, t = (is_v ? i - kAttnTile * kChunks : i) / kChunks;
-    const int jb = t / bs, tb = t % bs;
-    float v[8];
-    if (!is_v) {
-      if constexpr (!kIs16Bit<FK>) {
-        DecodeCodes<FK>(*reinterpret_cast<const typename CodeChunk<FK>::Raw*>(st + t * p.tile.k_pitch +
-                                                                              c * FormatTraits<FK>::kBits),
-                        v);
-        const uint8_t* kp = st + p.tile.kp_off + jb * p.tile.k_seg_param_bytes;
-        const uint16_t* kp16 = reinterpret_cast<const uint16_t*>(kp);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          const int ch = c * 8 + e;
-          if constexpr (FK == Format::kInt8) v[e] *= __half2float(__ushort_as_half(kp16[ch]));
-          if constexpr (FK == Format::kInt4)
-            v[e] = fmaf(v[e], __half2float(__ushort_as_half(kp16[2 * ch])),
-                        __half2float(__ushort_as_half(kp16[2 * ch + 1])));
-          if constexpr (FK == Format::kFp8E4m3 || FK == Format::kFp8E5m2) v[e] *= *reinterpret_cast<const float*>(kp);
-        }
-      }
-    } else {
-      if constexpr (!kIs16Bit<FV>) {
-        DecodeCodes<FV>(*reinterpret_cast<const typename CodeChunk<FV>::Raw*>(st + p.tile.v_off + t * p.tile.v_pitch +
-                                                                              c * FormatTraits<FV>::kBits),
-                        v);
-        const uint8_t* vp = st + p.tile.vp_off + jb * p.tile.v_seg_param_bytes;
-        const uint16_t* vp16 = reinterpret_cast<const uint16_t*>(vp);
-        const int grp = tb * (D / p.v_group) + c * 8 / p.v_group;
-        float s = 1.0f, z = 0.0f;
-        if constexpr (FV == Format::kInt8) s = __half2float(__ushort_as_half(vp16[grp]));
-        if constexpr (FV == Format::kInt4) {
-          s = __half2float(__ushort_as_half(vp16[2 * grp]));
-          z = __half2float(__ushort_as_half(vp16[2 * grp + 1]));
-        }
-        if constexpr (FV == Format::kFp8E4m3 || FV == Format::kFp8E5m2) s = *reinterpret_cast<const float*>(vp);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) v[e] = t < valid ? fmaf(v[e], s, z) : 0.0f;
-      }
-    }
-    if ((!is_v && !kIs16Bit<FK>) || (is_v && !kIs16Bit<FV>)) {
-      uint4 w;
-      w.x = PackPair<false>(v[0], v[1]);
-      w.y = PackPair<false>(v[2], v[3]);
-      w.z = PackPair<false>(v[4], v[5]);
-      w.w = PackPair<false>(v[6], v[7]);
-      *reinterpret_cast<uint4*>(mma + (is_v ? kAttnTile * kPitch : 0) + t * kPitch + c * 16) = w;
-    }
-  }
-}
-
 template <int D, Format FK, Format FV>
 __global__ void __launch_bounds__(kExtendThreads) PagedExtendKernel(const __grid_constant__ ExtendKernelParams p) {
   static_assert(kIs16Bit<FK> == kIs16Bit<FV>, "16-bit and quantized formats are not mixed in one kernel");
@@ -150,6 +45,7 @@ __global__ void __launch_bounds__(kExtendThreads) PagedExtendKernel(const __grid
   constexpr bool kBf = FK == Format::kBf16;  // mma element type
   constexpr int kPitch = D * 2 + 16;         // bytes per padded fp16/bf16 row
   constexpr int kKSteps = D / 16, kNT = kAttnTile / 8, kONT = D / 8;
+  constexpr int kRowK = D * FormatTraits<FK>::kBits / 8, kRowV = D * FormatTraits<FV>::kBits / 8;
   extern __shared__ __align__(16) uint8_t smem[];
 
   const int seq = blockIdx.z, h = blockIdx.y;
@@ -194,11 +90,11 @@ __global__ void __launch_bounds__(kExtendThreads) PagedExtendKernel(const __grid
   const int last_row = min(rows, tile_row0 + kExtendRows) - 1;
   const int max_pos = len - n + last_row / p.group;
   const int num_tiles = max_pos / kAttnTile + 1;
-  LoadTile<kExtendThreads>(p.kv, p.tile, seq, h, len, 0, smem);
+  LoadTile<kExtendThreads, kRowK, kRowV, kDirect>(p.kv, p.tile, seq, h, len, 0, smem);
   CpAsyncCommit();
   for (int tile = 0; tile < num_tiles; ++tile) {
     if (tile + 1 < num_tiles)
-      LoadTile<kExtendThreads>(p.kv, p.tile, seq, h, len, tile + 1, smem + ((tile + 1) % 2) * p.tile.stage_bytes);
+      LoadTile<kExtendThreads, kRowK, kRowV, kDirect>(p.kv, p.tile, seq, h, len, tile + 1, smem + ((tile + 1) % 2) * p.tile.stage_bytes);
     CpAsyncCommit();
     CpAsyncWait<1>();
     __syncthreads();
@@ -215,7 +111,7 @@ __global__ void __launch_bounds__(kExtendThreads) PagedExtendKernel(const __grid
         __syncthreads();
       }
     } else {
-      DequantTile<D, FK, FV>(p, st, valid, smem + p.mma_tile_off);
+      DequantTile<D, FK, FV, kExtendThreads>(p.tile, p.kv.block_size, p.v_group, st, valid, smem + p.mma_tile_off);
       __syncthreads();
       kt = smem + p.mma_tile_off;
       vt = kt + kAttnTile * kPitch;

@@ -57,38 +57,44 @@ __device__ __forceinline__ void CpAsyncWait() {
 }
 
 // Issues the copies of tile `tile` (tokens [tile * kAttnTile, +kAttnTile)) of sequence `seq`, run head
-// `h`, into `stage`. Blocks at or past the sequence's end are not copied (their staged bytes are stale;
-// callers mask those tokens). All kThreads threads of the CTA must call it.
-template <int kThreads>
-__device__ __forceinline__ void LoadTile(const PagedKvView& kv, const TileLayout& L, int seq, int h, int len, int tile,
-                                         uint8_t* stage) {
+// `h`, into `stage`, whose layout L must be MakeTileLayout(D, block_size, bits, bits, ..., kPad). kRowK /
+// kRowV are the bytes of one token's K / V codes (compile-time, so the copy loops need no divisions).
+// Blocks at or past the sequence's end are not copied (their staged bytes are stale; callers mask those
+// tokens). All kThreads threads of the CTA must call it.
+template <int kThreads, int kRowK, int kRowV, bool kPad>
+__device__ __forceinline__ void LoadTile(const PagedKvView& kv, const TileLayout& L, int seq, int h, int len,
+                                         int tile, uint8_t* stage) {
+  constexpr int kChunksK = kRowK / 16, kChunksV = kRowV / 16;
+  constexpr int kPitchK = kRowK + (kPad ? 16 : 0), kPitchV = kRowV + (kPad ? 16 : 0);
   const int bs = kv.block_size;
   const int blocks_in_seq = (len + bs - 1) / bs;
   const int block0 = tile * kAttnTile / bs;
-  const uint32_t k_chunks = L.row_k / 16 * kAttnTile, v_chunks = L.row_v / 16 * kAttnTile;
-  for (uint32_t i = threadIdx.x; i < k_chunks + v_chunks; i += kThreads) {
-    const bool is_v = i >= k_chunks;
-    const uint32_t c = is_v ? i - k_chunks : i;
-    const uint32_t row_chunks = (is_v ? L.row_v : L.row_k) / 16;
-    const uint32_t t = c / row_chunks, col = (c % row_chunks) * 16;
-    const int b = block0 + static_cast<int>(t) / bs;
-    if (b >= blocks_in_seq) continue;
-    const int32_t slot = kv.Slot(seq, b);
-    const uint32_t in_block = (t % bs) * (is_v ? L.row_v : L.row_k) + col;
-    const uint8_t* src = (is_v ? kv.VData(slot, h) : kv.KData(slot, h)) + in_block;
-    CpAsync16(stage + (is_v ? L.v_off + t * L.v_pitch : t * L.k_pitch) + col, src);
-  }
-  const uint32_t kpw = L.k_seg_param_bytes / 4, vpw = L.v_seg_param_bytes / 4, per_block = kpw + vpw;
-  if (per_block == 0) return;
-  for (uint32_t i = threadIdx.x; i < per_block * (kAttnTile / bs); i += kThreads) {
-    const int j = static_cast<int>(i / per_block);
-    const uint32_t w = i % per_block;
-    if (block0 + j >= blocks_in_seq) continue;
-    const int32_t slot = kv.Slot(seq, block0 + j);
-    if (w < kpw) {
-      CpAsync4(stage + L.kp_off + j * L.k_seg_param_bytes + 4 * w, kv.KParams(slot, h) + 4 * w);
-    } else {
-      CpAsync4(stage + L.vp_off + j * L.v_seg_param_bytes + 4 * (w - kpw), kv.VParams(slot, h) + 4 * (w - kpw));
+  const int nb = min(kAttnTile / bs, blocks_in_seq - block0);
+  const int kpw = static_cast<int>(L.k_seg_param_bytes / 4), vpw = static_cast<int>(L.v_seg_param_bytes / 4);
+  // Block-table reads first (all independent), then the copies: one slot's latency does not hold back
+  // the copies of the other blocks.
+  constexpr int kMaxBlocks = kAttnTile / 16;
+  int32_t slots[kMaxBlocks];
+#pragma unroll
+  for (int j = 0; j < kMaxBlocks; ++j) slots[j] = j < nb ? kv.Slot(seq, block0 + j) : 0;
+#pragma unroll
+  for (int j = 0; j < kMaxBlocks; ++j) {
+    if (j >= nb) break;
+    const int32_t slot = slots[j];
+    const uint8_t* ksrc = kv.KData(slot, h);
+    const uint8_t* vsrc = kv.VData(slot, h);
+    uint8_t* kdst = stage + j * bs * kPitchK;
+    uint8_t* vdst = stage + L.v_off + j * bs * kPitchV;
+    for (int i = threadIdx.x; i < bs * kChunksK; i += kThreads)
+      CpAsync16(kdst + (i / kChunksK) * kPitchK + (i % kChunksK) * 16, ksrc + i * 16);
+    for (int i = threadIdx.x; i < bs * kChunksV; i += kThreads)
+      CpAsync16(vdst + (i / kChunksV) * kPitchV + (i % kChunksV) * 16, vsrc + i * 16);
+    for (int i = threadIdx.x; i < kpw + vpw; i += kThreads) {
+      if (i < kpw) {
+        CpAsync4(stage + L.kp_off + j * L.k_seg_param_bytes + 4 * i, kv.KParams(slot, h) + 4 * i);
+      } else {
+        CpAsync4(stage + L.vp_off + j * L.v_seg_param_bytes + 4 * (i - kpw), kv.VParams(slot, h) + 4 * (i - kpw));
+      }
     }
   }
 }

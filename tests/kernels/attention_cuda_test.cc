@@ -60,12 +60,12 @@ class AttentionCuda : public ::testing::Test {
   }
 };
 
-// Tolerance of CUDA vs the fp64 reference on the same pages: fp32 accumulation and the output dtype's
-// rounding; the extend kernel also rounds q, P and dequantized K/V to fp16 (bf16 for bf16 pages).
-double Tolerance(Format f, ActDtype out, bool extend) {
-  double t = out == ActDtype::kBf16 ? 8e-3 : out == ActDtype::kFp16 ? 1e-3 : 1e-5;
-  if (extend) t = std::max(t, (f == Format::kBf16) ? 1.5e-2 : 2e-3);
-  return t;
+// Tolerance (relative L2) of CUDA vs the fp64 reference on the same pages. Both kernels run on tensor
+// cores: q, the softmax weights P and dequantized K/V are rounded to fp16 (bf16 for bf16 pages, 8
+// mantissa bits), accumulation is fp32, and the output is rounded to its dtype.
+double Tolerance(Format f, ActDtype out) {
+  const double t = out == ActDtype::kBf16 ? 8e-3 : out == ActDtype::kFp16 ? 1e-3 : 0.0;
+  return std::max(t, f == Format::kBf16 ? 1.5e-2 : 2e-3);
 }
 
 struct Outcome {
@@ -115,7 +115,7 @@ TEST_F(AttentionCuda, DecodeMatchesReferenceForEveryFormat) {
     for (ActDtype dt : {ActDtype::kFp16, ActDtype::kBf16}) {
       const PageGeometry g = UniformGeometry({2, 2, 128, 16}, f.k, f.v);
       const Outcome r = DecodeVsRef(g, lens, 4, dt, 100 + static_cast<int>(f.k));
-      EXPECT_LT(r.err, Tolerance(f.k, dt, false))
+      EXPECT_LT(r.err, Tolerance(f.k, dt))
           << GetFormatInfo(f.k).name << "/" << GetFormatInfo(f.v).name << " dtype " << int(dt) << " " << r.what;
     }
 }
@@ -123,11 +123,11 @@ TEST_F(AttentionCuda, DecodeMatchesReferenceForEveryFormat) {
 TEST_F(AttentionCuda, DecodeMatchesReferenceOverShapes) {
   for (int d : {64, 96, 128, 256})
     for (int bs : {16, 32, 64})
-      for (int group : {1, 4, 6, 8, 12}) {
+      for (int group : {1, 4, 6, 8, 20}) {
         for (Format f : {Format::kFp16, Format::kInt4}) {
           const PageGeometry g = UniformGeometry({1, 2, d, bs}, f, f);
           const Outcome r = DecodeVsRef(g, {1, bs - 1, bs + 1, 5 * bs + 3}, group, ActDtype::kFp32, d * 7 + bs + group);
-          EXPECT_LT(r.err, 1e-5) << GetFormatInfo(f).name << " d=" << d << " bs=" << bs << " group=" << group << " "
+          EXPECT_LT(r.err, Tolerance(f, ActDtype::kFp32)) << GetFormatInfo(f).name << " d=" << d << " bs=" << bs << " group=" << group << " "
                                  << r.what;
         }
       }
@@ -137,9 +137,9 @@ TEST_F(AttentionCuda, LongSequencesUseSplitKAndMatch) {
   const PageGeometry g = UniformGeometry({1, 8, 128, 16}, Format::kFp8E4m3, Format::kFp8E4m3);
   const Outcome r = DecodeVsRef(g, {32768}, 4, ActDtype::kFp32, 7);
   EXPECT_NE(r.what, "splits=1");
-  EXPECT_LT(r.err, 1e-5) << r.what;
+  EXPECT_LT(r.err, Tolerance(Format::kFp8E4m3, ActDtype::kFp32)) << r.what;
   const Outcome mix = DecodeVsRef(g, {20000, 1, 17, 4096}, 4, ActDtype::kFp32, 8);
-  EXPECT_LT(mix.err, 1e-5) << mix.what;
+  EXPECT_LT(mix.err, Tolerance(Format::kFp8E4m3, ActDtype::kFp32)) << mix.what;
 }
 
 TEST_F(AttentionCuda, MixedFormatsPerHeadMatchReference) {
@@ -150,7 +150,7 @@ TEST_F(AttentionCuda, MixedFormatsPerHeadMatchReference) {
   ASSERT_TRUE(g.ok());
   for (int layer : {0, 1}) {
     const Outcome r = DecodeVsRef(*g, {5, 100, 777}, 2, ActDtype::kFp32, 50 + layer, layer);
-    EXPECT_LT(r.err, 1e-5) << "layer " << layer << " " << r.what;
+    EXPECT_LT(r.err, Tolerance(Format::kInt8, ActDtype::kFp32)) << "layer " << layer << " " << r.what;
   }
 }
 
@@ -187,7 +187,7 @@ TEST_F(AttentionCuda, ExtendMatchesReferenceForEveryFormat) {
       const PageGeometry g = UniformGeometry({1, 2, d, 16}, f, f);
       const ActDtype dt = f == Format::kBf16 ? ActDtype::kBf16 : ActDtype::kFp16;
       const Outcome r = ExtendVsRef(g, lens, indptr, 4, dt, 300 + d + static_cast<int>(f));
-      EXPECT_LT(r.err, Tolerance(f, dt, true)) << GetFormatInfo(f).name << " d=" << d << " " << r.what;
+      EXPECT_LT(r.err, Tolerance(f, dt)) << GetFormatInfo(f).name << " d=" << d << " " << r.what;
     }
 }
 
