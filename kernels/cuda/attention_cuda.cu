@@ -1,0 +1,209 @@
+// Host side of the CUDA attention back end: validation, CUDA support check, split-K planning, one launch
+// per head run through the dispatch table, and the merge kernel that combines split partials.
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "kernels/attention/attention_cuda.h"
+#include "kernels/attention/attention_internal.h"
+#include "kernels/cuda/attention_dispatch.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/device.h"
+
+namespace kvtier {
+namespace {
+
+using cuda_attn::kAttnTile;
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr int kMaxSplits = 128;
+constexpr int kDecodeCtasPerSm = 2;  // what the decode kernels' registers and shared memory allow
+
+// Combines num_splits partial (o, lse) pairs per (sequence, query head) into out.
+__global__ void MergeSplitsKernel(const float* partial_o, const float* partial_lse, int num_splits, int num_rows,
+                                  int head_dim, int dtype, void* out) {
+  const int row = blockIdx.x;  // sequence * num_q_heads + head
+  float mx = -INFINITY;
+  for (int s = 0; s < num_splits; ++s) mx = fmaxf(mx, partial_lse[int64_t(s) * num_rows + row]);
+  const float base = mx == -INFINITY ? 0.0f : mx;
+  for (int c = threadIdx.x; c < head_dim; c += blockDim.x) {
+    float acc = 0.0f, wsum = 0.0f;
+    for (int s = 0; s < num_splits; ++s) {
+      const float w = exp2f(partial_lse[int64_t(s) * num_rows + row] - base);
+      wsum += w;
+      acc += w * partial_o[(int64_t(s) * num_rows + row) * head_dim + c];
+    }
+    cuda_attn::StoreActDevice(out, dtype, int64_t(row) * head_dim + c, wsum > 0.0f ? acc / wsum : 0.0f);
+  }
+}
+
+bool IsFp8(Format f) { return f == Format::kFp8E4m3 || f == Format::kFp8E5m2; }
+bool IsInt(Format f) { return f == Format::kInt8 || f == Format::kInt4; }
+
+int VGroup(const HeadRun& run, int head_dim) { return run.value.group_size == 0 ? head_dim : run.value.group_size; }
+
+constexpr int kRowsPerCta = 16;  // query heads per decode CTA (mma rows)
+
+cuda_attn::TileLayout LayoutFor(const PageGeometry& g, int layer, const HeadRun& run, bool pad_rows) {
+  const SegmentPlacement& k = g.segment(layer, Operand::kKey, run.first_head);
+  const SegmentPlacement& v = g.segment(layer, Operand::kValue, run.first_head);
+  return cuda_attn::MakeTileLayout(g.shape().head_dim, g.shape().block_size, GetFormatInfo(run.key.format).bits,
+                                   GetFormatInfo(run.value.format).bits, k.param_bytes, v.param_bytes, pad_rows);
+}
+
+KernelStatus LaunchError(cudaError_t err, const char* what, const HeadRun& run) {
+  if (err == cudaErrorNotSupported)
+    return InvalidArgument(std::string(what) + ": no CUDA kernel for K " +
+                           std::string(GetFormatInfo(run.key.format).name) + " / V " +
+                           std::string(GetFormatInfo(run.value.format).name));
+  return CudaStatus(err, what);
+}
+
+}  // namespace
+
+KernelStatus CheckCudaSupport(const HeadRun& run, int head_dim) {
+  const Format k = run.key.format, v = run.value.format;
+  const bool pair = (k == v) || (k == Format::kInt8 && v == Format::kInt4);
+  if (!pair)
+    return InvalidArgument("CUDA attention: K " + std::string(GetFormatInfo(k).name) + " with V " +
+                           std::string(GetFormatInfo(v).name) + " is not in the dispatch table; use the CPU path");
+  if (IsInt(k) && run.key.grouping != Grouping::kPerChannel)
+    return InvalidArgument("CUDA attention: integer K must be grouped per channel");
+  if (IsInt(v) && run.value.grouping != Grouping::kPerToken)
+    return InvalidArgument("CUDA attention: integer V must be grouped per token");
+  if (v == Format::kInt8 && VGroup(run, head_dim) != head_dim)
+    return InvalidArgument("CUDA attention: int8 V must have one scale per token (group_size 0)");
+  if (v == Format::kInt4 && VGroup(run, head_dim) % 8 != 0)
+    return InvalidArgument("CUDA attention: int4 V group size must be a multiple of 8");
+  if ((IsFp8(k) && run.key.grouping != Grouping::kPerSegment) ||
+      (IsFp8(v) && run.value.grouping != Grouping::kPerSegment))
+    return InvalidArgument("CUDA attention: fp8 must be scaled per segment");
+  return KernelStatus::Ok();
+}
+
+KernelOr<DecodePlan> PlanDecodeCuda(const DecodeParams& p) {
+  KVTIER_RETURN_IF_KERNEL_ERROR(ValidateAttention(p));
+  const GpuInfo& gpu = ProbeGpu();
+  if (!gpu.available) return Unavailable("CUDA attention: " + gpu.why_not);
+  const LayoutShape& s = p.geometry->shape();
+  const int group = p.num_q_heads / s.num_kv_heads;
+  const int64_t base =
+      int64_t(p.batch.num_seqs) * s.num_kv_heads * ((group + kRowsPerCta - 1) / kRowsPerCta);
+  int max_len = 0;
+  for (int i = 0; i < p.batch.num_seqs; ++i) max_len = std::max(max_len, p.batch.seq_lens[i]);
+  const int max_tiles = (max_len + kAttnTile - 1) / kAttnTile;
+  const int64_t slots = int64_t(gpu.sm_count) * kDecodeCtasPerSm;
+  // Estimated time in tiles: waves x (tiles per CTA + a fixed per-CTA cost of ~2 tiles).
+  DecodePlan plan;
+  double best = INFINITY;
+  for (int sp = 1; sp <= std::min(max_tiles, kMaxSplits); ++sp) {
+    const double waves = std::ceil(double(base * sp) / double(slots));
+    const double cost = waves * (std::ceil(double(max_tiles) / sp) + 2.0);
+    if (cost < best - 1e-9) {
+      best = cost;
+      plan.num_splits = sp;
+    }
+  }
+  if (plan.num_splits > 1)
+    plan.workspace_bytes =
+        size_t(plan.num_splits) * p.batch.num_seqs * p.num_q_heads * (s.head_dim + 1) * sizeof(float);
+  return plan;
+}
+
+KernelStatus PagedDecodeCuda(const DecodeParams& p, const CudaLaunch& launch) {
+  KernelOr<DecodePlan> plan = PlanDecodeCuda(p);
+  if (!plan.ok()) return plan.status();
+  const PageGeometry& g = *p.geometry;
+  const int D = g.shape().head_dim;
+  const std::vector<HeadRun> runs = HeadRunsOf(g, p.layer);
+  for (const HeadRun& run : runs) KVTIER_RETURN_IF_KERNEL_ERROR(CheckCudaSupport(run, D));
+  if (launch.device.seq_lens == nullptr || launch.device.block_table == nullptr)
+    return InvalidArgument("CUDA attention: device batch mirrors are null");
+  if (launch.workspace_bytes < plan->workspace_bytes || (plan->workspace_bytes > 0 && launch.workspace == nullptr))
+    return InvalidArgument("CUDA attention: workspace of " + std::to_string(launch.workspace_bytes) + " bytes, " +
+                           std::to_string(plan->workspace_bytes) + " needed");
+  const int group = p.num_q_heads / g.shape().num_kv_heads;
+  const int rows = p.batch.num_seqs * p.num_q_heads;
+  float* partial_o = static_cast<float*>(launch.workspace);
+  float* partial_lse = partial_o + size_t(plan->num_splits) * rows * D;
+  for (const HeadRun& run : runs) {
+    cuda_attn::DecodeKernelParams k{};
+    k.kv = MakePagedKvView(g, p.layer, run, p.pool, launch.device.block_table, p.batch.block_table_stride);
+    k.seq_lens = launch.device.seq_lens;
+    k.q = p.q;
+    k.out = p.out;
+    k.partial_o = partial_o;
+    k.partial_lse = partial_lse;
+    k.dtype = static_cast<int>(p.dtype);
+    k.num_seqs = p.batch.num_seqs;
+    k.num_q_heads = p.num_q_heads;
+    k.group = group;
+    k.g_chunks = (group + kRowsPerCta - 1) / kRowsPerCta;
+    k.num_splits = plan->num_splits;
+    k.scale_log2 = SoftmaxScale(p.sm_scale, D) * kLog2e;
+    k.v_group = VGroup(run, D);
+    k.tile = LayoutFor(g, p.layer, run, /*pad_rows=*/true);
+    const dim3 grid(plan->num_splits, run.num_heads * k.g_chunks, p.batch.num_seqs);
+    const Format fk = run.key.format, fv = run.value.format;
+    cudaError_t err;
+    if (fk == Format::kFp16 || fk == Format::kBf16) {
+      err = cuda_attn::LaunchDecodeF16(fk, fv, D, k, grid, launch.stream);
+    } else if (IsFp8(fk)) {
+      err = cuda_attn::LaunchDecodeFp8(fk, fv, D, k, grid, launch.stream);
+    } else {
+      err = cuda_attn::LaunchDecodeInt(fk, fv, D, k, grid, launch.stream);
+    }
+    if (err != cudaSuccess) return LaunchError(err, "PagedDecodeKernel", run);
+  }
+  if (plan->num_splits > 1) {
+    MergeSplitsKernel<<<rows, 128, 0, launch.stream>>>(partial_o, partial_lse, plan->num_splits, rows, D,
+                                                       static_cast<int>(p.dtype), p.out);
+    KVTIER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  }
+  return KernelStatus::Ok();
+}
+
+KernelStatus PagedExtendCuda(const ExtendParams& p, const CudaLaunch& launch) {
+  KVTIER_RETURN_IF_KERNEL_ERROR(ValidateAttention(p));
+  const GpuInfo& gpu = ProbeGpu();
+  if (!gpu.available) return Unavailable("CUDA attention: " + gpu.why_not);
+  const PageGeometry& g = *p.geometry;
+  const int D = g.shape().head_dim;
+  const std::vector<HeadRun> runs = HeadRunsOf(g, p.layer);
+  for (const HeadRun& run : runs) KVTIER_RETURN_IF_KERNEL_ERROR(CheckCudaSupport(run, D));
+  if (launch.device.seq_lens == nullptr || launch.device.block_table == nullptr || launch.device.q_indptr == nullptr)
+    return InvalidArgument("CUDA attention: device batch mirrors are null");
+  const int group = p.num_q_heads / g.shape().num_kv_heads;
+  int max_rows = 0;
+  for (int i = 0; i < p.batch.num_seqs; ++i) max_rows = std::max(max_rows, (p.q_indptr[i + 1] - p.q_indptr[i]) * group);
+  for (const HeadRun& run : runs) {
+    const Format fk = run.key.format, fv = run.value.format;
+    const bool direct = (fk == Format::kFp16 || fk == Format::kBf16);
+    cuda_attn::ExtendKernelParams k{};
+    k.kv = MakePagedKvView(g, p.layer, run, p.pool, launch.device.block_table, p.batch.block_table_stride);
+    k.seq_lens = launch.device.seq_lens;
+    k.q_indptr = launch.device.q_indptr;
+    k.q = p.q;
+    k.out = p.out;
+    k.dtype = static_cast<int>(p.dtype);
+    k.num_q_heads = p.num_q_heads;
+    k.group = group;
+    k.scale_log2 = SoftmaxScale(p.sm_scale, D) * kLog2e;
+    k.v_group = VGroup(run, D);
+    k.tile = LayoutFor(g, p.layer, run, /*pad_rows=*/direct);
+    k.mma_tile_off = 2 * k.tile.stage_bytes;
+    const dim3 grid((max_rows + cuda_attn::kExtendRows - 1) / cuda_attn::kExtendRows, run.num_heads, p.batch.num_seqs);
+    cudaError_t err;
+    if (direct) {
+      err = cuda_attn::LaunchExtendF16(fk, fv, D, k, grid, launch.stream);
+    } else if (IsFp8(fk)) {
+      err = cuda_attn::LaunchExtendFp8(fk, fv, D, k, grid, launch.stream);
+    } else {
+      err = cuda_attn::LaunchExtendInt(fk, fv, D, k, grid, launch.stream);
+    }
+    if (err != cudaSuccess) return LaunchError(err, "PagedExtendKernel", run);
+  }
+  return KernelStatus::Ok();
+}
+
+}  // namespace kvtier
