@@ -1,6 +1,8 @@
 #include "daemon/layout_spec.h"
 
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 
 namespace kvtier {
 
@@ -16,6 +18,53 @@ absl::StatusOr<SegmentCodec> ToSegmentCodec(const kvtier::v1::CodecSpec& spec, O
   if (spec.group_size() > 1024) return absl::InvalidArgumentError("group_size above 1024");
   if (spec.group_size() != 0) codec.group_size = static_cast<uint16_t>(spec.group_size());
   return codec;
+}
+
+absl::StatusOr<PrecisionPolicy> ToPrecisionPolicy(const kvtier::v1::PrecisionPolicy& wire) {
+  PrecisionPolicy policy;
+  struct Default {
+    const kvtier::v1::CodecSpec& spec;
+    Operand op;
+    SegmentCodec* out;
+  };
+  for (const Default& d : {Default{wire.resident_key(), Operand::kKey, &policy.resident_key},
+                           Default{wire.resident_value(), Operand::kValue, &policy.resident_value},
+                           Default{wire.offload_key(), Operand::kKey, &policy.offload_key},
+                           Default{wire.offload_value(), Operand::kValue, &policy.offload_value}}) {
+    if (d.spec.format().empty()) continue;  // keep PrecisionPolicy's default (fp16)
+    auto c = ToSegmentCodec(d.spec, d.op);
+    if (!c.ok()) return absl::InvalidArgumentError(absl::StrCat("precision policy: ", c.status().message()));
+    *d.out = *c;
+  }
+  auto add_rules = [&](const auto& rules, RuleTiers tiers, std::string_view kind) -> absl::Status {
+    int index = 0;
+    for (const kvtier::v1::PolicyRule& r : rules) {
+      PrecisionRule rule;
+      rule.name = absl::StrCat(kind, "[", index++, "]");
+      rule.tiers = tiers;
+      if (r.layers_size()) rule.layers.assign(r.layers().begin(), r.layers().end());
+      rule.exclude_layers.assign(r.exclude().begin(), r.exclude().end());
+      rule.heads.assign(r.heads().begin(), r.heads().end());
+      rule.first_block_only = r.first_block_only();
+      if (r.has_key()) {
+        auto c = ToSegmentCodec(r.key(), Operand::kKey);
+        if (!c.ok()) return absl::InvalidArgumentError(absl::StrCat(rule.name, ": ", c.status().message()));
+        rule.key = *c;
+      }
+      if (r.has_value()) {
+        auto c = ToSegmentCodec(r.value(), Operand::kValue);
+        if (!c.ok()) return absl::InvalidArgumentError(absl::StrCat(rule.name, ": ", c.status().message()));
+        rule.value = *c;
+      }
+      policy.rules.push_back(std::move(rule));
+    }
+    return absl::OkStatus();
+  };
+  if (auto st = add_rules(wire.resident_rules(), RuleTiers::kResident, "resident_rules"); !st.ok()) return st;
+  if (auto st = add_rules(wire.offload_rules(), RuleTiers::kOffload, "offload_rules"); !st.ok()) return st;
+  const KernelStatus v = policy.Validate();
+  if (!v.ok()) return absl::InvalidArgumentError(absl::StrCat("precision policy: ", v.message()));
+  return policy;
 }
 
 absl::StatusOr<LayoutSpec> ToLayoutSpec(const kvtier::v1::LayoutSpec& wire,
@@ -35,19 +84,25 @@ absl::StatusOr<LayoutSpec> ToLayoutSpec(const kvtier::v1::LayoutSpec& wire,
     if (p.has_resident_value()) *policy.mutable_resident_value() = p.resident_value();
     if (p.has_offload_key()) *policy.mutable_offload_key() = p.offload_key();
     if (p.has_offload_value()) *policy.mutable_offload_value() = p.offload_value();
-    if (p.resident_rules_size() || p.offload_rules_size())
-      return absl::InvalidArgumentError("per-layer/per-head policy rules are not accepted by this daemon version");
+    if (p.resident_rules_size() || p.offload_rules_size()) {
+      policy.clear_resident_rules();
+      policy.clear_offload_rules();
+      *policy.mutable_resident_rules() = p.resident_rules();
+      *policy.mutable_offload_rules() = p.offload_rules();
+    }
   }
-  auto rk = ToSegmentCodec(policy.resident_key(), Operand::kKey);
-  auto rv = ToSegmentCodec(policy.resident_value(), Operand::kValue);
-  auto ok = ToSegmentCodec(policy.offload_key(), Operand::kKey);
-  auto ov = ToSegmentCodec(policy.offload_value(), Operand::kValue);
-  for (const auto* c : {&rk, &rv, &ok, &ov})
-    if (!c->ok()) return absl::InvalidArgumentError(absl::StrCat("precision policy: ", c->status().message()));
-  spec.resident = [k = *rk, v = *rv](int, Operand op, int) { return op == Operand::kKey ? k : v; };
-  spec.offload = [k = *ok, v = *ov](int, Operand op, int) { return op == Operand::kKey ? k : v; };
+  auto converted = ToPrecisionPolicy(policy);
+  if (!converted.ok()) return converted.status();
+  spec.policy = std::move(*converted);
+  spec.layer_names.assign(wire.layer_names().begin(), wire.layer_names().end());
   std::string fp;
-  policy.SerializeToString(&fp);  // scalar-only messages serialize deterministically
+  {
+    google::protobuf::io::StringOutputStream out(&fp);
+    google::protobuf::io::CodedOutputStream coded(&out);
+    coded.SetSerializationDeterministic(true);  // map-free messages, but say so: the id must be stable
+    policy.SerializeToCodedStream(&coded);
+  }
+  for (const auto& n : spec.layer_names) absl::StrAppend(&fp, "|", n);
   spec.policy_fingerprint = fp;
   spec.model_name = wire.model_name();
   return spec;

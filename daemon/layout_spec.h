@@ -12,6 +12,9 @@ namespace kvtier {
 absl::StatusOr<LayoutSpec> ToLayoutSpec(const kvtier::v1::LayoutSpec& wire,
                                         const kvtier::v1::PrecisionPolicy& fallback);
 
+// The precision policy of a config or request, validated (layout-independent checks).
+absl::StatusOr<PrecisionPolicy> ToPrecisionPolicy(const kvtier::v1::PrecisionPolicy& wire);
+
 // A codec from its config form (format name, grouping name, group size) for K or V.
 absl::StatusOr<SegmentCodec> ToSegmentCodec(const kvtier::v1::CodecSpec& spec, Operand op);
 

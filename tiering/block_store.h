@@ -202,7 +202,7 @@ class BlockStore {
   // Pages `victims` out to the host tier (dropping what does not fit); releases the lock meanwhile.
   EvictOutcome PageOutLocked(std::vector<Entry*> victims) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Converts one chunk (marked moving, host records allocated) and switches the blocks over.
-  EvictOutcome PageOutChunkLocked(const Layout& layout, std::span<Entry* const> chunk,
+  EvictOutcome PageOutChunkLocked(const Layout& layout, const PageGeometry& offload, std::span<Entry* const> chunk,
                                   std::span<std::unique_ptr<HostRecord>> records) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Pages pinned host-tier blocks in; returns the ids that failed (checksum or no room).
   absl::flat_hash_set<BlockId> PageInLocked(std::vector<Entry*> blocks) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -50,16 +50,19 @@ bool BlockStore::MakeHostRoomLocked(uint64_t bytes) {
 EvictOutcome BlockStore::PageOutLocked(std::vector<Entry*> victims) {
   EvictOutcome outcome;
   for (Entry* e : victims) e->moving = true;  // before anything below may release the lock
-  absl::flat_hash_map<const Layout*, std::vector<Entry*>> by_layout;
-  for (Entry* e : victims) by_layout[e->layout].push_back(e);
-  for (auto& [layout, group] : by_layout) {
+  // One device batch per (layout, first-block-of-sequence): sink blocks may use another offload format.
+  absl::flat_hash_map<std::pair<const Layout*, bool>, std::vector<Entry*>> by_geometry;
+  for (Entry* e : victims) by_geometry[{e->layout, e->parent.IsZero()}].push_back(e);
+  for (auto& [geometry, group] : by_geometry) {
+    const Layout* layout = geometry.first;
+    const bool first_block = geometry.second;
     size_t next = 0;
     while (next < group.size()) {
       // Take host records for as many blocks as fit now; make room (possibly demoting to SSD) when
       // none does. A chunk is then converted in one device batch.
       std::vector<Entry*> chunk;
       std::vector<std::unique_ptr<HostRecord>> records;
-      const uint64_t record_bytes = layout->offload_record_bytes();
+      const uint64_t record_bytes = layout->offload_record_bytes(first_block);
       for (; next < group.size(); ++next) {
         Entry* e = group[next];
         if (e->pins > 0) {  // pinned since it was picked: stays on the GPU
@@ -79,14 +82,15 @@ EvictOutcome BlockStore::PageOutLocked(std::vector<Entry*> victims) {
         records.push_back(std::move(r));
       }
       if (chunk.empty()) continue;
-      const EvictOutcome o = PageOutChunkLocked(*layout, chunk, records);
+      const EvictOutcome o = PageOutChunkLocked(*layout, layout->offload_for(first_block), chunk, records);
       outcome.moved += o.moved;
     }
   }
   return outcome;
 }
 
-EvictOutcome BlockStore::PageOutChunkLocked(const Layout& layout, std::span<Entry* const> chunk,
+EvictOutcome BlockStore::PageOutChunkLocked(const Layout& layout, const PageGeometry& offload,
+                                            std::span<Entry* const> chunk,
                                             std::span<std::unique_ptr<HostRecord>> records) {
   EvictOutcome outcome;
   std::vector<int32_t> slots;
@@ -97,7 +101,7 @@ EvictOutcome BlockStore::PageOutChunkLocked(const Layout& layout, std::span<Entr
   }
   PageArena* arena = ArenaLocked(layout);
   mu_.Unlock();
-  absl::Status st = device_->PageOut(layout, *arena, slots, dst);
+  absl::Status st = device_->PageOut(layout, offload, *arena, slots, dst);
   if (st.ok())
     for (auto& r : records) r->checksum = RecordChecksum(r->data(), r->size());
   mu_.Lock();
@@ -128,7 +132,7 @@ EvictOutcome BlockStore::PageOutChunkLocked(const Layout& layout, std::span<Entr
 absl::flat_hash_set<BlockId> BlockStore::PageInLocked(std::vector<Entry*> blocks) {
   absl::flat_hash_set<BlockId> failed;
   for (Entry* e : blocks) e->moving = true;  // before anything below may release the lock
-  absl::flat_hash_map<const Layout*, std::vector<Entry*>> by_layout;
+  absl::flat_hash_map<std::pair<const Layout*, bool>, std::vector<Entry*>> by_geometry;
   for (Entry* e : blocks) {
     const Layout* layout = ResolveLayoutLocked(*e);
     if (layout == nullptr) {
@@ -136,9 +140,11 @@ absl::flat_hash_set<BlockId> BlockStore::PageInLocked(std::vector<Entry*> blocks
       failed.insert(e->id);
       continue;
     }
-    by_layout[layout].push_back(e);
+    by_geometry[{layout, e->parent.IsZero()}].push_back(e);
   }
-  for (auto& [layout, group] : by_layout) {
+  for (auto& [geometry, group] : by_geometry) {
+    const Layout* layout = geometry.first;
+    const PageGeometry& offload = layout->offload_for(geometry.second);
     const uint64_t resident = ResidentBytes(*layout);
     PageArena* arena = ArenaLocked(*layout);
     std::vector<Entry*> moving;
@@ -165,7 +171,7 @@ absl::flat_hash_set<BlockId> BlockStore::PageInLocked(std::vector<Entry*> blocks
     std::vector<const uint8_t*> src;
     for (Entry* e : moving) src.push_back(e->host->data());
     mu_.Unlock();
-    absl::Status st = device_->PageIn(*layout, *arena, slots, src);
+    absl::Status st = device_->PageIn(*layout, offload, *arena, slots, src);
     mu_.Lock();
     for (size_t i = 0; i < moving.size(); ++i) {
       Entry& e = *moving[i];

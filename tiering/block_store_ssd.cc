@@ -55,7 +55,7 @@ bool DecodeMeta(std::string_view s, SsdMeta* m) {
 const Layout* BlockStore::ResolveLayoutLocked(Entry& e) {
   if (e.layout == nullptr) {
     const Layout* l = layouts_.Find(e.layout_id);
-    if (l != nullptr && l->offload_record_bytes() == e.record_bytes) e.layout = l;
+    if (l != nullptr && l->offload_record_bytes(e.parent.IsZero()) == e.record_bytes) e.layout = l;
   }
   return e.layout;
 }

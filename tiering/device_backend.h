@@ -6,7 +6,8 @@
 //   WriteActivations: activation pages (host memory, fp16/bf16) -> resident pages at `slots`
 //   ReadActivations:  resident pages at `slots` -> activation pages (host memory)
 //   PageOut:          resident pages at `slots` -> offload records (host memory: data, then parameters)
-//   PageIn:           offload records (host memory) -> resident pages at `slots`
+//                     in `offload` (the layout's offload geometry, or its first-block variant)
+//   PageIn:           offload records (host memory) in `offload` -> resident pages at `slots`
 // A call returns only after its copies and kernels have completed (the caller may then reuse or free
 // the source), so a block becomes visible in its new tier only once its bytes are really there.
 #pragma once
@@ -36,10 +37,10 @@ class DeviceBackend {
                                         std::span<const uint8_t* const> src) = 0;
   virtual absl::Status ReadActivations(const Layout& layout, const PageArena& arena,
                                        std::span<const int32_t> slots, std::span<uint8_t* const> dst) = 0;
-  virtual absl::Status PageOut(const Layout& layout, const PageArena& arena, std::span<const int32_t> slots,
-                               std::span<uint8_t* const> records) = 0;
-  virtual absl::Status PageIn(const Layout& layout, PageArena& arena, std::span<const int32_t> slots,
-                              std::span<const uint8_t* const> records) = 0;
+  virtual absl::Status PageOut(const Layout& layout, const PageGeometry& offload, const PageArena& arena,
+                               std::span<const int32_t> slots, std::span<uint8_t* const> records) = 0;
+  virtual absl::Status PageIn(const Layout& layout, const PageGeometry& offload, PageArena& arena,
+                              std::span<const int32_t> slots, std::span<const uint8_t* const> records) = 0;
 };
 
 // The host device: arenas in (lazily committed) host memory, CPU kernels with `threads` workers.

@@ -47,18 +47,18 @@ class HostDeviceBackend final : public DeviceBackend {
     return Run(layout.resident, ArenaViews(arena, slots), layout.activation_geometry, out);
   }
 
-  absl::Status PageOut(const Layout& layout, const PageArena& arena, std::span<const int32_t> slots,
-                       std::span<uint8_t* const> records) override {
+  absl::Status PageOut(const Layout& layout, const PageGeometry& offload, const PageArena& arena,
+                       std::span<const int32_t> slots, std::span<uint8_t* const> records) override {
     std::vector<MutablePageView> out;
-    for (uint8_t* r : records) out.push_back({r, r + layout.offload.page_bytes()});
-    return Run(layout.resident, ArenaViews(arena, slots), layout.offload, out);
+    for (uint8_t* r : records) out.push_back({r, r + offload.page_bytes()});
+    return Run(layout.resident, ArenaViews(arena, slots), offload, out);
   }
 
-  absl::Status PageIn(const Layout& layout, PageArena& arena, std::span<const int32_t> slots,
-                      std::span<const uint8_t* const> records) override {
+  absl::Status PageIn(const Layout& layout, const PageGeometry& offload, PageArena& arena,
+                      std::span<const int32_t> slots, std::span<const uint8_t* const> records) override {
     std::vector<PageView> in;
-    for (const uint8_t* r : records) in.push_back({r, r + layout.offload.page_bytes()});
-    return Run(layout.offload, in, layout.resident, ArenaPages(arena, slots));
+    for (const uint8_t* r : records) in.push_back({r, r + offload.page_bytes()});
+    return Run(offload, in, layout.resident, ArenaPages(arena, slots));
   }
 
  private:

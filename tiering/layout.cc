@@ -10,15 +10,19 @@ namespace kvtier {
 absl::StatusOr<const Layout*> LayoutRegistry::Register(const LayoutSpec& spec) {
   if (spec.activation != Format::kFp16 && spec.activation != Format::kBf16)
     return absl::InvalidArgumentError("layout activation dtype must be fp16 or bf16");
-  if (!spec.resident || !spec.offload) return absl::InvalidArgumentError("layout without a precision policy");
   auto act = PageGeometry::Uniform(spec.shape, DefaultCodec(spec.activation, Operand::kKey),
                                    DefaultCodec(spec.activation, Operand::kValue));
   if (!act.ok()) return ToStatus(act.status());
-  auto resident = PageGeometry::Create(spec.shape, spec.resident);
-  if (!resident.ok())
-    return absl::InvalidArgumentError(absl::StrCat("resident policy: ", resident.status().message()));
-  auto offload = PageGeometry::Create(spec.shape, spec.offload);
-  if (!offload.ok()) return absl::InvalidArgumentError(absl::StrCat("offload policy: ", offload.status().message()));
+  auto resolved = Resolve(spec.policy, spec.shape, spec.layer_names);
+  if (!resolved.ok())
+    return absl::InvalidArgumentError(absl::StrCat("precision policy: ", resolved.status().message()));
+  if (resolved->resident_first_block.page_bytes() != resolved->resident.page_bytes() ||
+      resolved->resident_first_block.param_bytes() != resolved->resident.param_bytes())
+    return absl::InvalidArgumentError(
+        "precision policy: first-block (sink) rules must not change the GPU-resident page size; "
+        "apply them to the offload tier");
+  if (!spec.layer_names.empty() && static_cast<int>(spec.layer_names.size()) != spec.shape.num_layers)
+    return absl::InvalidArgumentError("layer_names must name every layer or none");
 
   const std::string canonical =
       absl::StrCat("L", spec.shape.num_layers, "H", spec.shape.num_kv_heads, "D", spec.shape.head_dim, "T",
@@ -29,7 +33,8 @@ absl::StatusOr<const Layout*> LayoutRegistry::Register(const LayoutSpec& spec) {
   auto it = layouts_.find(id);
   if (it != layouts_.end()) return it->second.get();
   auto layout = std::make_unique<Layout>(Layout{id, spec.shape, spec.activation, std::move(*act),
-                                                std::move(*resident), std::move(*offload), spec.model_name});
+                                                std::move(resolved->resident), std::move(resolved->offload),
+                                                std::move(resolved->offload_first_block), spec.model_name});
   const Layout* out = layout.get();
   layouts_.emplace(id, std::move(layout));
   return out;

@@ -1,7 +1,8 @@
-// Layout: a registered model shape with its three page geometries —
+// Layout: a registered model shape with its page geometries —
 //   activation: what engines write and read (fp16 or bf16 everywhere, no parameters),
 //   resident:   the GPU-pool format (per the precision policy),
-//   offload:    the host/SSD format (per the precision policy).
+//   offload:    the host/SSD format (per the precision policy), with a variant for the first block of
+//               each sequence when the policy keeps attention sinks at a higher precision.
 // Layouts are immutable once registered; their id is a stable hash of the normalized spec, so that two
 // workers registering the same model share blocks, and a restarted daemon recognizes its SSD records.
 #pragma once
@@ -9,21 +10,23 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "tiering/sync.h"
 #include "kernels/format.h"
 #include "kernels/page_geometry.h"
+#include "kernels/precision_policy.h"
 
 namespace kvtier {
 
 struct LayoutSpec {
   LayoutShape shape;
   Format activation = Format::kFp16;  // fp16 or bf16
-  PageGeometry::CodecFn resident;     // (layer, op, head) -> codec of GPU-resident pages
-  PageGeometry::CodecFn offload;      // (layer, op, head) -> codec of host/SSD pages
-  std::string policy_fingerprint;     // canonical text of the policy, part of the layout id
+  PrecisionPolicy policy;               // resident and offload codecs per (layer, head, K|V)
+  std::vector<std::string> layer_names;  // optional, for name patterns in the policy
+  std::string policy_fingerprint;       // canonical text of the policy, part of the layout id
   std::string model_name;
 };
 
@@ -34,10 +37,15 @@ struct Layout {
   PageGeometry activation_geometry;
   PageGeometry resident;
   PageGeometry offload;
+  PageGeometry offload_first_block;  // the first block of a sequence (equals `offload` without sink rules)
   std::string model_name;
 
+  const PageGeometry& offload_for(bool first_block) const { return first_block ? offload_first_block : offload; }
   // Bytes of one block in the host/SSD tiers: offload data followed by its parameter record.
-  uint64_t offload_record_bytes() const { return offload.page_bytes() + offload.param_bytes(); }
+  uint64_t offload_record_bytes(bool first_block = false) const {
+    const PageGeometry& g = offload_for(first_block);
+    return g.page_bytes() + g.param_bytes();
+  }
 };
 
 // Thread-safe registry of layouts by id. Layout objects live as long as the registry.

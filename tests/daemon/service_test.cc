@@ -96,6 +96,37 @@ TEST_F(ServiceTest, BadLayoutsAreRejected) {
   EXPECT_EQ(s->layouts(), 0u);
 }
 
+TEST_F(ServiceTest, PolicyRulesShapeTheOffloadFormat) {
+  auto c = Connect("alpha", "alpha-token");
+  ASSERT_NE(c, nullptr);
+  auto uniform = c->RegisterLayout(SmallLayout());  // daemon default: int8 offload
+  ASSERT_TRUE(uniform.ok()) << uniform.status();
+  auto l = SmallLayout();
+  auto* keep_first = l.mutable_policy()->add_offload_rules();  // keep layer 0 at fp16 below the GPU
+  keep_first->add_layers("0");
+  keep_first->mutable_key()->set_format("fp16");
+  keep_first->mutable_value()->set_format("fp16");
+  auto with_rule = c->RegisterLayout(l);
+  ASSERT_TRUE(with_rule.ok()) << with_rule.status();
+  EXPECT_NE(with_rule->layout_id(), uniform->layout_id());
+  EXPECT_GT(with_rule->offload_page_bytes(), uniform->offload_page_bytes());
+  // Same request again: same layout.
+  auto again = c->RegisterLayout(l);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->layout_id(), with_rule->layout_id());
+  // A rule naming a layer the model does not have is refused, and says which rule.
+  auto bad = SmallLayout();
+  auto* r = bad.mutable_policy()->add_offload_rules();
+  r->add_layers("7");
+  r->mutable_key()->set_format("fp16");
+  auto refused = c->RegisterLayout(bad);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("offload_rules[0]"), std::string::npos) << refused.status();
+  auto s = c->Stats();
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->layouts(), 2u);
+}
+
 TEST_F(ServiceTest, UnknownIdsAndWrongSizesChangeNothing) {
   auto c = Connect("alpha", "alpha-token");
   ASSERT_NE(c, nullptr);

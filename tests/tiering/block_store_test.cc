@@ -18,8 +18,7 @@ constexpr LayoutShape kShape{4, 2, 64, 16};
 LayoutSpec Int8OffloadSpec() {
   LayoutSpec spec;
   spec.shape = kShape;
-  spec.resident = [](int, Operand op, int) { return DefaultCodec(Format::kFp16, op); };
-  spec.offload = [](int, Operand op, int) { return DefaultCodec(Format::kInt8, op); };
+  spec.policy = PrecisionPolicy::Uniform(Format::kFp16, Format::kInt8);
   spec.policy_fingerprint = "fp16/int8";
   return spec;
 }
