@@ -18,6 +18,7 @@ import json
 import math
 import os
 import sys
+import traceback
 import time
 
 import torch
@@ -250,28 +251,27 @@ for B, L in SHAPES:
     row = {"B": B, "L": L, "sdpa_us": round(sdpa, 1), "sdpa_GBs": round(fp16_bytes / sdpa / 1e3),
            "sdpa_hbm_pct": round(100 * fp16_bytes / sdpa / 1e3 / HBM_GBS, 1)}
     for fmt in FORMATS:
-      try:
-        t0 = time.time()
-        pool = Pool(k, v, fmt)
-        qq = q.view(B, HQ, D).to(torch.bfloat16 if fmt == "bf16" else torch.float16).contiguous()
-        out = torch.full_like(qq, float("nan"))
-        run, splits = pool.decode(qq, out)
-        run()
-        torch.cuda.synchronize()
-        err = rel_err(out, ref.view(B, HQ, D))
-        us = bench(run)
-        row[fmt] = {"us": round(us, 1), "speedup_vs_sdpa": round(sdpa / us, 2),
-                    "GBs": round(pool.kv_bytes / us / 1e3), "hbm_pct": round(100 * pool.kv_bytes / us / 1e3 / HBM_GBS, 1),
-                    "rel_err_vs_sdpa": float(f"{err:.3g}"), "splits": splits}
-        print(f"B{B} L{L} {fmt:9s} {us:8.1f} us  x{sdpa / us:5.2f} vs SDPA {sdpa:7.1f} us  "
-              f"{pool.kv_bytes / us / 1e3:6.0f} GB/s  err {err:.2e}  splits {splits}  (setup {time.time() - t0:.1f}s)",
-              flush=True)
-        del pool, out
-      except Exception as ex:  # record and go on: one failed format must not lose the run
-        import traceback
-        traceback.print_exc()
-        row[fmt] = {"error": f"{type(ex).__name__}: {ex}"[:300]}
-      torch.cuda.empty_cache()
+        try:
+            t0 = time.time()
+            pool = Pool(k, v, fmt)
+            qq = q.view(B, HQ, D).to(torch.bfloat16 if fmt == "bf16" else torch.float16).contiguous()
+            out = torch.full_like(qq, float("nan"))
+            run, splits = pool.decode(qq, out)
+            run()
+            torch.cuda.synchronize()
+            err = rel_err(out, ref.view(B, HQ, D))
+            us = bench(run)
+            row[fmt] = {"us": round(us, 1), "speedup_vs_sdpa": round(sdpa / us, 2),
+                        "GBs": round(pool.kv_bytes / us / 1e3), "hbm_pct": round(100 * pool.kv_bytes / us / 1e3 / HBM_GBS, 1),
+                        "rel_err_vs_sdpa": float(f"{err:.3g}"), "splits": splits}
+            print(f"B{B} L{L} {fmt:9s} {us:8.1f} us  x{sdpa / us:5.2f} vs SDPA {sdpa:7.1f} us  "
+                  f"{pool.kv_bytes / us / 1e3:6.0f} GB/s  err {err:.2e}  splits {splits}  (setup {time.time() - t0:.1f}s)",
+                  flush=True)
+            del pool, out
+        except Exception as ex:  # record and go on: one failed format must not lose the run
+            traceback.print_exc()
+            row[fmt] = {"error": f"{type(ex).__name__}: {ex}"[:300]}
+        torch.cuda.empty_cache()
     res["decode"].append(row)
     del q, k, v, ref
     torch.cuda.empty_cache()
@@ -290,25 +290,24 @@ ext["sdpa_causal_mask_us"] = round(
 ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)  # [B, HQ, N, D]
 qq = q.permute(0, 2, 1, 3).reshape(B * N, HQ, D).contiguous()
 for fmt in EXTEND_FORMATS:
-  try:
-    pool = Pool(k, v, fmt)
-    out = torch.full_like(qq, float("nan"))
-    run = pool.extend(qq, out, N)
-    run()
-    torch.cuda.synchronize()
-    err = rel_err(out.view(B, N, HQ, D).permute(0, 2, 1, 3), ref)
-    us = bench(run)
-    flops = 4.0 * B * HQ * N * (P + (N + 1) / 2) * D
-    ext[fmt] = {"us": round(us, 1), "vs_sdpa_flash": round(us / ext["sdpa_flash_nomask_us"], 2),
-                "TFLOPs": round(flops / us / 1e6, 1), "rel_err_vs_sdpa": float(f"{err:.3g}")}
-    print(f"extend {fmt:9s} {us:8.1f} us  ({us / ext['sdpa_flash_nomask_us']:.2f}x SDPA flash "
-          f"{ext['sdpa_flash_nomask_us']} us)  err {err:.2e}", flush=True)
-    del pool, out
-  except Exception as ex:
-    import traceback
-    traceback.print_exc()
-    ext[fmt] = {"error": f"{type(ex).__name__}: {ex}"[:300]}
-  torch.cuda.empty_cache()
+    try:
+        pool = Pool(k, v, fmt)
+        out = torch.full_like(qq, float("nan"))
+        run = pool.extend(qq, out, N)
+        run()
+        torch.cuda.synchronize()
+        err = rel_err(out.view(B, N, HQ, D).permute(0, 2, 1, 3), ref)
+        us = bench(run)
+        flops = 4.0 * B * HQ * N * (P + (N + 1) / 2) * D
+        ext[fmt] = {"us": round(us, 1), "vs_sdpa_flash": round(us / ext["sdpa_flash_nomask_us"], 2),
+                    "TFLOPs": round(flops / us / 1e6, 1), "rel_err_vs_sdpa": float(f"{err:.3g}")}
+        print(f"extend {fmt:9s} {us:8.1f} us  ({us / ext['sdpa_flash_nomask_us']:.2f}x SDPA flash "
+              f"{ext['sdpa_flash_nomask_us']} us)  err {err:.2e}", flush=True)
+        del pool, out
+    except Exception as ex:
+        traceback.print_exc()
+        ext[fmt] = {"error": f"{type(ex).__name__}: {ex}"[:300]}
+    torch.cuda.empty_cache()
 res["extend"] = ext
 
 if PROFILE:

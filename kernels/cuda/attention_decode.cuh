@@ -27,7 +27,6 @@
 namespace kvtier::cuda_attn {
 
 inline constexpr int kDecodeThreads = 128;
-inline constexpr int kDecodeTile = kAttnTile;
 
 // Everything the decode kernel reads. Built by the host dispatcher (attention_cuda.cu).
 struct DecodeKernelParams {
