@@ -1,4 +1,6 @@
-// Conversion layer of the CUDA attention kernels: the one place where page codes become floats.
+// Conversion layer of the CUDA attention kernels: page codes -> fp32 values, 8 channels at a time. The
+// extend kernel's shared-memory dequantization (DequantTile) uses it; the decode kernel converts codes
+// straight into fp16 mma fragments instead (attention_mma.cuh), with the same tricks.
 //
 // A *chunk* is 8 consecutive channels of one token row (16 bytes of fp16/bf16, 8 bytes of fp8/int8,
 // 4 bytes of int4). CodeChunk<F>::Raw is its storage type, and DecodeCodes<F> turns it into the 8 raw

@@ -17,7 +17,6 @@ using cuda_attn::kAttnTile;
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kMaxSplits = 128;
-constexpr int kDecodeCtasPerSm = 2;  // what the decode kernels' registers and shared memory allow
 
 // Combines num_splits partial (o, lse) pairs per (sequence, query head) into out.
 __global__ void MergeSplitsKernel(const float* partial_o, const float* partial_lse, int num_splits, int num_rows,
@@ -59,6 +58,34 @@ KernelStatus LaunchError(cudaError_t err, const char* what, const HeadRun& run) 
   return CudaStatus(err, what);
 }
 
+// Resident decode CTAs per SM (the wave size the split count is planned against), asked of the CUDA
+// occupancy calculator for each head run's kernel and shared memory; the most demanding run decides.
+int DecodeCtasPerSm(const PageGeometry& g, int layer) {
+  const int D = g.shape().head_dim;
+  int ctas = 16;
+  for (const HeadRun& run : HeadRunsOf(g, layer)) {
+    const cuda_attn::TileLayout t = LayoutFor(g, layer, run, /*pad_rows=*/true);
+    const Format fk = run.key.format, fv = run.value.format;
+    const int kb = GetFormatInfo(fk).bits, vb = GetFormatInfo(fv).bits;
+    const size_t pipeline =
+        size_t(t.stage_bytes) *
+        cuda_attn::DecodeStagesFor(D, kb, vb, cuda_attn::DecodeTileParamBytes(D, kb, vb, IsFp8(fk)));
+    const size_t smem = std::max(pipeline, sizeof(float) * (cuda_attn::kDecodeThreads / 32) * 16 * (D + 2));
+    int n = 1;
+    cudaError_t err;
+    if (fk == Format::kFp16 || fk == Format::kBf16) {
+      err = cuda_attn::DecodeOccupancyF16(fk, fv, D, smem, &n);
+    } else if (IsFp8(fk)) {
+      err = cuda_attn::DecodeOccupancyFp8(fk, fv, D, smem, &n);
+    } else {
+      err = cuda_attn::DecodeOccupancyInt(fk, fv, D, smem, &n);
+    }
+    if (err != cudaSuccess) n = 1;  // unsupported runs are rejected later, with their own message
+    ctas = std::min(ctas, std::max(n, 1));
+  }
+  return ctas;
+}
+
 }  // namespace
 
 KernelStatus CheckCudaSupport(const HeadRun& run, int head_dim) {
@@ -87,12 +114,11 @@ KernelOr<DecodePlan> PlanDecodeCuda(const DecodeParams& p) {
   if (!gpu.available) return Unavailable("CUDA attention: " + gpu.why_not);
   const LayoutShape& s = p.geometry->shape();
   const int group = p.num_q_heads / s.num_kv_heads;
-  const int64_t base =
-      int64_t(p.batch.num_seqs) * s.num_kv_heads * ((group + kRowsPerCta - 1) / kRowsPerCta);
+  const int64_t base = int64_t(p.batch.num_seqs) * s.num_kv_heads * ((group + kRowsPerCta - 1) / kRowsPerCta);
   int max_len = 0;
   for (int i = 0; i < p.batch.num_seqs; ++i) max_len = std::max(max_len, p.batch.seq_lens[i]);
   const int max_tiles = (max_len + kAttnTile - 1) / kAttnTile;
-  const int64_t slots = int64_t(gpu.sm_count) * kDecodeCtasPerSm;
+  const int64_t slots = int64_t(gpu.sm_count) * DecodeCtasPerSm(*p.geometry, p.layer);
   // Estimated time in tiles: waves x (tiles per CTA + a fixed per-CTA cost of ~2 tiles).
   DecodePlan plan;
   double best = INFINITY;

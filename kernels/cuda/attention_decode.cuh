@@ -27,7 +27,6 @@
 namespace kvtier::cuda_attn {
 
 inline constexpr int kDecodeThreads = 128;
-inline constexpr int kDecodeTile = kAttnTile;
 
 // Everything the decode kernel reads. Built by the host dispatcher (attention_cuda.cu).
 struct DecodeKernelParams {
@@ -45,16 +44,18 @@ struct DecodeKernelParams {
   int num_splits;
   float scale_log2;  // sm_scale * log2(e)
   int v_group;       // V per-token group size in channels (int formats)
-  TileLayout tile;    // staged tile layout (rows padded by 16 bytes)
+  TileLayout tile;   // staged tile layout (rows padded by 16 bytes)
 };
 
 template <int D, Format FK, Format FV>
 constexpr int DecodeStages() {
-  return kAttnTile * (D * (FormatTraits<FK>::kBits + FormatTraits<FV>::kBits) / 8 + 32) > 48 * 1024 ? 2 : 3;
+  constexpr int kb = FormatTraits<FK>::kBits, vb = FormatTraits<FV>::kBits;
+  return DecodeStagesFor(D, kb, vb, DecodeTileParamBytes(D, kb, vb, kIsFp8<FK>));
 }
 
 template <int D, Format FK, Format FV>
-__global__ void __launch_bounds__(kDecodeThreads) PagedDecodeKernel(const __grid_constant__ DecodeKernelParams p) {
+__global__ void __launch_bounds__(kDecodeThreads, D <= 128 ? 3 : 1)
+    PagedDecodeKernel(const __grid_constant__ DecodeKernelParams p) {
   static_assert(kIs16Bit<FK> == kIs16Bit<FV>, "16-bit and quantized formats are not mixed in one kernel");
   constexpr bool kDirect = kIs16Bit<FK>;
   constexpr bool kBf = FK == Format::kBf16;
@@ -98,15 +99,18 @@ __global__ void __launch_bounds__(kDecodeThreads) PagedDecodeKernel(const __grid
 
   for (int s = 0; s < kStages - 1; ++s) {
     if (tile_begin + s < tile_end)
-      LoadTile<kDecodeThreads, kRowK, kRowV, true>(p.kv, p.tile, seq, h, len, tile_begin + s,
-                                                       smem + s * p.tile.stage_bytes);
+      LoadTile<kDecodeThreads, kRowK, kRowV, true>(p.kv, p.tile, FetchTileSlots(p.kv, seq, len, tile_begin + s), h, len,
+                                                   tile_begin + s, smem + s * p.tile.stage_bytes);
     CpAsyncCommit();
   }
+  TileSlots next_slots = FetchTileSlots(p.kv, seq, len, min(tile_begin + kStages - 1, num_tiles - 1));
   for (int tile = tile_begin; tile < tile_end; ++tile) {
     const int ahead = tile + kStages - 1;
-    if (ahead < tile_end)
-      LoadTile<kDecodeThreads, kRowK, kRowV, true>(p.kv, p.tile, seq, h, len, ahead,
-                                                       smem + ((ahead - tile_begin) % kStages) * p.tile.stage_bytes);
+    if (ahead < tile_end) {
+      LoadTile<kDecodeThreads, kRowK, kRowV, true>(p.kv, p.tile, next_slots, h, len, ahead,
+                                                   smem + ((ahead - tile_begin) % kStages) * p.tile.stage_bytes);
+      if (ahead + 1 < tile_end) next_slots = FetchTileSlots(p.kv, seq, len, ahead + 1);
+    }
     CpAsyncCommit();
     CpAsyncWait<kStages - 1>();
     __syncthreads();
@@ -137,39 +141,40 @@ __global__ void __launch_bounds__(kDecodeThreads) PagedDecodeKernel(const __grid
           Mma16816<kBf>(s[1], qa[ks], b[2], b[3]);
         }
       } else {
-        // Per-channel K scale (and int4 offset) pairs in KChannel order, for this warp's block.
-        uint32_t ksc[kKSteps][2], koff[kKSteps][2];
-#pragma unroll
-        for (int ks = 0; ks < kKSteps; ++ks)
-#pragma unroll
-          for (int x = 0; x < 2; ++x) {
-            ksc[ks][x] = koff[ks][x] = 0;
-            const uint16_t* kp16 = reinterpret_cast<const uint16_t*>(kp);
-            const int c0 = KChannel<FK>(ks, t4, 2 * x), c1 = KChannel<FK>(ks, t4, 2 * x + 1);
-            if constexpr (FK == Format::kInt8) ksc[ks][x] = uint32_t(kp16[c0]) | (uint32_t(kp16[c1]) << 16);
-            if constexpr (FK == Format::kInt4) {
-              ksc[ks][x] = uint32_t(kp16[2 * c0]) | (uint32_t(kp16[2 * c1]) << 16);
-              koff[ks][x] = uint32_t(kp16[2 * c0 + 1]) | (uint32_t(kp16[2 * c1 + 1]) << 16);
-            }
-          }
+        // K codes -> fp16 fragments; per-channel K scale (and int4 offset) pairs in KChannel order are
+        // read per pair of k-steps for this warp's block (kept out of registers across the tile).
         if constexpr (kIsFp8<FK>) k_scale = *reinterpret_cast<const float*>(kp);
+        const uint16_t* kp16 = reinterpret_cast<const uint16_t*>(kp);
 #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const uint8_t* kr = st + (tok0 + 8 * j + g) * kPitchK;
+        for (int kpair = 0; kpair < D / 32; ++kpair) {
+          KRaw8<FK> raw[2];
 #pragma unroll
-          for (int kpair = 0; kpair < D / 32; ++kpair) {
-            const KRaw8<FK> raw = *reinterpret_cast<const KRaw8<FK>*>(kr + (32 * kpair + 8 * t4) * FormatTraits<FK>::kBits / 8);
+          for (int j = 0; j < 2; ++j)
+            raw[j] = *reinterpret_cast<const KRaw8<FK>*>(st + (tok0 + 8 * j + g) * kPitchK +
+                                                         (32 * kpair + 8 * t4) * FormatTraits<FK>::kBits / 8);
 #pragma unroll
-            for (int hh = 0; hh < 2; ++hh) {
-              const int ks = 2 * kpair + hh;
+          for (int hh = 0; hh < 2; ++hh) {
+            const int ks = 2 * kpair + hh;
+            uint32_t sc[2] = {0, 0}, off[2] = {0, 0};
+#pragma unroll
+            for (int x = 0; x < 2; ++x) {
+              const int c0 = KChannel<FK>(ks, t4, 2 * x), c1 = KChannel<FK>(ks, t4, 2 * x + 1);
+              if constexpr (FK == Format::kInt8) sc[x] = uint32_t(kp16[c0]) | (uint32_t(kp16[c1]) << 16);
+              if constexpr (FK == Format::kInt4) {
+                sc[x] = uint32_t(kp16[2 * c0]) | (uint32_t(kp16[2 * c1]) << 16);
+                off[x] = uint32_t(kp16[2 * c0 + 1]) | (uint32_t(kp16[2 * c1 + 1]) << 16);
+              }
+            }
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
               uint32_t b0, b1;
-              KCodes<FK>(raw, hh, b0, b1);
+              KCodes<FK>(raw[j], hh, b0, b1);
               if constexpr (FK == Format::kInt8) {
-                b0 = HMul2(b0, ksc[ks][0]);
-                b1 = HMul2(b1, ksc[ks][1]);
+                b0 = HMul2(b0, sc[0]);
+                b1 = HMul2(b1, sc[1]);
               } else if constexpr (FK == Format::kInt4) {
-                b0 = HFma2(b0, ksc[ks][0], koff[ks][0]);
-                b1 = HFma2(b1, ksc[ks][1], koff[ks][1]);
+                b0 = HFma2(b0, sc[0], off[0]);
+                b1 = HFma2(b1, sc[1], off[1]);
               }
               Mma16816<false>(s[j], qa[ks], b0, b1);
             }
@@ -207,10 +212,12 @@ __global__ void __launch_bounds__(kDecodeThreads) PagedDecodeKernel(const __grid
 #pragma unroll
           for (int e = 0; e < 2; ++e) sum += (s[j][2 * i + e] = exp2f(s[j][2 * i + e] - base));
         l[i] = l[i] * alpha + sum;
+        if (alpha != 1.0f) {  // the running max rarely moves once a few tiles are in
 #pragma unroll
-        for (int j = 0; j < kONT; ++j) {
-          o[j][2 * i] *= alpha;
-          o[j][2 * i + 1] *= alpha;
+          for (int j = 0; j < kONT; ++j) {
+            o[j][2 * i] *= alpha;
+            o[j][2 * i + 1] *= alpha;
+          }
         }
       }
       constexpr bool kPBf = kBf;
@@ -223,7 +230,8 @@ __global__ void __launch_bounds__(kDecodeThreads) PagedDecodeKernel(const __grid
 #pragma unroll
         for (int cp = 0; cp < kONT / 2; ++cp) {
           uint32_t b[4];
-          LdMatrixX4T(b, st + p.tile.v_off + (tok0 + ((lane / 8) % 2) * 8 + lane % 8) * kPitchV + (cp * 16 + (lane / 16) * 8) * 2);
+          LdMatrixX4T(b, st + p.tile.v_off + (tok0 + ((lane / 8) % 2) * 8 + lane % 8) * kPitchV +
+                             (cp * 16 + (lane / 16) * 8) * 2);
           Mma16816<kBf>(o[2 * cp], pa, b[0], b[1]);
           Mma16816<kBf>(o[2 * cp + 1], pa, b[2], b[3]);
         }
@@ -235,12 +243,15 @@ __global__ void __launch_bounds__(kDecodeThreads) PagedDecodeKernel(const __grid
             // Two tokens' 4 nibbles in one word: nibble pair (k, k + 4) is (token a, token b) of channel k.
             uint32_t w[4], sc[2], off[2];
 #pragma unroll
-            for (int i = 0; i < 4; ++i) w[i] = *reinterpret_cast<const uint16_t*>(vt + tv[i] * kPitchV + 16 * q + 2 * g);
+            for (int i = 0; i < 4; ++i)
+              w[i] = *reinterpret_cast<const uint16_t*>(vt + tv[i] * kPitchV + 16 * q + 2 * g);
             const int grp = (32 * q + 4 * g) / p.v_group;
 #pragma unroll
             for (int x = 0; x < 2; ++x) {
-              const uint16_t* pa0 = reinterpret_cast<const uint16_t*>(vp) + 2 * ((tv[2 * x] % bs) * (D / p.v_group) + grp);
-              const uint16_t* pa1 = reinterpret_cast<const uint16_t*>(vp) + 2 * ((tv[2 * x + 1] % bs) * (D / p.v_group) + grp);
+              const uint16_t* pa0 =
+                  reinterpret_cast<const uint16_t*>(vp) + 2 * ((tv[2 * x] % bs) * (D / p.v_group) + grp);
+              const uint16_t* pa1 =
+                  reinterpret_cast<const uint16_t*>(vp) + 2 * ((tv[2 * x + 1] % bs) * (D / p.v_group) + grp);
               const bool ok0 = tv[2 * x] < valid, ok1 = tv[2 * x + 1] < valid;
               sc[x] = (ok0 ? uint32_t(pa0[0]) : 0u) | ((ok1 ? uint32_t(pa1[0]) : 0u) << 16);
               off[x] = (ok0 ? uint32_t(pa0[1]) : 0u) | ((ok1 ? uint32_t(pa1[1]) : 0u) << 16);
@@ -256,7 +267,8 @@ __global__ void __launch_bounds__(kDecodeThreads) PagedDecodeKernel(const __grid
             // 4 tokens x 4 channels of bytes, transposed into (token pair) per channel with prmt.
             uint32_t w[4];
 #pragma unroll
-            for (int i = 0; i < 4; ++i) w[i] = *reinterpret_cast<const uint32_t*>(vt + tv[i] * kPitchV + 32 * q + 4 * g);
+            for (int i = 0; i < 4; ++i)
+              w[i] = *reinterpret_cast<const uint32_t*>(vt + tv[i] * kPitchV + 32 * q + 4 * g);
             const uint32_t xa = Prmt(w[0], w[1], 0x5140u), xb = Prmt(w[0], w[1], 0x7362u);
             const uint32_t ya = Prmt(w[2], w[3], 0x5140u), yb = Prmt(w[2], w[3], 0x7362u);
             Mma16816<false>(o[4 * q + 0], pa, Codes8ToHalf2<FV, false>(xa), Codes8ToHalf2<FV, false>(ya));
@@ -324,6 +336,15 @@ size_t DecodeSmemBytes(const DecodeKernelParams& p) {
   const size_t merge = sizeof(float) * (kDecodeThreads / 32) * 16 * (D + 2);
   const size_t pipeline = size_t(p.tile.stage_bytes) * DecodeStages<D, FK, FV>();
   return merge > pipeline ? merge : pipeline;
+}
+
+// Resident CTAs per SM of this decode kernel with `smem` bytes of dynamic shared memory.
+template <int D, Format FK, Format FV>
+cudaError_t OccupancyPagedDecode(size_t smem, int* ctas) {
+  auto* kernel = &PagedDecodeKernel<D, FK, FV>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (err != cudaSuccess) return err;
+  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas, kernel, kDecodeThreads, smem);
 }
 
 template <int D, Format FK, Format FV>

@@ -12,6 +12,14 @@ cudaError_t LaunchDecodeFp8(Format fk, Format fv, int head_dim, const DecodeKern
   return cudaErrorNotSupported;
 }
 
+cudaError_t DecodeOccupancyFp8(Format fk, Format fv, int head_dim, size_t smem, int* ctas) {
+  if (fk == Format::kFp8E4m3 && fv == Format::kFp8E4m3)
+    return DispatchDecodeOccupancy<Format::kFp8E4m3, Format::kFp8E4m3>(head_dim, smem, ctas);
+  if (fk == Format::kFp8E5m2 && fv == Format::kFp8E5m2)
+    return DispatchDecodeOccupancy<Format::kFp8E5m2, Format::kFp8E5m2>(head_dim, smem, ctas);
+  return cudaErrorNotSupported;
+}
+
 cudaError_t LaunchExtendFp8(Format fk, Format fv, int head_dim, const ExtendKernelParams& p, dim3 grid,
                             cudaStream_t stream) {
   if (fk == Format::kFp8E4m3 && fv == Format::kFp8E4m3)

@@ -14,6 +14,16 @@ cudaError_t LaunchDecodeInt(Format fk, Format fv, int head_dim, const DecodeKern
   return cudaErrorNotSupported;
 }
 
+cudaError_t DecodeOccupancyInt(Format fk, Format fv, int head_dim, size_t smem, int* ctas) {
+  if (fk == Format::kInt8 && fv == Format::kInt8)
+    return DispatchDecodeOccupancy<Format::kInt8, Format::kInt8>(head_dim, smem, ctas);
+  if (fk == Format::kInt4 && fv == Format::kInt4)
+    return DispatchDecodeOccupancy<Format::kInt4, Format::kInt4>(head_dim, smem, ctas);
+  if (fk == Format::kInt8 && fv == Format::kInt4)
+    return DispatchDecodeOccupancy<Format::kInt8, Format::kInt4>(head_dim, smem, ctas);
+  return cudaErrorNotSupported;
+}
+
 cudaError_t LaunchExtendInt(Format fk, Format fv, int head_dim, const ExtendKernelParams& p, dim3 grid,
                             cudaStream_t stream) {
   if (fk == Format::kInt8 && fv == Format::kInt8)

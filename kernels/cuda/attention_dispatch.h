@@ -22,6 +22,11 @@ cudaError_t LaunchDecodeFp8(Format fk, Format fv, int head_dim, const DecodeKern
 cudaError_t LaunchDecodeInt(Format fk, Format fv, int head_dim, const DecodeKernelParams& p, dim3 grid,
                             cudaStream_t stream);
 
+// Resident CTAs per SM of the decode kernel for (fk, fv, head_dim) with `smem` bytes of shared memory.
+cudaError_t DecodeOccupancyF16(Format fk, Format fv, int head_dim, size_t smem, int* ctas);
+cudaError_t DecodeOccupancyFp8(Format fk, Format fv, int head_dim, size_t smem, int* ctas);
+cudaError_t DecodeOccupancyInt(Format fk, Format fv, int head_dim, size_t smem, int* ctas);
+
 cudaError_t LaunchExtendF16(Format fk, Format fv, int head_dim, const ExtendKernelParams& p, dim3 grid,
                             cudaStream_t stream);
 cudaError_t LaunchExtendFp8(Format fk, Format fv, int head_dim, const ExtendKernelParams& p, dim3 grid,
@@ -33,11 +38,32 @@ cudaError_t LaunchExtendInt(Format fk, Format fv, int head_dim, const ExtendKern
 template <Format FK, Format FV>
 cudaError_t DispatchDecode(int head_dim, const DecodeKernelParams& p, dim3 grid, cudaStream_t stream) {
   switch (head_dim) {
-    case 64: return LaunchPagedDecode<64, FK, FV>(p, grid, stream);
-    case 96: return LaunchPagedDecode<96, FK, FV>(p, grid, stream);
-    case 128: return LaunchPagedDecode<128, FK, FV>(p, grid, stream);
-    case 256: return LaunchPagedDecode<256, FK, FV>(p, grid, stream);
-    default: return cudaErrorNotSupported;
+    case 64:
+      return LaunchPagedDecode<64, FK, FV>(p, grid, stream);
+    case 96:
+      return LaunchPagedDecode<96, FK, FV>(p, grid, stream);
+    case 128:
+      return LaunchPagedDecode<128, FK, FV>(p, grid, stream);
+    case 256:
+      return LaunchPagedDecode<256, FK, FV>(p, grid, stream);
+    default:
+      return cudaErrorNotSupported;
+  }
+}
+
+template <Format FK, Format FV>
+cudaError_t DispatchDecodeOccupancy(int head_dim, size_t smem, int* ctas) {
+  switch (head_dim) {
+    case 64:
+      return OccupancyPagedDecode<64, FK, FV>(smem, ctas);
+    case 96:
+      return OccupancyPagedDecode<96, FK, FV>(smem, ctas);
+    case 128:
+      return OccupancyPagedDecode<128, FK, FV>(smem, ctas);
+    case 256:
+      return OccupancyPagedDecode<256, FK, FV>(smem, ctas);
+    default:
+      return cudaErrorNotSupported;
   }
 }
 

@@ -90,11 +90,15 @@ __global__ void __launch_bounds__(kExtendThreads) PagedExtendKernel(const __grid
   const int last_row = min(rows, tile_row0 + kExtendRows) - 1;
   const int max_pos = len - n + last_row / p.group;
   const int num_tiles = max_pos / kAttnTile + 1;
-  LoadTile<kExtendThreads, kRowK, kRowV, kDirect>(p.kv, p.tile, seq, h, len, 0, smem);
+  LoadTile<kExtendThreads, kRowK, kRowV, kDirect>(p.kv, p.tile, FetchTileSlots(p.kv, seq, len, 0), h, len, 0, smem);
   CpAsyncCommit();
+  TileSlots next_slots = FetchTileSlots(p.kv, seq, len, min(1, num_tiles - 1));
   for (int tile = 0; tile < num_tiles; ++tile) {
-    if (tile + 1 < num_tiles)
-      LoadTile<kExtendThreads, kRowK, kRowV, kDirect>(p.kv, p.tile, seq, h, len, tile + 1, smem + ((tile + 1) % 2) * p.tile.stage_bytes);
+    if (tile + 1 < num_tiles) {
+      LoadTile<kExtendThreads, kRowK, kRowV, kDirect>(p.kv, p.tile, next_slots, h, len, tile + 1,
+                                                      smem + ((tile + 1) % 2) * p.tile.stage_bytes);
+      if (tile + 2 < num_tiles) next_slots = FetchTileSlots(p.kv, seq, len, tile + 2);
+    }
     CpAsyncCommit();
     CpAsyncWait<1>();
     __syncthreads();

@@ -74,9 +74,8 @@ __device__ __forceinline__ void DequantTile(const TileLayout& L, int bs, int v_g
     float v[8];
     if (!is_v) {
       if constexpr (!kIs16Bit<FK>) {
-        DecodeCodes<FK>(*reinterpret_cast<const typename CodeChunk<FK>::Raw*>(st + t * L.k_pitch +
-                                                                              c * FormatTraits<FK>::kBits),
-                        v);
+        DecodeCodes<FK>(
+            *reinterpret_cast<const typename CodeChunk<FK>::Raw*>(st + t * L.k_pitch + c * FormatTraits<FK>::kBits), v);
         const uint8_t* kp = st + L.kp_off + jb * L.k_seg_param_bytes;
         const uint16_t* kp16 = reinterpret_cast<const uint16_t*>(kp);
 #pragma unroll
@@ -118,7 +117,6 @@ __device__ __forceinline__ void DequantTile(const TileLayout& L, int bs, int v_g
     }
   }
 }
-
 
 // ---- Register-level dequantization for the decode kernel's mma fragments (quantized formats) ----
 //

@@ -56,14 +56,53 @@ __device__ __forceinline__ void CpAsyncWait() {
   asm volatile("cp.async.wait_group %0;" ::"n"(N));
 }
 
+// Pipeline depth of the decode kernel: as many stages as fit a 76 KiB shared-memory budget, so that 3
+// CTAs stay resident per SM (the kernels are latency-bound: resident warps matter more than depth); 2 to
+// 6 stages. `param_bytes` estimates one tile's parameter bytes (DecodeTileParamBytes); the host sizes
+// shared memory from the real layout, so the estimate only steers the depth.
+constexpr int DecodeStagesFor(int head_dim, int k_bits, int v_bits, int param_bytes) {
+  const int stage = kAttnTile * (head_dim * (k_bits + v_bits) / 8 + 32) + param_bytes;
+  const int budget = 76 * 1024;
+  const int n = budget / stage;
+  return n < 2 ? 2 : n > 6 ? 6 : n;
+}
+
+// Parameter bytes of one tile with the default codecs at block size 16: per-channel K (int8: fp16
+// scale, int4: scale + offset per channel and block), per-token V (int8: one fp16 scale per token, int4:
+// a pair per 32 channels), fp8: one float per segment.
+constexpr int DecodeTileParamBytes(int head_dim, int k_bits, int v_bits, bool k_fp8) {
+  const int blocks = kAttnTile / 16;
+  const int k = k_fp8 ? 4 * blocks : k_bits == 8 ? 2 * head_dim * blocks : k_bits == 4 ? 4 * head_dim * blocks : 0;
+  const int v = k_fp8 ? 4 * blocks : v_bits == 8 ? 2 * kAttnTile : v_bits == 4 ? 4 * kAttnTile * (head_dim / 32) : 0;
+  return k + v;
+}
+
+// Slots of the (up to kAttnTile / 16) blocks of one tile; 0 for blocks past the sequence's end.
+struct TileSlots {
+  int32_t slot[kAttnTile / 16];
+};
+
+// Reads the block-table entries of tile `tile`. Kernels fetch them one iteration ahead of LoadTile so
+// that the global-load latency of the block table is off the pipeline's critical path.
+__device__ __forceinline__ TileSlots FetchTileSlots(const PagedKvView& kv, int seq, int len, int tile) {
+  const int bs = kv.block_size;
+  const int blocks_in_seq = (len + bs - 1) / bs;
+  const int block0 = tile * kAttnTile / bs;
+  TileSlots t;
+#pragma unroll
+  for (int j = 0; j < kAttnTile / 16; ++j)
+    t.slot[j] = (j < kAttnTile / bs && block0 + j < blocks_in_seq) ? kv.Slot(seq, block0 + j) : 0;
+  return t;
+}
+
 // Issues the copies of tile `tile` (tokens [tile * kAttnTile, +kAttnTile)) of sequence `seq`, run head
 // `h`, into `stage`, whose layout L must be MakeTileLayout(D, block_size, bits, bits, ..., kPad). kRowK /
-// kRowV are the bytes of one token's K / V codes (compile-time, so the copy loops need no divisions).
-// Blocks at or past the sequence's end are not copied (their staged bytes are stale; callers mask those
-// tokens). All kThreads threads of the CTA must call it.
+// kRowV are the bytes of one token's K / V codes (compile-time, so the copy loops need no divisions);
+// `slots` comes from FetchTileSlots(tile). Blocks at or past the sequence's end are not copied (their
+// staged bytes are stale; callers mask those tokens). All kThreads threads of the CTA must call it.
 template <int kThreads, int kRowK, int kRowV, bool kPad>
-__device__ __forceinline__ void LoadTile(const PagedKvView& kv, const TileLayout& L, int seq, int h, int len,
-                                         int tile, uint8_t* stage) {
+__device__ __forceinline__ void LoadTile(const PagedKvView& kv, const TileLayout& L, const TileSlots& slots, int h,
+                                         int len, int tile, uint8_t* stage) {
   constexpr int kChunksK = kRowK / 16, kChunksV = kRowV / 16;
   constexpr int kPitchK = kRowK + (kPad ? 16 : 0), kPitchV = kRowV + (kPad ? 16 : 0);
   const int bs = kv.block_size;
@@ -71,16 +110,10 @@ __device__ __forceinline__ void LoadTile(const PagedKvView& kv, const TileLayout
   const int block0 = tile * kAttnTile / bs;
   const int nb = min(kAttnTile / bs, blocks_in_seq - block0);
   const int kpw = static_cast<int>(L.k_seg_param_bytes / 4), vpw = static_cast<int>(L.v_seg_param_bytes / 4);
-  // Block-table reads first (all independent), then the copies: one slot's latency does not hold back
-  // the copies of the other blocks.
-  constexpr int kMaxBlocks = kAttnTile / 16;
-  int32_t slots[kMaxBlocks];
 #pragma unroll
-  for (int j = 0; j < kMaxBlocks; ++j) slots[j] = j < nb ? kv.Slot(seq, block0 + j) : 0;
-#pragma unroll
-  for (int j = 0; j < kMaxBlocks; ++j) {
+  for (int j = 0; j < kAttnTile / 16; ++j) {
     if (j >= nb) break;
-    const int32_t slot = slots[j];
+    const int32_t slot = slots.slot[j];
     const uint8_t* ksrc = kv.KData(slot, h);
     const uint8_t* vsrc = kv.VData(slot, h);
     uint8_t* kdst = stage + j * bs * kPitchK;

@@ -98,7 +98,7 @@ TEST(AttentionCpu, QuantizedPagesStayWithinTheFormatsErrorOfExactAttention) {
         DispatchFormat(t.f, [&](auto tag) {
           QuantizeSegmentRef<decltype(tag)::kFormat>(b.codec, quant.dims(), vals.data(),
                                                      &qp.data[s * quant.page_bytes() + b.data_offset],
-                                                     &qp.params[s * quant.param_bytes() + b.param_offset]);
+                                                     qp.params.data() + s * quant.param_bytes() + b.param_offset);
         });
       }
     const auto batch = MakeBatch(lens, 16, slots, 6);

@@ -127,8 +127,8 @@ TEST_F(AttentionCuda, DecodeMatchesReferenceOverShapes) {
         for (Format f : {Format::kFp16, Format::kInt4}) {
           const PageGeometry g = UniformGeometry({1, 2, d, bs}, f, f);
           const Outcome r = DecodeVsRef(g, {1, bs - 1, bs + 1, 5 * bs + 3}, group, ActDtype::kFp32, d * 7 + bs + group);
-          EXPECT_LT(r.err, Tolerance(f, ActDtype::kFp32)) << GetFormatInfo(f).name << " d=" << d << " bs=" << bs << " group=" << group << " "
-                                 << r.what;
+          EXPECT_LT(r.err, Tolerance(f, ActDtype::kFp32))
+              << GetFormatInfo(f).name << " d=" << d << " bs=" << bs << " group=" << group << " " << r.what;
         }
       }
 }
