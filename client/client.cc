@@ -149,6 +149,11 @@ absl::StatusOr<v1::StatsResponse> Client::Stats() {
   return Call<v1::StatsResponse>(*stub_, &v1::KvTier::Stub::Stats, req);
 }
 
+absl::StatusOr<v1::AttendResponse> Client::Attend(v1::AttendRequest req) {
+  req.set_session_id(session_id_);
+  return Call<v1::AttendResponse>(*stub_, &v1::KvTier::Stub::Attend, req);
+}
+
 absl::StatusOr<v1::EvictResponse> Client::Evict(v1::Tier from, int64_t max_blocks) {
   v1::EvictRequest req;
   req.set_session_id(session_id_);

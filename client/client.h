@@ -51,6 +51,8 @@ class Client {
                                                     bool promote);
   absl::Status Release(std::span<const uint64_t> block_ids);
   absl::StatusOr<kvtier::v1::StatsResponse> Stats();
+  // Daemon-served paged attention; `req.session_id` is filled in.
+  absl::StatusOr<kvtier::v1::AttendResponse> Attend(kvtier::v1::AttendRequest req);
   absl::StatusOr<kvtier::v1::EvictResponse> Evict(kvtier::v1::Tier from, int64_t max_blocks);
   absl::StatusOr<kvtier::v1::SetTierLimitsResponse> SetTierLimits(const kvtier::v1::TierLimits& limits);
 

@@ -39,6 +39,8 @@ class KvTierService final : public kvtier::v1::KvTier::CallbackService {
                                     kvtier::v1::ReleaseResponse* resp) override;
   grpc::ServerUnaryReactor* Stats(grpc::CallbackServerContext* ctx, const kvtier::v1::StatsRequest* req,
                                   kvtier::v1::StatsResponse* resp) override;
+  grpc::ServerUnaryReactor* Attend(grpc::CallbackServerContext* ctx, const kvtier::v1::AttendRequest* req,
+                                   kvtier::v1::AttendResponse* resp) override;
   grpc::ServerUnaryReactor* Evict(grpc::CallbackServerContext* ctx, const kvtier::v1::EvictRequest* req,
                                   kvtier::v1::EvictResponse* resp) override;
   grpc::ServerUnaryReactor* SetTierLimits(grpc::CallbackServerContext* ctx,

@@ -201,6 +201,55 @@ grpc::ServerUnaryReactor* KvTierService::Stats(grpc::CallbackServerContext* ctx,
   });
 }
 
+grpc::ServerUnaryReactor* KvTierService::Attend(grpc::CallbackServerContext* ctx, const v1::AttendRequest* req,
+                                                v1::AttendResponse* resp) {
+  return WithSession(ctx, req->session_id(), false, [&](const Session& s) -> grpc::Status {
+    const Layout* layout = store_->layouts().Find(req->layout_id());
+    if (layout == nullptr) return {grpc::StatusCode::NOT_FOUND, absl::StrCat("unknown layout_id=", req->layout_id())};
+    const LayoutShape& shape = layout->shape;
+    if (req->layer() < 0 || req->layer() >= shape.num_layers)
+      return Invalid(absl::StrCat("layer=", req->layer(), " outside [0, ", shape.num_layers, ")"));
+    if (req->num_q_heads() < shape.num_kv_heads || req->num_q_heads() > 1024 ||
+        req->num_q_heads() % shape.num_kv_heads != 0)
+      return Invalid(absl::StrCat("num_q_heads=", req->num_q_heads(), " must be a multiple of num_kv_heads=",
+                                  shape.num_kv_heads));
+    if (req->sequences_size() < 1 || req->sequences_size() > kMaxBlocksPerCall)
+      return Invalid(absl::StrCat(req->sequences_size(), " sequences; 1..", kMaxBlocksPerCall, " allowed"));
+    if (!(req->sm_scale() >= 0.0f) || req->sm_scale() > 1e6f) return Invalid("sm_scale must be finite and >= 0");
+    AttendBatch batch;
+    batch.layer = req->layer();
+    batch.num_q_heads = req->num_q_heads();
+    batch.sm_scale = req->sm_scale();
+    batch.q_indptr.push_back(0);
+    std::vector<std::vector<BlockId>> blocks;
+    int64_t total_blocks = 0;
+    for (const auto& seq : req->sequences()) {
+      const int64_t nblocks = seq.block_ids_size();
+      total_blocks += nblocks;
+      if (total_blocks > kMaxBlocksPerCall * 64) return Invalid("too many blocks in one Attend");
+      if (seq.seq_len() < 1 || seq.seq_len() > nblocks * shape.block_size ||
+          seq.seq_len() <= (nblocks - 1) * shape.block_size)
+        return Invalid(absl::StrCat("seq_len=", seq.seq_len(), " does not fit its ", nblocks, " blocks of ",
+                                    shape.block_size, " tokens"));
+      if (seq.num_queries() < 1 || seq.num_queries() > seq.seq_len())
+        return Invalid(absl::StrCat("num_queries=", seq.num_queries(), " outside [1, seq_len]"));
+      batch.seq_lens.push_back(seq.seq_len());
+      batch.q_indptr.push_back(batch.q_indptr.back() + seq.num_queries());
+      blocks.emplace_back(seq.block_ids().begin(), seq.block_ids().end());
+    }
+    const uint64_t q_bytes =
+        static_cast<uint64_t>(batch.q_indptr.back()) * req->num_q_heads() * shape.head_dim * 2;  // fp16/bf16
+    if (req->queries().size() != q_bytes)
+      return Invalid(absl::StrCat("queries has ", req->queries().size(), " bytes; expected ", q_bytes));
+    std::string out(q_bytes, '\0');
+    batch.q = reinterpret_cast<const uint8_t*>(req->queries().data());
+    batch.out = reinterpret_cast<uint8_t*>(out.data());
+    if (auto st = store_->Attend(s.id, req->layout_id(), blocks, batch); !st.ok()) return ToGrpc(st);
+    resp->set_output(std::move(out));
+    return grpc::Status::OK;
+  });
+}
+
 grpc::ServerUnaryReactor* KvTierService::Evict(grpc::CallbackServerContext* ctx, const v1::EvictRequest* req,
                                                v1::EvictResponse* resp) {
   return WithSession(ctx, req->session_id(), true, [&](const Session& s) -> grpc::Status {

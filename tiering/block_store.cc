@@ -192,6 +192,49 @@ absl::Status BlockStore::Write(SessionId session, std::span<const BlockId> ids, 
   return st;
 }
 
+absl::Status BlockStore::Attend(SessionId session, uint64_t layout_id, std::span<const std::vector<BlockId>> blocks,
+                               AttendBatch& batch) {
+  const Layout* layout = layouts_.Find(layout_id);
+  if (layout == nullptr) return absl::NotFoundError(absl::StrCat("unknown layout_id=", layout_id));
+  MutexLock lock(&mu_);
+  auto pinned = pins_.find(session);
+  std::vector<Entry*> private_blocks;  // held in place during the call; pinned ones cannot move
+  size_t stride = 0;
+  for (const auto& seq : blocks) stride = std::max(stride, seq.size());
+  batch.block_table.assign(blocks.size() * stride, 0);
+  batch.block_table_stride = static_cast<int32_t>(stride);
+  std::vector<Entry*> all;
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    for (size_t j = 0; j < blocks[i].size(); ++j) {
+      const BlockId id = blocks[i][j];
+      Entry* e = FindLocked(id);
+      const bool owned = e != nullptr && !e->committed && e->owner == session;
+      const bool pin = pinned != pins_.end() && pinned->second.contains(id);
+      if (!owned && !pin) return absl::NotFoundError(absl::StrCat("block ", id, " is not owned or pinned by this session"));
+      if (e->layout_id != layout_id) return absl::InvalidArgumentError(absl::StrCat("block ", id, " has another layout"));
+      all.push_back(e);
+      if (owned) private_blocks.push_back(e);
+    }
+  }
+  WaitNotMoving(all);
+  for (size_t i = 0, k = 0; i < blocks.size(); ++i)
+    for (size_t j = 0; j < blocks[i].size(); ++j, ++k) {
+      Entry* e = all[k];
+      if (e->tier != Tier::kGpu)
+        return absl::FailedPreconditionError(
+            absl::StrCat("block ", e->id, " is in the ", TierName(e->tier), " tier; Lookup with promote first"));
+      batch.block_table[i * stride + j] = e->slot;
+      Touch(*e);
+    }
+  for (Entry* e : private_blocks) e->moving = true;  // keeps the owner's Write and Release away
+  const PageArena* arena = ArenaLocked(*layout);
+  mu_.Unlock();
+  absl::Status st = arena == nullptr ? absl::InternalError("no arena") : device_->Attend(*layout, *arena, batch);
+  mu_.Lock();
+  for (Entry* e : private_blocks) e->moving = false;
+  return st;
+}
+
 absl::StatusOr<std::vector<std::string>> BlockStore::Read(SessionId session, std::span<const BlockId> ids) {
   MutexLock lock(&mu_);
   std::vector<Entry*> blocks;

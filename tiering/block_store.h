@@ -134,6 +134,11 @@ class BlockStore {
   // Writes activation pages into the session's private blocks (all-or-nothing validation).
   absl::Status Write(SessionId session, std::span<const BlockId> ids, std::span<const std::string_view> data);
 
+  // Paged attention for a batch of sequences made of GPU-resident blocks the session owns or has pinned.
+  // `blocks[i]` are sequence i's block ids in order; the batch's block table is filled in from them.
+  absl::Status Attend(SessionId session, uint64_t layout_id, std::span<const std::vector<BlockId>> blocks,
+                      AttendBatch& batch);
+
   // Reads GPU-resident blocks the session owns or has pinned, as activation pages.
   absl::StatusOr<std::vector<std::string>> Read(SessionId session, std::span<const BlockId> ids);
 

@@ -16,12 +16,27 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "tiering/layout.h"
 #include "tiering/page_arena.h"
 
 namespace kvtier {
+
+// One Attend batch (decode when every sequence has one query; otherwise prefix-extend). Host memory.
+struct AttendBatch {
+  int32_t layer = 0;
+  int32_t num_q_heads = 0;
+  float sm_scale = 0.0f;                // 0: 1/sqrt(head_dim)
+  std::vector<int32_t> seq_lens;        // [num_seqs]
+  std::vector<int32_t> q_indptr;        // [num_seqs + 1]
+  std::vector<int32_t> block_table;     // [num_seqs][block_table_stride] arena slots
+  int32_t block_table_stride = 0;
+  const uint8_t* q = nullptr;           // [q_indptr.back()][num_q_heads][head_dim], layout dtype
+  uint8_t* out = nullptr;               // same shape
+  bool IsDecode() const;
+};
 
 class DeviceBackend {
  public:
@@ -41,6 +56,8 @@ class DeviceBackend {
                                std::span<const int32_t> slots, std::span<uint8_t* const> records) = 0;
   virtual absl::Status PageIn(const Layout& layout, const PageGeometry& offload, PageArena& arena,
                               std::span<const int32_t> slots, std::span<const uint8_t* const> records) = 0;
+  // Paged attention over resident pages of the arena (the caller keeps them in place).
+  virtual absl::Status Attend(const Layout& layout, const PageArena& arena, const AttendBatch& batch) = 0;
 };
 
 // The host device: arenas in (lazily committed) host memory, CPU kernels with `threads` workers.

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/attention/attention.h"
 #include "kernels/transcode.h"
 #include "tiering/device_backend.h"
 #include "tiering/kernel_status.h"
@@ -61,6 +62,21 @@ class HostDeviceBackend final : public DeviceBackend {
     return Run(offload, in, layout.resident, ArenaPages(arena, slots));
   }
 
+  absl::Status Attend(const Layout& layout, const PageArena& arena, const AttendBatch& b) override {
+    const PagedKvPool pool{arena.data(), arena.params(), arena.num_slots()};
+    const PagedKvBatch batch{static_cast<int32_t>(b.seq_lens.size()), b.seq_lens.data(), b.block_table.data(),
+                             b.block_table_stride};
+    const ActDtype dtype = layout.activation == Format::kBf16 ? ActDtype::kBf16 : ActDtype::kFp16;
+    if (b.IsDecode()) {
+      DecodeParams p{&layout.resident, pool, batch, b.layer, b.num_q_heads, layout.shape.head_dim, dtype,
+                     b.q, b.out, b.sm_scale};
+      return ToStatus(PagedDecodeCpu(p, threads_));
+    }
+    ExtendParams p{&layout.resident, pool, batch, b.q_indptr.data(), b.layer, b.num_q_heads,
+                   layout.shape.head_dim, dtype, b.q, b.out, b.sm_scale};
+    return ToStatus(PagedExtendCpu(p, threads_));
+  }
+
  private:
   static std::vector<PageView> ArenaViews(const PageArena& arena, std::span<const int32_t> slots) {
     std::vector<PageView> v;
@@ -82,6 +98,12 @@ class HostDeviceBackend final : public DeviceBackend {
 };
 
 }  // namespace
+
+bool AttendBatch::IsDecode() const {
+  for (size_t i = 0; i + 1 < q_indptr.size(); ++i)
+    if (q_indptr[i + 1] - q_indptr[i] != 1) return false;
+  return true;
+}
 
 std::unique_ptr<DeviceBackend> MakeHostDeviceBackend(int threads) {
   return std::make_unique<HostDeviceBackend>(threads);

@@ -5,9 +5,14 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <cmath>
+#include <cstring>
 #include <fstream>
 
 #include "client/client.h"
+#include "client/prompt_kv.h"
+#include "kernels/attention/attention.h"
+#include "kernels/testing/kv_oracle.h"
 #include "daemon/config.h"
 #include "daemon/server.h"
 
@@ -224,6 +229,83 @@ TEST_F(ServiceTest, TenantsCannotFindOrTouchEachOthersBlocks) {
   auto hit_a = a->Lookup(reg->layout_id(), tokens, false, false);
   ASSERT_TRUE(hit_a.ok());
   EXPECT_EQ(hit_a->blocks_size(), 1);
+}
+
+// Daemon-served attention (decode and prefix-extend) equals the CPU reference over the same pages.
+TEST_F(ServiceTest, AttendMatchesTheReference) {
+  auto c = Connect("alpha", "alpha-token");
+  ASSERT_NE(c, nullptr);
+  const auto wire = SmallLayout();  // 2 layers, 2 KV heads, head_dim 64, block 16, fp16
+  auto reg = c->RegisterLayout(wire);
+  ASSERT_TRUE(reg.ok());
+  const LayoutShape shape{2, 2, 64, 16};
+  auto geometry = PageGeometry::Uniform(shape, DefaultCodec(Format::kFp16, Operand::kKey),
+                                        DefaultCodec(Format::kFp16, Operand::kValue));
+  ASSERT_TRUE(geometry.ok());
+  std::vector<int32_t> prompt(70);
+  for (int i = 0; i < 70; ++i) prompt[i] = 500 + i;
+  std::vector<std::string> pages(5, std::string(reg->activation_page_bytes(), '\0'));
+  auto fill = [&](int b, uint8_t* page) {
+    testing::FillActivationPage(*geometry, Format::kFp16, testing::BlockSeed(prompt, 16, b), page);
+    std::memcpy(pages[b].data(), page, pages[b].size());
+  };
+  auto w = WritePromptKv(*c, reg->layout_id(), shape, reg->activation_page_bytes(), prompt, fill);
+  ASSERT_TRUE(w.ok()) << w.status();
+  std::vector<uint64_t> ids = w->block_ids;
+  ids.push_back(w->tail_block_id);  // 4 full blocks + a private 6-token tail
+  // Local reference pool: the same fp16 pages at slots 0..4.
+  std::string pool;
+  for (const auto& p : pages) pool += p;
+  const int hq = 4;
+  for (int nq : {1, 3}) {  // decode, then prefix-extend of 3 tokens
+    std::vector<uint16_t> q(static_cast<size_t>(nq) * hq * 64);
+    for (size_t i = 0; i < q.size(); ++i) q[i] = FloatToHalf(std::sin(0.37f * i));
+    v1::AttendRequest req;
+    req.set_layout_id(reg->layout_id());
+    req.set_layer(1);
+    req.set_num_q_heads(hq);
+    auto* seq = req.add_sequences();
+    for (uint64_t id : ids) seq->add_block_ids(id);
+    seq->set_seq_len(70);
+    seq->set_num_queries(nq);
+    req.set_queries(std::string(reinterpret_cast<const char*>(q.data()), q.size() * 2));
+    auto got = c->Attend(req);
+    ASSERT_TRUE(got.ok()) << got.status();
+    std::vector<uint16_t> ref(q.size());
+    const int32_t seq_len = 70;
+    const int32_t table[5] = {0, 1, 2, 3, 4};
+    const int32_t indptr[2] = {0, nq};
+    ExtendParams p{&*geometry, {reinterpret_cast<const uint8_t*>(pool.data()), nullptr, 5}, {1, &seq_len, table, 5},
+                   indptr, 1, hq, 64, ActDtype::kFp16, q.data(), ref.data(), 0.0f};
+    ASSERT_TRUE(PagedExtendRef(p).ok());
+    ASSERT_EQ(got->output().size(), ref.size() * 2);
+    const auto* out = reinterpret_cast<const uint16_t*>(got->output().data());
+    for (size_t i = 0; i < ref.size(); ++i)
+      EXPECT_NEAR(HalfToFloat(out[i]), HalfToFloat(ref[i]), 2e-3) << "nq " << nq << " element " << i;
+  }
+  // Bad input: wrong query bytes, a layer the model lacks, seq_len beyond the blocks, a block not ours.
+  v1::AttendRequest bad;
+  bad.set_layout_id(reg->layout_id());
+  bad.set_layer(1);
+  bad.set_num_q_heads(hq);
+  auto* seq = bad.add_sequences();
+  for (uint64_t id : ids) seq->add_block_ids(id);
+  seq->set_seq_len(70);
+  seq->set_num_queries(1);
+  bad.set_queries(std::string(10, 'x'));
+  EXPECT_EQ(c->Attend(bad).status().code(), absl::StatusCode::kInvalidArgument);
+  bad.set_queries(std::string(hq * 64 * 2, '\0'));
+  bad.set_layer(2);
+  EXPECT_EQ(c->Attend(bad).status().code(), absl::StatusCode::kInvalidArgument);
+  bad.set_layer(1);
+  bad.mutable_sequences(0)->set_seq_len(81);
+  EXPECT_EQ(c->Attend(bad).status().code(), absl::StatusCode::kInvalidArgument);
+  bad.mutable_sequences(0)->set_seq_len(70);
+  auto other = Connect("beta", "beta-token");
+  ASSERT_NE(other, nullptr);
+  ASSERT_TRUE(other->RegisterLayout(wire).ok());
+  EXPECT_EQ(other->Attend(bad).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(c->Attend(bad).ok());
 }
 
 TEST(Config, DefaultsAreValidAndFlagsOverride) {
