@@ -120,8 +120,8 @@ struct SsdTierStats {
   uint64_t compressed_records = 0;
   double compression_ratio = 1.0;  // payload / stored bytes over everything written
   uint64_t checksum_failures = 0, io_errors = 0, timeouts = 0, enospc_drops = 0;
-  uint64_t write_drops = 0;      // records whose Put failed after validation (any reason)
-  uint64_t full_rejects = 0;     // Put items refused because the tier was full
+  uint64_t write_drops = 0;      // records whose write or commit failed (I/O error, ENOSPC, timeout)
+  uint64_t full_rejects = 0;     // Put items refused up front: no free extent that large
   uint64_t dropped_records = 0;  // corrupt, recovery-failed or capacity-shrink drops
   uint64_t recovered_records = 0, recovery_drops = 0;
 };
