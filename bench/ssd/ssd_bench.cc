@@ -5,7 +5,8 @@
 // contents (Gaussian values as fp16, or int8 codes at a per-channel scale) so that zstd sees what it
 // would see in service. For each (record, zstd mode) the benchmark repeats `reps` times: raw write,
 // tier write (Put of `gib` GiB in batches of `batch` records from `threads` callers, into a fresh tier),
-// raw read, tier read (Get of everything, same batches). Raw and tier phases alternate so both see the
+// raw read, tier read through GetInto (into reused caller buffers, BlockStore's promotion path) and
+// through Get (the tier allocates each payload). Raw and tier phases alternate so both see the
 // same disk conditions; the report gives every repetition and the medians. Throughput is payload bytes
 // per second as the caller sees them (with zstd, more than the disk moves).
 //
@@ -130,7 +131,8 @@ std::string JsonList(const std::vector<double>& v) {
 // baseline see the same disk conditions (this machine's disk is shared).
 struct Sample {
   double raw_w = 0, tier_w = 0, raw_r = 0, tier_r = 0, disk_w = 0;
-  double cpu_w = 0, cpu_r = 0, raw_cpu_w = 0, raw_cpu_r = 0;  // CPU seconds per GB of payload
+  double tier_get_r = 0;
+  double cpu_w = 0, cpu_r = 0, cpu_get_r = 0, raw_cpu_w = 0, raw_cpu_r = 0;  // CPU seconds per GB of payload
   SsdTierStats stats;
   int64_t errors = 0;
   std::string error;
@@ -164,12 +166,19 @@ Sample RunOnce(const Config& c, size_t record, SsdCompression mode, const std::v
   const std::string metadata(256, 'm');  // layout id, parent key, codec, scales: opaque to the tier
   auto key_of = [](int64_t i) { return BlockKey{static_cast<uint64_t>(i) * 0x9e3779b97f4a7c15ull + 1, 7}; };
   std::atomic<int64_t> errors{0};
-  auto run = [&](bool write) {
+  // kPut, kGet (the tier allocates each payload) or kGetInto (into per-thread buffers reused across
+  // batches, as BlockStore does with pinned host memory).
+  enum Phase { kPut, kGet, kGetInto };
+  auto run = [&](Phase phase) {
+    const bool write = phase == kPut;
     std::atomic<int64_t> next{0};
     const auto start = std::chrono::steady_clock::now();
     std::vector<std::thread> ts;
     for (int t = 0; t < c.threads; ++t) {
       ts.emplace_back([&] {
+        std::vector<std::string> bufs(phase == kGetInto ? c.batch : 0, std::string(record, '\0'));
+        std::vector<std::span<uint8_t>> spans;
+        for (std::string& b : bufs) spans.emplace_back(reinterpret_cast<uint8_t*>(b.data()), b.size());
         for (;;) {
           const int64_t first = next.fetch_add(c.batch);
           if (first >= n) return;
@@ -181,7 +190,12 @@ Sample RunOnce(const Config& c, size_t record, SsdCompression mode, const std::v
           } else {
             std::vector<BlockKey> keys;
             for (int64_t i = first; i < last; ++i) keys.push_back(key_of(i));
-            for (const auto& rec : (*tier)->Get(keys)) errors += !rec.ok() || rec->payload.size() != record;
+            if (phase == kGet) {
+              for (const auto& rec : (*tier)->Get(keys)) errors += !rec.ok() || rec->payload.size() != record;
+            } else {
+              auto got = (*tier)->GetInto(keys, std::span<const std::span<uint8_t>>(spans.data(), keys.size()));
+              for (const auto& info : got) errors += !info.ok() || info->payload_bytes != record;
+            }
           }
         }
       });
@@ -206,14 +220,16 @@ Sample RunOnce(const Config& c, size_t record, SsdCompression mode, const std::v
   out.raw_cpu_w = cpu_since();
   const uint64_t disk_before = (*tier)->Stats().disk_bytes_written;
   const auto tw_start = std::chrono::steady_clock::now();
-  out.tier_w = run(true);
+  out.tier_w = run(kPut);
   out.cpu_w = cpu_since();
   out.disk_w = Gbps((*tier)->Stats().disk_bytes_written - disk_before,
                     std::chrono::duration<double>(std::chrono::steady_clock::now() - tw_start).count());
   out.raw_r = raw(false);
   out.raw_cpu_r = cpu_since();
-  out.tier_r = run(false);
+  out.tier_r = run(kGetInto);
   out.cpu_r = cpu_since();
+  out.tier_get_r = run(kGet);
+  out.cpu_get_r = cpu_since();
   out.stats = (*tier)->Stats();
   out.errors = errors.load();
   tier->reset();
@@ -225,7 +241,8 @@ Sample RunOnce(const Config& c, size_t record, SsdCompression mode, const std::v
 std::string RunConfig(const Config& c, size_t record, bool int8, SsdCompression mode) {
   std::vector<std::string> pages;
   for (int i = 0; i < 32; ++i) pages.push_back(MakePage(record, int8, 1000 + i));
-  std::vector<double> raw_w, tier_w, raw_r, tier_r, wr, rr, disk_w, cpu_w, cpu_r, raw_cpu_w, raw_cpu_r;
+  std::vector<double> raw_w, tier_w, raw_r, tier_r, tier_get_r, wr, rr, disk_w, cpu_w, cpu_r, cpu_get_r, raw_cpu_w,
+      raw_cpu_r;
   Sample last;
   for (int rep = 0; rep < c.reps; ++rep) {
     last = RunOnce(c, record, mode, pages);
@@ -237,26 +254,33 @@ std::string RunConfig(const Config& c, size_t record, bool int8, SsdCompression 
     disk_w.push_back(last.disk_w);
     cpu_w.push_back(last.cpu_w);
     cpu_r.push_back(last.cpu_r);
+    tier_get_r.push_back(last.tier_get_r);
+    cpu_get_r.push_back(last.cpu_get_r);
     raw_cpu_w.push_back(last.raw_cpu_w);
     raw_cpu_r.push_back(last.raw_cpu_r);
     wr.push_back(last.tier_w / last.raw_w);
     rr.push_back(last.tier_r / last.raw_r);
   }
   const char* mode_name = mode == SsdCompression::kOff ? "off" : mode == SsdCompression::kOn ? "on" : "auto";
+  std::vector<double> get_rr;
+  for (size_t i = 0; i < raw_r.size(); ++i) get_rr.push_back(tier_get_r[i] / raw_r[i]);
   return absl::StrFormat(
       "{\"record_bytes\": %d, \"content\": \"%s\", \"zstd\": \"%s\", \"records\": %d, \"reps\": %d,\n"
-      "     \"median\": {\"raw_write_gbps\": %.3f, \"tier_write_gbps\": %.3f, \"write_vs_raw\": %.3f, "
-      "\"raw_read_gbps\": %.3f, \"tier_read_gbps\": %.3f, \"read_vs_raw\": %.3f, \"disk_write_gbps\": %.3f,\n"
+      "     \"median\": {\"raw_write_gbps\": %.3f, \"tier_write_gbps\": %.3f, \"write_vs_raw\": %.3f,\n"
+      "                \"raw_read_gbps\": %.3f, \"tier_getinto_read_gbps\": %.3f, \"getinto_read_vs_raw\": %.3f,\n"
+      "                \"tier_get_read_gbps\": %.3f, \"get_read_vs_raw\": %.3f, \"disk_write_gbps\": %.3f,\n"
       "                \"cpu_s_per_gb\": {\"raw_write\": %.3f, \"tier_write\": %.3f, \"raw_read\": %.3f, "
-      "\"tier_read\": %.3f}},\n"
-      "     \"raw_write_gbps\": %s, \"tier_write_gbps\": %s, \"raw_read_gbps\": %s, \"tier_read_gbps\": %s,\n"
+      "\"tier_getinto\": %.3f, \"tier_get\": %.3f}},\n"
+      "     \"raw_write_gbps\": %s, \"tier_write_gbps\": %s, \"raw_read_gbps\": %s,\n"
+      "     \"tier_getinto_read_gbps\": %s, \"tier_get_read_gbps\": %s,\n"
       "     \"compression_ratio\": %.3f, \"compressed_records\": %d, \"errors\": %d, \"checksum_failures\": %d, "
       "\"backend\": \"%s\"}",
       record, int8 ? "int8" : "fp16", mode_name, static_cast<int64_t>(c.gib * (1ull << 30)) / record, c.reps,
-      Median(raw_w), Median(tier_w), Median(wr), Median(raw_r), Median(tier_r), Median(rr), Median(disk_w),
-      Median(raw_cpu_w), Median(cpu_w), Median(raw_cpu_r), Median(cpu_r), JsonList(raw_w), JsonList(tier_w),
-      JsonList(raw_r), JsonList(tier_r), last.stats.compression_ratio, last.stats.compressed_records, last.errors,
-      last.stats.checksum_failures, last.stats.backend);
+      Median(raw_w), Median(tier_w), Median(wr), Median(raw_r), Median(tier_r), Median(rr), Median(tier_get_r),
+      Median(get_rr), Median(disk_w), Median(raw_cpu_w), Median(cpu_w), Median(raw_cpu_r), Median(cpu_r),
+      Median(cpu_get_r), JsonList(raw_w), JsonList(tier_w), JsonList(raw_r), JsonList(tier_r), JsonList(tier_get_r),
+      last.stats.compression_ratio, last.stats.compressed_records, last.errors, last.stats.checksum_failures,
+      last.stats.backend);
 }
 
 int Main(int argc, char** argv) {

@@ -2,6 +2,7 @@
 // writes, failed fdatasync, and slow or stuck I/O. In every case the tier keeps serving, fails only the
 // records the fault touched, never serves a record that did not verify, and loses nothing it had
 // acknowledged. Parameterized over the wrapped backend (io_uring, threads).
+#include <algorithm>
 #include <cerrno>
 
 #include "gtest/gtest.h"
@@ -172,6 +173,24 @@ TEST_P(SsdFaultTest, StuckDiskTimesOutReadsAndWritesInsteadOfHanging) {
   EXPECT_EQ(tier_->Stats().used_bytes, used);
   EXPECT_EQ(Intact(0, 2), 2);
   for (const absl::Status& s : PutRange(*tier_, 5, 2, kRecord)) EXPECT_TRUE(s.ok()) << s;
+}
+
+TEST_P(SsdFaultTest, GetIntoNeverWritesTheCallersBufferAfterATimeout) {
+  OpenTier(absl::Milliseconds(100));
+  ASSERT_TRUE(PutRange(*tier_, 0, 1, kRecord)[0].ok());
+  // The reads reach the disk but complete (and would copy into the buffer) long after the deadline.
+  fake_->AddRule({.kind = IoKind::kRead, .count = -1, .action = FaultAction::kDelay, .delay = absl::Milliseconds(400)});
+  std::string buf(kRecord, '\0');
+  const std::span<uint8_t> spans[] = {{reinterpret_cast<uint8_t*>(buf.data()), buf.size()}};
+  const BlockKey keys[] = {KeyFor(0)};
+  EXPECT_EQ(tier_->GetInto(keys, spans)[0].status().code(), absl::StatusCode::kDeadlineExceeded);
+  buf.assign(kRecord, 'S');                 // the caller reuses its buffer at once
+  absl::SleepFor(absl::Milliseconds(800));  // the late completions have run by now
+  EXPECT_EQ(std::count(buf.begin(), buf.end(), 'S'), static_cast<std::ptrdiff_t>(kRecord));
+  fake_->ClearRules();
+  auto r = tier_->GetInto(keys, spans);
+  ASSERT_TRUE(r[0].ok()) << r[0].status();
+  EXPECT_TRUE(buf == ssd_test::PayloadFor(KeyFor(0), kRecord));
 }
 
 }  // namespace

@@ -281,6 +281,53 @@ TEST_P(SsdTierTest, RejectsOversizeItemsAloneInABatch) {
   EXPECT_TRUE(r[1].ok());
 }
 
+TEST_P(SsdTierTest, GetIntoFillsCallerBuffersForRawAndCompressedRecords) {
+  SsdTierOptions o = Options();
+  o.compression = SsdCompression::kOn;
+  auto tier = OpenTier(o);
+  ASSERT_NE(tier, nullptr);
+  for (const absl::Status& s : PutRange(*tier, 0, 3, 300000, /*compressible=*/true)) ASSERT_TRUE(s.ok()) << s;
+  for (const absl::Status& s : PutRange(*tier, 10, 3, 300000, /*compressible=*/false)) ASSERT_TRUE(s.ok()) << s;
+  ASSERT_EQ(tier->Stats().compressed_records, 3u);
+  const BlockKey keys[] = {KeyFor(0), KeyFor(10), KeyFor(1), KeyFor(11), KeyFor(99)};
+  std::vector<std::string> bufs(5, std::string(400000, '\x7f'));
+  std::vector<std::span<uint8_t>> spans;
+  for (std::string& b : bufs) spans.emplace_back(reinterpret_cast<uint8_t*>(b.data()), b.size());
+  auto r = tier->GetInto(keys, spans);
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(r[i].ok()) << i << ": " << r[i].status();
+    EXPECT_EQ(r[i]->payload_bytes, 300000u);
+    EXPECT_EQ(r[i]->metadata, MetadataFor(keys[i]));
+    const bool compressible = i % 2 == 0;
+    EXPECT_TRUE(bufs[i].substr(0, 300000) == PayloadFor(keys[i], 300000, compressible)) << i;
+    EXPECT_EQ(bufs[i][300000], '\x7f');  // nothing written past the payload
+  }
+  EXPECT_EQ(r[4].status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(*tier->PayloadBytes(KeyFor(10)), 300000u);
+  EXPECT_EQ(tier->PayloadBytes(KeyFor(99)).status().code(), absl::StatusCode::kNotFound);
+  // A buffer too small for its payload is refused for that key only.
+  std::string small(1000, '\0');
+  const std::span<uint8_t> two[] = {{reinterpret_cast<uint8_t*>(small.data()), small.size()}, spans[1]};
+  const BlockKey two_keys[] = {KeyFor(0), KeyFor(10)};
+  auto r2 = tier->GetInto(two_keys, two);
+  EXPECT_EQ(r2[0].status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(r2[1].ok());
+}
+
+TEST_P(SsdTierTest, GetIntoReportsACorruptRecordAsDataLoss) {
+  auto tier = OpenTier(Options());
+  ASSERT_NE(tier, nullptr);
+  ASSERT_TRUE(PutRange(*tier, 0, 1, 100000)[0].ok());
+  const auto [path, offset] = FindRecord(KeyFor(0));
+  ASSERT_GE(offset, 0);
+  FlipByte(path, offset + 50000);
+  std::string buf(100000, '\0');
+  const std::span<uint8_t> spans[] = {{reinterpret_cast<uint8_t*>(buf.data()), buf.size()}};
+  const BlockKey keys[] = {KeyFor(0)};
+  EXPECT_EQ(tier->GetInto(keys, spans)[0].status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_FALSE(tier->Contains(KeyFor(0)));
+}
+
 TEST(SsdTierOptionsTest, InvalidOptionsAreRejected) {
   SsdTierOptions o;
   EXPECT_EQ(SsdTier::Open(o).status().code(), absl::StatusCode::kInvalidArgument);  // no dir

@@ -107,10 +107,16 @@ void PayloadCodec::CompressBatch(std::span<const std::string_view> payloads, std
 
 absl::StatusOr<std::string> PayloadCodec::Decompress(std::string_view frame, uint32_t raw_length) {
   std::string out(raw_length, '\0');
+  absl::Status s = DecompressInto(frame, std::span<uint8_t>(reinterpret_cast<uint8_t*>(out.data()), out.size()));
+  if (!s.ok()) return s;
+  return out;
+}
+
+absl::Status PayloadCodec::DecompressInto(std::string_view frame, std::span<uint8_t> out) {
   const size_t n = ZSTD_decompressDCtx(ThreadDctx(), out.data(), out.size(), frame.data(), frame.size());
   if (ZSTD_isError(n)) return absl::DataLossError(absl::StrFormat("zstd: %s", ZSTD_getErrorName(n)));
-  if (n != raw_length) return absl::DataLossError("zstd frame decodes to the wrong length");
-  return out;
+  if (n != out.size()) return absl::DataLossError("zstd frame decodes to the wrong length");
+  return absl::OkStatus();
 }
 
 }  // namespace kvtier

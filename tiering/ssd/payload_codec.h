@@ -2,7 +2,7 @@
 // policy that decides when it pays.
 //
 // Modes: kOff never compresses; kOn compresses every payload (still storing it raw when zstd does not
-// shrink it); kAuto compresses only while it pays. "Pays" has two parts:
+// shrink it by min_ratio); kAuto compresses only while it pays. "Pays" has two parts:
 //   1. ratio: the payloads compress by at least min_ratio (int8 KV typically ~1.1-2x, fp8 less, fp16
 //      noise-like data not at all);
 //   2. speed: writing compressed is faster end to end. Compression runs before the write (not
@@ -43,6 +43,8 @@ class PayloadCodec {
 
   // Decodes one zstd frame that must expand to exactly raw_length bytes; DATA_LOSS otherwise.
   static absl::StatusOr<std::string> Decompress(std::string_view frame, uint32_t raw_length);
+  // The same into `out` (exactly the raw length).
+  static absl::Status DecompressInto(std::string_view frame, std::span<uint8_t> out);
 
   // The tier reports each completed write phase so kAuto knows the disk's speed.
   void ObserveDiskWrite(uint64_t bytes, absl::Duration elapsed);

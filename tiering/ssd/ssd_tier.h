@@ -30,6 +30,10 @@
 // Thread-safety: every public method may be called concurrently from any thread. Put and Get of
 // different batches run their I/O in parallel; index commits (Put's last step, Remove, drops) are
 // serialized by one mutex so that the RocksDB index and the in-memory map always agree.
+//
+// Threads: the caller's thread copies records into I/O buffers and waits; one io_uring reaper thread
+// (or io_threads pread/pwrite threads) completes I/O and copies read buffers out; worker_threads
+// helpers share zstd and checksum work with the caller. options.log may be called from any of them.
 #pragma once
 
 #include <atomic>
@@ -116,8 +120,8 @@ struct SsdTierStats {
   uint64_t compressed_records = 0;
   double compression_ratio = 1.0;  // payload / stored bytes over everything written
   uint64_t checksum_failures = 0, io_errors = 0, timeouts = 0, enospc_drops = 0;
-  uint64_t write_drops = 0;      // records whose Put failed after validation (any reason)
-  uint64_t full_rejects = 0;     // Put items refused because the tier was full
+  uint64_t write_drops = 0;      // records whose write or commit failed (I/O error, ENOSPC, timeout)
+  uint64_t full_rejects = 0;     // Put items refused up front: no free extent that large
   uint64_t dropped_records = 0;  // corrupt, recovery-failed or capacity-shrink drops
   uint64_t recovered_records = 0, recovery_drops = 0;
 };
@@ -142,6 +146,22 @@ class SsdTier {
   // the bytes on disk fail verification (the record is then dropped and counted); DEADLINE_EXCEEDED or
   // UNAVAILABLE when the disk did not deliver in time or failed.
   std::vector<absl::StatusOr<SsdRecord>> Get(std::span<const BlockKey> keys);
+
+  // Like Get, but each payload lands in the caller's payloads[i] (e.g. pinned host-tier memory, at least
+  // PayloadBytes(key) long) instead of a new string: an uncompressed payload goes from the registered
+  // I/O buffers straight into it, with no allocation and no second copy. Statuses as for Get, plus
+  // INVALID_ARGUMENT for a buffer that is too small. On any error payloads[i] holds unspecified bytes
+  // (possibly part of a record that failed verification) and must not be used. Once GetInto has
+  // returned, even with DEADLINE_EXCEEDED, the tier never writes to the buffers again.
+  struct ReadInfo {
+    std::string metadata;
+    uint32_t payload_bytes = 0;  // bytes written to the front of the caller's buffer
+  };
+  std::vector<absl::StatusOr<ReadInfo>> GetInto(std::span<const BlockKey> keys,
+                                                std::span<const std::span<uint8_t>> payloads);
+
+  // Payload size of a stored record (to size GetInto buffers); NOT_FOUND when absent.
+  absl::StatusOr<uint32_t> PayloadBytes(const BlockKey& key) const;
 
   // Removes the records (absent keys are ignored); returns how many were present. Space is reused as
   // soon as no read in flight still needs it.
@@ -177,15 +197,26 @@ class SsdTier {
   // Reads the first `length` bytes of an extent (a 4 KiB multiple). The bytes land in two buffers:
   // [0, split) in `head` and [split, keep) in `body` (padding past `keep` is dropped), so that a Get can
   // hand the payload buffer to its caller without another copy. split == keep == length: all in head.
+  // `body_dest`, if set, receives the body instead of ReadResult::body (keep - split bytes, caller-owned;
+  // never written after ReadExtents returns).
   struct ReadJob {
     std::shared_ptr<ExtentLease> lease;
     uint64_t length = 0;
     uint64_t split = 0;
     uint64_t keep = 0;
+    uint8_t* body_dest = nullptr;
   };
   static ReadJob WholeRead(std::shared_ptr<ExtentLease> lease, uint64_t length) {
-    return ReadJob{std::move(lease), length, length, length};
+    return ReadJob{std::move(lease), length, length, length, nullptr};
   }
+  // Get and GetInto: reads, verifies and decodes; payloads go to dests[i] when dests is not empty.
+  struct ReadOutcome {
+    absl::Status status = absl::NotFoundError("not in the ssd tier");
+    std::string metadata;
+    std::string payload;  // Get only
+    uint32_t payload_bytes = 0;
+  };
+  std::vector<ReadOutcome> ReadRecords(std::span<const BlockKey> keys, std::span<const std::span<uint8_t>> dests);
   struct ReadResult {
     absl::Status status;
     std::string head;

@@ -32,10 +32,6 @@ absl::Status IoErrorStatus(int64_t neg_errno, std::string_view what) {
 
 namespace {
 
-std::span<const uint8_t> AsBytes(const std::string& s) {
-  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
-}
-
 // A run of write jobs adjacent on disk in one slab.
 struct Stream {
   std::shared_ptr<SlabFile> file;
@@ -194,15 +190,25 @@ std::vector<SsdTier::ReadResult> SsdTier::ReadExtents(std::span<const ReadJob> j
   struct Target {
     uint64_t split = 0, keep = 0;
     std::string head, body;
+    uint8_t* body_ptr = nullptr;  // body.data() or the caller's buffer
+    bool external = false;        // body_ptr is the caller's: never written once the caller has left
     std::atomic<int> pending{0};  // ops that still have to deliver part of this job
     std::atomic<int64_t> error{0};
+    ssd::Mutex mu;  // external targets only: orders late copies against abandonment
+    bool abandoned ABSL_GUARDED_BY(mu) = false;
 
     // Copies record bytes [at, at + len) from src into head/body.
     void Fill(uint64_t at, const uint8_t* src, uint64_t len) {
       const uint64_t end = at + len;
       if (at < split) std::memcpy(head.data() + at, src, std::min(end, split) - at);
       const uint64_t b0 = std::max(at, split), b1 = std::min(end, keep);
-      if (b0 < b1) std::memcpy(body.data() + (b0 - split), src + (b0 - at), b1 - b0);
+      if (b0 >= b1) return;
+      if (!external) {
+        std::memcpy(body_ptr + (b0 - split), src + (b0 - at), b1 - b0);
+        return;
+      }
+      ssd::MutexLock lock(&mu);
+      if (!abandoned) std::memcpy(body_ptr + (b0 - split), src + (b0 - at), b1 - b0);
     }
   };
   // A piece of an op's buffer that belongs to one job.
@@ -224,7 +230,13 @@ std::vector<SsdTier::ReadResult> SsdTier::ReadExtents(std::span<const ReadJob> j
     t->split = std::min(j.split, j.length);
     t->keep = std::clamp(j.keep, t->split, j.length);
     t->head.resize(t->split);
-    t->body.resize(t->keep - t->split);
+    t->external = j.body_dest != nullptr;
+    if (t->external) {
+      t->body_ptr = j.body_dest;
+    } else {
+      t->body.resize(t->keep - t->split);
+      t->body_ptr = reinterpret_cast<uint8_t*>(t->body.data());
+    }
     targets.push_back(std::move(t));
   }
   // Jobs adjacent on disk (a batch of records written together) are read as one stream, cut into
@@ -300,6 +312,10 @@ std::vector<SsdTier::ReadResult> SsdTier::ReadExtents(std::span<const ReadJob> j
     if (t.pending.load(std::memory_order_acquire) > 0) {
       out[i].status = absl::DeadlineExceededError("ssd read timed out");
       counters_->timeouts.fetch_add(1);
+      if (t.external) {  // from now on late completions must not touch the caller's buffer
+        ssd::MutexLock lock(&t.mu);
+        t.abandoned = true;
+      }
     } else if (const int64_t e = t.error.load(); e != 0) {
       out[i].status = IoErrorStatus(e, "ssd read");
       (e == -ETIMEDOUT ? counters_->timeouts : counters_->io_errors).fetch_add(1);
@@ -423,78 +439,6 @@ std::vector<absl::Status> SsdTier::Put(std::span<const SsdPutItem> items) {
     counters_->payload_bytes_written.fetch_add(prep[j].header.raw_length);
     counters_->stored_bytes_written.fetch_add(prep[j].header.stored_length);
     if (prep[j].header.codec != f::RecordCodec::kNone) counters_->compressed_records.fetch_add(1);
-  }
-  return results;
-}
-
-std::vector<absl::StatusOr<SsdRecord>> SsdTier::Get(std::span<const BlockKey> keys) {
-  const absl::Time deadline = absl::Now() + options_.io_timeout;
-  std::vector<absl::StatusOr<SsdRecord>> results(keys.size(), absl::NotFoundError("not in the ssd tier"));
-  counters_->gets.fetch_add(keys.size());
-  std::vector<size_t> which;
-  std::vector<Resident> found;  // holds the extents: they cannot be reused while we read them
-  {
-    ssd::ReaderMutexLock lock(&mu_);
-    for (size_t i = 0; i < keys.size(); ++i) {
-      auto it = map_.find(keys[i]);
-      if (it == map_.end()) continue;
-      which.push_back(i);
-      found.push_back(it->second);
-    }
-  }
-  std::vector<ReadJob> jobs;
-  for (const Resident& r : found) {
-    // Header and metadata in one buffer, the stored payload in another (it becomes the caller's).
-    const uint64_t split = f::kHeaderSize + r.entry.metadata_length;
-    jobs.push_back(ReadJob{r.lease, r.entry.extent.length, split, split + r.entry.stored_length});
-  }
-  std::vector<ReadResult> reads = ReadExtents(jobs, deadline);
-
-  std::vector<char> corrupt(which.size(), 0);
-  workers_->ParallelFor(which.size(), [&](size_t n) {
-    const size_t i = which[n];
-    if (!reads[n].status.ok()) {
-      results[i] = reads[n].status;
-      return;
-    }
-    std::string& head = reads[n].head;
-    std::string& body = reads[n].body;
-    absl::StatusOr<RecordHeader> h = VerifyRecordParts(AsBytes(head), AsBytes(body));
-    const IndexEntry& e = found[n].entry;
-    if (h.ok() && (h->key != keys[i] || h->record_checksum != e.checksum || h->stored_length != e.stored_length ||
-                   h->raw_length != e.raw_length || h->metadata_length != e.metadata_length)) {
-      h = absl::DataLossError("ssd record does not match its index entry");
-    }
-    if (!h.ok()) {
-      results[i] = absl::DataLossError(absl::StrFormat("ssd record %s: %s", keys[i].ToHex(), h.status().message()));
-      corrupt[n] = 1;
-      return;
-    }
-    SsdRecord rec;
-    rec.key = keys[i];
-    rec.metadata = head.substr(f::kHeaderSize, h->metadata_length);
-    if (h->codec == f::RecordCodec::kZstd) {
-      absl::StatusOr<std::string> raw = PayloadCodec::Decompress(body, h->raw_length);
-      if (!raw.ok()) {  // checksummed bytes that do not decode: written corrupt; never serve it
-        results[i] = raw.status();
-        corrupt[n] = 1;
-        return;
-      }
-      rec.payload = *std::move(raw);
-    } else {
-      rec.payload = std::move(body);  // no copy: the read buffer is the payload
-    }
-    results[i] = std::move(rec);
-  });
-  for (size_t n = 0; n < which.size(); ++n) {
-    if (corrupt[n]) {
-      counters_->checksum_failures.fetch_add(1);
-      Log(absl::StrFormat("ssd_corrupt_record key=%s slab=%d offset=%d action=drop", keys[which[n]].ToHex(),
-                          found[n].entry.extent.slab, found[n].entry.extent.offset));
-      DropCorrupt(keys[which[n]], found[n].lease.get());
-    } else if (results[which[n]].ok()) {
-      counters_->hits.fetch_add(1);
-    }
   }
   return results;
 }
