@@ -146,16 +146,17 @@ absl::flat_hash_set<BlockId> BlockStore::PromoteFromSsdLocked(std::vector<Entry*
   }
   if (reading.empty()) return failed;
   mu_.Unlock();
-  std::vector<absl::StatusOr<SsdRecord>> got = ssd_->Get(keys);
-  // Copy and verify end to end outside the lock.
+  // Straight into the host records (no intermediate copy), then verified end to end outside the lock.
+  std::vector<std::span<uint8_t>> dests;
+  for (auto& r : records) dests.emplace_back(r->data(), r->size());
+  const std::vector<absl::StatusOr<SsdTier::ReadInfo>> got = ssd_->GetInto(keys, dests);
   std::vector<absl::Status> verdict(reading.size());
   for (size_t i = 0; i < reading.size(); ++i) {
     if (!got[i].ok()) {
       verdict[i] = got[i].status();
-    } else if (got[i]->payload.size() != records[i]->size()) {
+    } else if (got[i]->payload_bytes != records[i]->size()) {
       verdict[i] = absl::DataLossError("SSD record has the wrong size");
     } else {
-      std::memcpy(records[i]->data(), got[i]->payload.data(), records[i]->size());
       records[i]->checksum = RecordChecksum(records[i]->data(), records[i]->size());
       if (records[i]->checksum != reading[i]->record_checksum)
         verdict[i] = absl::DataLossError("SSD record does not match its page-table checksum");
