@@ -26,7 +26,7 @@ fi
 
 if [ "${KVTIER_SETUP_PYTHON:-1}" = "1" ]; then
   py_missing=()
-  for m in grpc:grpcio google.protobuf:protobuf numpy:numpy; do
+  for m in grpc:grpcio grpc_tools:grpcio-tools google.protobuf:protobuf numpy:numpy; do
     python3 -c "import ${m%%:*}" 2>/dev/null || py_missing+=("${m##*:}")
   done
   if [ ${#py_missing[@]} -gt 0 ]; then

@@ -5,7 +5,7 @@
 #   KVTIER_TEST_SANITIZERS=0  only the release build
 set -euo pipefail
 cd "$(dirname "$0")/.."
-KVTIER_SETUP_PYTHON=0 bash scripts/setup.sh
+bash scripts/setup.sh
 jobs=$(nproc)
 start=$(date +%s)
 

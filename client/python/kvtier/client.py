@@ -1,0 +1,146 @@
+"""kvtier.Client: the session model of the C++ client library (client/client.h) in Python.
+
+A Client attaches a session on connect and keeps the Attach stream open on a background thread; the
+session (its pins and private blocks) lives until close() or process exit. Errors raise KvTierError
+carrying the daemon's gRPC status code and message.
+"""
+import os
+import threading
+from dataclasses import dataclass
+
+import grpc
+
+from kvtier.v1 import kvtier_pb2 as pb
+from kvtier.v1 import kvtier_pb2_grpc as pb_grpc
+
+
+class KvTierError(RuntimeError):
+    def __init__(self, code, message):
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+def default_target():
+    if os.environ.get("KVTIER_SOCKET"):
+        return "unix:" + os.environ["KVTIER_SOCKET"]
+    if os.geteuid() == 0:
+        return "unix:/run/kvtier/kvtierd.sock"
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return f"unix:{os.environ['XDG_RUNTIME_DIR']}/kvtier/kvtierd.sock"
+    return f"unix:/tmp/kvtier-{os.geteuid()}/kvtierd.sock"
+
+
+@dataclass(frozen=True)
+class Layout:
+    layout_id: int
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    block_size: int
+    page_bytes: int
+    offload_page_bytes: int
+    activation_page_bytes: int
+
+
+class Client:
+    def __init__(self, target=None, tenant="", token="", client_name="kvtier-python", timeout=5.0,
+                 max_message_bytes=64 << 20):
+        opts = [("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes)]
+        self._channel = grpc.insecure_channel(target or default_target(), options=opts)
+        grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        self._stub = pb_grpc.KvTierStub(self._channel)
+        self._attach = self._stub.Attach(pb.AttachRequest(tenant=tenant, token=token, client_name=client_name,
+                                                          pid=os.getpid()))
+        try:
+            first = next(self._attach)
+        except grpc.RpcError as e:
+            raise KvTierError(e.code(), e.details()) from None
+        self.session_id = first.session_id
+        self.is_admin = first.is_admin
+        self._events = threading.Thread(target=self._drain, daemon=True)
+        self._events.start()
+
+    def _drain(self):
+        try:
+            for _ in self._attach:
+                pass
+        except grpc.RpcError:
+            pass
+
+    def close(self):
+        self._attach.cancel()
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _call(self, method, request):
+        try:
+            return getattr(self._stub, method)(request)
+        except grpc.RpcError as e:
+            raise KvTierError(e.code(), e.details()) from None
+
+    def register_layout(self, num_layers, num_kv_heads, head_dim, block_size=16, dtype="fp16", model_name="",
+                        policy=None, layer_names=()):
+        spec = pb.LayoutSpec(num_layers=num_layers, num_kv_heads=num_kv_heads, head_dim=head_dim,
+                             block_size=block_size, model_name=model_name, layer_names=list(layer_names),
+                             dtype=pb.ACTIVATION_DTYPE_BF16 if dtype == "bf16" else pb.ACTIVATION_DTYPE_FP16)
+        if policy is not None:
+            spec.policy.CopyFrom(policy)
+        r = self._call("RegisterLayout", pb.RegisterLayoutRequest(session_id=self.session_id, layout=spec))
+        return Layout(r.layout_id, num_layers, num_kv_heads, head_dim, block_size, r.page_bytes,
+                      r.offload_page_bytes, r.activation_page_bytes)
+
+    def allocate(self, layout, count):
+        r = self._call("Allocate", pb.AllocateRequest(session_id=self.session_id, layout_id=layout.layout_id,
+                                                      count=count))
+        return list(r.block_ids)
+
+    def write_blocks(self, block_ids, pages):
+        blocks = [pb.BlockData(block_id=i, data=p) for i, p in zip(block_ids, pages, strict=True)]
+        self._call("WriteBlocks", pb.WriteBlocksRequest(session_id=self.session_id, blocks=blocks))
+
+    def read_blocks(self, block_ids):
+        r = self._call("ReadBlocks", pb.ReadBlocksRequest(session_id=self.session_id, block_ids=list(block_ids)))
+        return [b.data for b in r.blocks]
+
+    def commit(self, layout, block_ids, tokens, parent_key=b""):
+        """Publishes full blocks as one chain after `parent_key`; returns [(key, block_id, deduplicated)]."""
+        bs = layout.block_size
+        entries = []
+        for i, bid in enumerate(block_ids):
+            e = pb.CommitEntry(block_id=bid, tokens=list(tokens[i * bs:(i + 1) * bs]))
+            if i == 0:
+                e.parent_key = parent_key
+            else:
+                e.chain_previous = True
+            entries.append(e)
+        r = self._call("Commit", pb.CommitRequest(session_id=self.session_id, entries=entries))
+        return [(x.key, x.block_id, x.deduplicated) for x in r.results]
+
+    def lookup(self, layout, tokens, pin=False, promote=False):
+        return self._call("Lookup", pb.LookupRequest(session_id=self.session_id, layout_id=layout.layout_id,
+                                                     tokens=list(tokens), pin=pin, promote=promote))
+
+    def release(self, block_ids):
+        self._call("Release", pb.ReleaseRequest(session_id=self.session_id, block_ids=list(block_ids)))
+
+    def stats(self):
+        return self._call("Stats", pb.StatsRequest(session_id=self.session_id))
+
+    def evict(self, tier="gpu", max_blocks=0):
+        t = pb.TIER_GPU if tier == "gpu" else pb.TIER_HOST
+        return self._call("Evict", pb.EvictRequest(session_id=self.session_id, from_tier=t, max_blocks=max_blocks))
+
+    def attend(self, layout, layer, num_q_heads, sequences, queries, sm_scale=0.0):
+        """sequences: [(block_ids, seq_len, num_queries)]; queries: bytes in the layout dtype."""
+        seqs = [pb.AttendSequence(block_ids=list(b), seq_len=n, num_queries=q) for b, n, q in sequences]
+        r = self._call("Attend", pb.AttendRequest(session_id=self.session_id, layout_id=layout.layout_id,
+                                                  layer=layer, num_q_heads=num_q_heads, sequences=seqs,
+                                                  queries=queries, sm_scale=sm_scale))
+        return r.output
