@@ -162,6 +162,12 @@ absl::StatusOr<v1::EvictResponse> Client::Evict(v1::Tier from, int64_t max_block
   return Call<v1::EvictResponse>(*stub_, &v1::KvTier::Stub::Evict, req);
 }
 
+absl::StatusOr<v1::ListSessionsResponse> Client::ListSessions() {
+  v1::ListSessionsRequest req;
+  req.set_session_id(session_id_);
+  return Call<v1::ListSessionsResponse>(*stub_, &v1::KvTier::Stub::ListSessions, req);
+}
+
 absl::StatusOr<v1::SetTierLimitsResponse> Client::SetTierLimits(const v1::TierLimits& limits) {
   v1::SetTierLimitsRequest req;
   req.set_session_id(session_id_);

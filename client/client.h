@@ -54,6 +54,7 @@ class Client {
   // Daemon-served paged attention; `req.session_id` is filled in.
   absl::StatusOr<kvtier::v1::AttendResponse> Attend(kvtier::v1::AttendRequest req);
   absl::StatusOr<kvtier::v1::EvictResponse> Evict(kvtier::v1::Tier from, int64_t max_blocks);
+  absl::StatusOr<kvtier::v1::ListSessionsResponse> ListSessions();
   absl::StatusOr<kvtier::v1::SetTierLimitsResponse> SetTierLimits(const kvtier::v1::TierLimits& limits);
 
   kvtier::v1::KvTier::Stub& stub() { return *stub_; }

@@ -5,11 +5,16 @@
 //   tiers get                    tier capacities
 //   tiers set [--gpu=B] [--host=B]  change capacities at runtime (shrinking drains)
 //   evict [--tier=gpu|host] [--max=N]  page unpinned blocks down from a tier (0 = all)
+//   sessions                     live sessions: tenant, client, pid, pins
+//   lookup --layout=ID --tokens=1,2,3,...  longest cached prefix of a token list and where it lives
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "client/cli_args.h"
 #include "client/client.h"
 #include "google/protobuf/util/json_util.h"
@@ -81,7 +86,8 @@ int Fail(const absl::Status& st) {
 int Run(const CliArgs& args) {
   if (args.positional.empty() || args.Has("help")) {
     std::printf("usage: kvtierctl [--socket=PATH] [--token=T] [--json] status | tiers get | "
-                "tiers set [--gpu=BYTES] [--host=BYTES] [--ssd=BYTES] | evict [--tier=gpu|host] [--max=N]\n");
+                "tiers set [--gpu=BYTES] [--host=BYTES] [--ssd=BYTES] | evict [--tier=gpu|host] [--max=N] | "
+                "sessions | lookup --layout=ID --tokens=T1,T2,...\n");
     return args.positional.empty() ? 2 : 0;
   }
   ClientOptions o;
@@ -113,6 +119,42 @@ int Run(const CliArgs& args) {
     auto r = (*client)->SetTierLimits(l);
     if (!r.ok()) return Fail(r.status());
     std::printf(json ? "%s\n" : "limits now: %s\n", Json(r->limits()).c_str());
+    return 0;
+  }
+  if (cmd == "sessions") {
+    auto r = (*client)->ListSessions();
+    if (!r.ok()) return Fail(r.status());
+    if (json) {
+      std::printf("%s\n", Json(*r).c_str());
+      return 0;
+    }
+    std::printf("%-20s %-12s %-20s %8s %6s %6s\n", "session", "tenant", "client", "pid", "admin", "pins");
+    for (const auto& s : r->sessions())
+      std::printf("%-20llu %-12s %-20s %8lld %6s %6lld\n", static_cast<unsigned long long>(s.session_id()),
+                  s.tenant().c_str(), s.client_name().c_str(), static_cast<long long>(s.pid()),
+                  s.is_admin() ? "yes" : "no", static_cast<long long>(s.pinned_blocks()));
+    return 0;
+  }
+  if (cmd == "lookup") {
+    std::vector<int32_t> tokens;
+    for (absl::string_view t : absl::StrSplit(args.Get("tokens"), ',', absl::SkipEmpty())) {
+      int32_t v = 0;
+      if (!absl::SimpleAtoi(t, &v)) {
+        std::fprintf(stderr, "kvtierctl: bad token '%s'\n", std::string(t).c_str());
+        return 2;
+      }
+      tokens.push_back(v);
+    }
+    auto r = (*client)->Lookup(static_cast<uint64_t>(args.GetInt("layout", 0)), tokens, false, false);
+    if (!r.ok()) return Fail(r.status());
+    if (json) {
+      std::printf("%s\n", Json(*r).c_str());
+      return 0;
+    }
+    std::printf("matched %d of %zu tokens in %d blocks\n", r->matched_tokens(), tokens.size(), r->blocks_size());
+    for (const auto& b : r->blocks())
+      std::printf("  block %llu tier %s slot %d\n", static_cast<unsigned long long>(b.block_id()), TierLabel(b.tier()),
+                  b.slot());
     return 0;
   }
   if (cmd == "evict") {

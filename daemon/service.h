@@ -43,6 +43,9 @@ class KvTierService final : public kvtier::v1::KvTier::CallbackService {
                                    kvtier::v1::AttendResponse* resp) override;
   grpc::ServerUnaryReactor* Evict(grpc::CallbackServerContext* ctx, const kvtier::v1::EvictRequest* req,
                                   kvtier::v1::EvictResponse* resp) override;
+  grpc::ServerUnaryReactor* ListSessions(grpc::CallbackServerContext* ctx,
+                                         const kvtier::v1::ListSessionsRequest* req,
+                                         kvtier::v1::ListSessionsResponse* resp) override;
   grpc::ServerUnaryReactor* SetTierLimits(grpc::CallbackServerContext* ctx,
                                           const kvtier::v1::SetTierLimitsRequest* req,
                                           kvtier::v1::SetTierLimitsResponse* resp) override;

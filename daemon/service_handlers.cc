@@ -270,6 +270,24 @@ grpc::ServerUnaryReactor* KvTierService::Evict(grpc::CallbackServerContext* ctx,
   });
 }
 
+grpc::ServerUnaryReactor* KvTierService::ListSessions(grpc::CallbackServerContext* ctx,
+                                                      const v1::ListSessionsRequest* req,
+                                                      v1::ListSessionsResponse* resp) {
+  return WithSession(ctx, req->session_id(), true, [&](const Session&) -> grpc::Status {
+    for (const Session& s : sessions_->List()) {
+      auto* info = resp->add_sessions();
+      info->set_session_id(s.id);
+      info->set_tenant(s.tenant);
+      info->set_client_name(s.client_name);
+      info->set_pid(s.pid);
+      info->set_is_admin(s.admin);
+      info->set_attached_unix_ms(absl::ToUnixMillis(s.attached));
+      info->set_pinned_blocks(store_->PinnedBy(s.id));
+    }
+    return grpc::Status::OK;
+  });
+}
+
 grpc::ServerUnaryReactor* KvTierService::SetTierLimits(grpc::CallbackServerContext* ctx,
                                                        const v1::SetTierLimitsRequest* req,
                                                        v1::SetTierLimitsResponse* resp) {

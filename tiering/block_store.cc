@@ -104,6 +104,7 @@ void BlockStore::FreeBlockLocked(Entry& e, bool dropped) {
     ArenaLocked(*e.layout)->Free(e.slot);
     gpu_used_ -= ResidentBytes(*e.layout);
     gpu_blocks_.erase(e.id);
+    clean_copies_.erase(e.id);
   } else if (e.tier == Tier::kHost) {
     host_blocks_.erase(e.id);
   } else if (e.tier == Tier::kSsd) {

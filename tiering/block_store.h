@@ -18,6 +18,11 @@
 // marks all the entries it works on `moving` before it first releases the lock, so no two movers ever
 // work on one block.
 //
+// Clean copies: a block paged in keeps its offload record in the host tier (while the host tier has
+// room) and a later page-out of the unchanged block reuses that record instead of quantizing again, so
+// a block is quantized once however often it moves (re-quantizing dequantized values drifts by a
+// fraction of a step per round trip). Clean copies are the first thing host pressure frees.
+//
 // Warm restart: with an SSD tier, the constructor rebuilds the page table and prefix index from the SSD
 // index; those blocks are served once an engine registers their layout again (layout ids are stable).
 //
@@ -104,6 +109,7 @@ struct StoreStats {
   uint64_t lookups = 0, lookup_blocks_requested = 0, lookup_blocks_hit = 0;
   uint64_t blocks_committed = 0, blocks_deduplicated = 0;
   uint64_t page_outs = 0, page_ins = 0, blocks_dropped = 0, checksum_failures = 0;
+  uint64_t clean_copy_reuses = 0;  // page-outs that reused the block's offload record (no transcode)
   uint64_t ssd_writes = 0, ssd_reads = 0, ssd_write_failures = 0, ssd_read_failures = 0, ssd_restored = 0;
   uint64_t bytes_saved_by_quantization = 0;
   uint64_t pinned_blocks = 0, layouts = 0;
@@ -206,6 +212,9 @@ class BlockStore {
   std::vector<Entry*> PickVictimsLocked(Tier tier, int64_t n) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Pages `victims` out to the host tier (dropping what does not fit); releases the lock meanwhile.
   EvictOutcome PageOutLocked(std::vector<Entry*> victims) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Switches a block to the host tier with `record` as its offload copy, freeing its GPU slot.
+  void FinishPageOutLocked(const Layout& layout, Entry& e, std::unique_ptr<HostRecord> record)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Converts one chunk (marked moving, host records allocated) and switches the blocks over.
   EvictOutcome PageOutChunkLocked(const Layout& layout, const PageGeometry& offload, std::span<Entry* const> chunk,
                                   std::span<std::unique_ptr<HostRecord>> records) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -245,6 +254,7 @@ class BlockStore {
   absl::flat_hash_set<BlockId> gpu_blocks_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<BlockId> host_blocks_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<BlockId> ssd_blocks_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<BlockId> clean_copies_ ABSL_GUARDED_BY(mu_);  // GPU-tier blocks still holding a host record
   std::unique_ptr<SsdTier> ssd_;
   absl::flat_hash_map<SessionId, absl::flat_hash_map<BlockId, int32_t>> pins_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<SessionId, absl::flat_hash_set<BlockId>> owned_ ABSL_GUARDED_BY(mu_);

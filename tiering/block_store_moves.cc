@@ -30,6 +30,18 @@ std::vector<BlockStore::Entry*> BlockStore::PickVictimsLocked(Tier tier, int64_t
 }
 
 bool BlockStore::MakeHostRoomLocked(uint64_t bytes) {
+  // Clean copies first: freeing one loses nothing (its block is on the GPU), least recently used first.
+  if (!host_.HasRoom(bytes) && !clean_copies_.empty()) {
+    std::vector<Entry*> copies;
+    for (BlockId id : clean_copies_)
+      if (Entry* e = FindLocked(id); !e->moving) copies.push_back(e);
+    std::sort(copies.begin(), copies.end(), [](const Entry* a, const Entry* b) { return a->last_use < b->last_use; });
+    for (Entry* e : copies) {
+      if (host_.HasRoom(bytes)) break;
+      e->host.reset();
+      clean_copies_.erase(e->id);
+    }
+  }
   while (!host_.HasRoom(bytes)) {
     std::vector<Entry*> v = PickVictimsLocked(Tier::kHost, 32);
     if (v.empty()) return false;
@@ -69,6 +81,13 @@ EvictOutcome BlockStore::PageOutLocked(std::vector<Entry*> victims) {
           e->moving = false;
           continue;
         }
+        if (e->host != nullptr) {  // its offload record is still there: no conversion, no new bytes
+          e->moving = false;
+          FinishPageOutLocked(*layout, *e, std::move(e->host));
+          ++counters_.clean_copy_reuses;
+          ++outcome.moved;
+          continue;
+        }
         std::unique_ptr<HostRecord> r = host_.Allocate(record_bytes);
         if (r == nullptr && chunk.empty() && MakeHostRoomLocked(record_bytes)) r = host_.Allocate(record_bytes);
         if (r == nullptr) {
@@ -89,6 +108,22 @@ EvictOutcome BlockStore::PageOutLocked(std::vector<Entry*> victims) {
   return outcome;
 }
 
+void BlockStore::FinishPageOutLocked(const Layout& layout, Entry& e, std::unique_ptr<HostRecord> record) {
+  const uint64_t resident = ResidentBytes(layout);
+  ArenaLocked(layout)->Free(e.slot);
+  e.slot = -1;
+  e.tier = Tier::kHost;
+  e.record_bytes = record->size();
+  e.record_checksum = record->checksum;
+  e.host = std::move(record);
+  gpu_used_ -= resident;
+  gpu_blocks_.erase(e.id);
+  clean_copies_.erase(e.id);
+  host_blocks_.insert(e.id);
+  ++counters_.page_outs;
+  if (resident > e.record_bytes) counters_.bytes_saved_by_quantization += resident - e.record_bytes;
+}
+
 EvictOutcome BlockStore::PageOutChunkLocked(const Layout& layout, const PageGeometry& offload,
                                             std::span<Entry* const> chunk,
                                             std::span<std::unique_ptr<HostRecord>> records) {
@@ -105,22 +140,11 @@ EvictOutcome BlockStore::PageOutChunkLocked(const Layout& layout, const PageGeom
   if (st.ok())
     for (auto& r : records) r->checksum = RecordChecksum(r->data(), r->size());
   mu_.Lock();
-  const uint64_t resident = ResidentBytes(layout);
   for (size_t i = 0; i < chunk.size(); ++i) {
     Entry& e = *chunk[i];
     e.moving = false;
     if (!st.ok() || e.pins > 0) continue;  // failed, or pinned meanwhile: stays on the GPU
-    arena->Free(e.slot);
-    e.slot = -1;
-    e.tier = Tier::kHost;
-    e.record_bytes = records[i]->size();
-    e.record_checksum = records[i]->checksum;
-    e.host = std::move(records[i]);
-    gpu_used_ -= resident;
-    gpu_blocks_.erase(e.id);
-    host_blocks_.insert(e.id);
-    ++counters_.page_outs;
-    if (resident > e.record_bytes) counters_.bytes_saved_by_quantization += resident - e.record_bytes;
+    FinishPageOutLocked(layout, e, std::move(records[i]));
     ++outcome.moved;
   }
   if (!st.ok()) {
@@ -184,9 +208,9 @@ absl::flat_hash_set<BlockId> BlockStore::PageInLocked(std::vector<Entry*> blocks
       }
       e.slot = slots[i];
       e.tier = Tier::kGpu;
-      e.host.reset();
       host_blocks_.erase(e.id);
       gpu_blocks_.insert(e.id);
+      clean_copies_.insert(e.id);  // the record stays as the block's clean copy
       ++counters_.page_ins;
     }
     if (!st.ok()) {

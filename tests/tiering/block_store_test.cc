@@ -160,6 +160,25 @@ TEST_F(BlockStoreTest, DemotedBlocksComeBackWithinTheInt8Bound) {
   EXPECT_EQ(store_->Stats().page_ins, 20u);
 }
 
+// A block is quantized once: moving it down and up again reuses its offload record, so ten round trips
+// leave it within one round trip's error (re-quantizing dequantized values would drift).
+TEST_F(BlockStoreTest, RepeatedRoundTripsQuantizeOnce) {
+  const auto prompt = Prompt(64, 11);
+  const auto ids = WriteAndCommit(1, prompt);
+  ASSERT_TRUE(store_->Release(1, ids).ok());
+  for (int round = 0; round < 10; ++round) {
+    ASSERT_EQ(store_->DemoteFromGpu(0).moved, 4);
+    auto hit = store_->Lookup(2, "t", layout_->id, prompt, true, true);
+    ASSERT_TRUE(hit.ok());
+    ASSERT_EQ(hit->blocks.size(), 4u);
+    ASSERT_TRUE(store_->Release(2, Ids(*hit)).ok());
+  }
+  EXPECT_EQ(store_->Stats().clean_copy_reuses, 36u);
+  auto hit = store_->Lookup(3, "t", layout_->id, prompt, true, true);
+  ASSERT_TRUE(hit.ok());
+  VerifyBlocks(3, prompt, Ids(*hit), 0.5f / 127.0f + 2e-3f);  // one int8 round trip's bound
+}
+
 TEST_F(BlockStoreTest, TenantsDoNotSeeEachOthersPrefixes) {
   const auto prompt = Prompt(64, 3);
   WriteAndCommit(1, prompt, "tenant-a");
