@@ -73,29 +73,62 @@ absl::Status Reserve(Lane& lane, uint64_t bytes, uint32_t pages) ABSL_EXCLUSIVE_
   return absl::OkStatus();
 }
 
-// Maximal runs of pages that one cudaMemcpyAsync can move: all pinned and adjacent in host memory (a
-// direct copy), or all unpinned (one copy through host staging, where they are adjacent by construction).
+// Maximal runs of pages that one copy can move: pinned pages at a constant host stride (adjacent, or
+// records of one size class of the pinned allocator, whose 4 KiB rounding leaves gaps: a 2D copy), or
+// unpinned pages (one copy through host staging, where they are adjacent by construction).
 struct CopyRun {
   size_t first = 0, count = 0;
   bool pinned = false;
+  uint64_t host_stride = 0;  // pinned runs: bytes from one page to the next in host memory
 };
+
+// Strides up to this are copied as one 2D copy (far below any device's maximum pitch).
+constexpr uint64_t kMaxHostStride = 1ull << 30;
 
 template <class Ptr>
 std::vector<CopyRun> PlanCopies(std::span<Ptr const> pages, uint64_t unit) {
   std::vector<CopyRun> runs;
   for (size_t i = 0; i < pages.size(); ++i) {
     const bool pinned = IsPinned(pages[i], unit);
-    if (!runs.empty()) {
+    if (!runs.empty() && runs.back().pinned == pinned) {
       CopyRun& r = runs.back();
-      const bool adjacent = !pinned || pages[i] == pages[r.first] + (i - r.first) * unit;
-      if (r.pinned == pinned && adjacent) {
+      if (!pinned) {
+        ++r.count;
+        continue;
+      }
+      const uint8_t* first = pages[r.first];
+      const uint8_t* here = pages[i];
+      if (r.count == 1 && here >= first + unit && here - first <= static_cast<ptrdiff_t>(kMaxHostStride)) {
+        r.host_stride = static_cast<uint64_t>(here - first);
+        ++r.count;
+        continue;
+      }
+      if (r.count > 1 && here == first + r.count * r.host_stride) {
         ++r.count;
         continue;
       }
     }
-    runs.push_back({i, 1, pinned});
+    runs.push_back({i, 1, pinned, unit});
   }
   return runs;
+}
+
+// Enqueues the copy of one run between the compact device staging (page i at i * unit) and host memory
+// (`host` = the run's first page, then every run.host_stride bytes; unit for staging).
+absl::Status CopyRunAsync(const CopyRun& r, uint8_t* staging, const uint8_t* host, uint64_t unit, cudaMemcpyKind kind,
+                          cudaStream_t stream) {
+  uint8_t* dev = staging + r.first * unit;
+  const uint64_t stride = r.pinned ? r.host_stride : unit;
+  if (stride == unit) {
+    void* dst = kind == cudaMemcpyHostToDevice ? static_cast<void*>(dev) : const_cast<uint8_t*>(host);
+    const void* src = kind == cudaMemcpyHostToDevice ? static_cast<const void*>(host) : dev;
+    return CudaCall(cudaMemcpyAsync(dst, src, r.count * unit, kind, stream), "cudaMemcpyAsync(pages)");
+  }
+  if (kind == cudaMemcpyHostToDevice)
+    return CudaCall(cudaMemcpy2DAsync(dev, unit, host, stride, unit, r.count, kind, stream),
+                    "cudaMemcpy2DAsync(pages)");
+  return CudaCall(cudaMemcpy2DAsync(const_cast<uint8_t*>(host), stride, dev, unit, unit, r.count, kind, stream),
+                  "cudaMemcpy2DAsync(pages)");
 }
 
 class CudaDeviceBackend final : public DeviceBackend {
@@ -270,8 +303,8 @@ class CudaDeviceBackend final : public DeviceBackend {
           std::memcpy(lane.host_staging.get() + i * unit, pages[i], unit);
         from = lane.host_staging.get() + r.first * unit;
       }
-      KVTIER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(lane.staging.get() + r.first * unit, from, r.count * unit,
-                                                  cudaMemcpyHostToDevice, lane.stream.get()));
+      KVTIER_RETURN_IF_ERROR(
+          CopyRunAsync(r, lane.staging.get(), from, unit, cudaMemcpyHostToDevice, lane.stream.get()));
     }
     return ToStatus(plan.Launch(StagingSet(lane, src), PoolSet(arena, lane.slots.get()),
                                 static_cast<uint32_t>(pages.size()), lane.stream.get()));
@@ -315,9 +348,8 @@ class CudaDeviceBackend final : public DeviceBackend {
                                                 static_cast<uint32_t>(pages.size()), lane.stream.get())));
     runs = PlanCopies(pages, unit);
     for (const CopyRun& r : runs) {
-      uint8_t* to = r.pinned ? pages[r.first] : lane.host_staging.get() + r.first * unit;
-      KVTIER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(to, lane.staging.get() + r.first * unit, r.count * unit,
-                                                  cudaMemcpyDeviceToHost, lane.stream.get()));
+      const uint8_t* to = r.pinned ? pages[r.first] : lane.host_staging.get() + r.first * unit;
+      KVTIER_RETURN_IF_ERROR(CopyRunAsync(r, lane.staging.get(), to, unit, cudaMemcpyDeviceToHost, lane.stream.get()));
     }
     return absl::OkStatus();
   }
