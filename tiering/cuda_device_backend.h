@@ -1,11 +1,12 @@
 // The CUDA device backend: the GPU tier in device memory, converted by kernels/cuda's transcode kernels.
 //
 // Data paths (one call = one batch, chunked when it exceeds the staging buffers):
-//   WriteActivations: activation pages -> (pinned staging) -> one H2D -> transcode into the slots
-//   ReadActivations:  slots -> transcode into device staging -> one D2H -> activation pages
+//   WriteActivations: activation pages -> H2D (as for PageIn) -> transcode into the slots
+//   ReadActivations:  slots -> transcode into device staging -> D2H (as for PageOut) -> activation pages
 //   PageOut:          slots -> quantize-and-gather into device staging laid out as host records (data
-//                     then parameters) -> D2H straight into the records when they are pinned (adjacent
-//                     records merged into one copy), else one D2H into pinned staging + host copies
+//                     then parameters) -> D2H straight into the records when they are pinned (one copy
+//                     per run of records at a constant stride: adjacent, or one pinned size class with
+//                     its 4 KiB rounding, as a 2D copy), else one D2H into pinned staging + host copies
 //   PageIn:           records -> H2D (direct from pinned records, else via pinned staging) ->
 //                     dequantize-and-scatter into the slots
 // Every call waits for its stream before returning (DeviceBackend's contract). Arenas live in GpuPools
@@ -21,9 +22,11 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "tiering/device_backend.h"
+#include "tiering/host_tier.h"
 
 namespace kvtier {
 
@@ -34,12 +37,6 @@ struct CudaDeviceBackendOptions {
 
 // Fails when the build has no CUDA or `device` cannot be used.
 absl::StatusOr<std::unique_ptr<DeviceBackend>> MakeCudaDeviceBackend(int device, CudaDeviceBackendOptions options = {});
-
-}  // namespace kvtier
-
-#include "tiering/host_tier.h"
-
-namespace kvtier {
 
 // The daemon's choice of compute device and host-tier memory: the CUDA backend on ProbeGpu()'s device
 // with pinned host records when that works, else the host device (`host_threads` CPU workers) with

@@ -26,6 +26,9 @@
 
 namespace kvtier {
 
+class DeviceBackend;
+class PageArena;
+
 // What a GetPoolHandle RPC hands to an engine (file descriptors travel over the unix socket with
 // SCM_RIGHTS).
 struct GpuPoolExport {
@@ -100,13 +103,6 @@ class GpuPoolMapping {
   std::vector<std::pair<uint64_t, uint64_t>> mapped_;  // VMM: (offset, bytes)
   std::vector<CUmemGenericAllocationHandle> handles_;
 };
-
-}  // namespace kvtier
-
-namespace kvtier {
-
-class DeviceBackend;
-class PageArena;
 
 // The export of `arena`'s pool when `device` is a CUDA device backend and the arena one of its own
 // (FailedPrecondition otherwise). Implemented by tiering/cuda_device_backend.cc.
