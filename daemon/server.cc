@@ -13,7 +13,7 @@
 #include <grpcpp/server_builder.h>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/device.h"
+#include "tiering/cuda_device_backend.h"
 #include "tiering/log.h"
 
 namespace kvtier {
@@ -22,14 +22,9 @@ absl::StatusOr<std::unique_ptr<KvTierServer>> KvTierServer::Start(const kvtier::
   std::unique_ptr<KvTierServer> s(new KvTierServer());
   s->config_ = config;
 
-  const GpuInfo& gpu = ProbeGpu();
-  std::unique_ptr<DeviceBackend> device = MakeHostDeviceBackend(config.mover_threads());
-  if (gpu.available) {
-    KVTIER_LOG(kWarning, "device") << "gpu=\"" << gpu.name << "\" note=\"CUDA device backend not in this build; "
-                                   << "serving from the host device\"";
-  } else {
-    KVTIER_LOG(kInfo, "device") << "device=host reason=\"" << gpu.why_not << "\"";
-  }
+  DeviceChoice choice = ChooseDevice(config.mover_threads());
+  KVTIER_LOG(kInfo, "device") << choice.why;
+  std::unique_ptr<DeviceBackend> device = std::move(choice.device);
   s->device_name_ = device->name();
 
   BlockStoreOptions options;
@@ -50,7 +45,8 @@ absl::StatusOr<std::unique_ptr<KvTierServer>> KvTierServer::Start(const kvtier::
     KVTIER_LOG(kInfo, "ssd_tier") << "dir=" << so.dir << " bytes=" << so.capacity_bytes
                                   << " backend=" << ssd->backend_name();
   }
-  s->store_ = std::make_unique<BlockStore>(options, std::move(device), MakeAlignedHostAllocator(), std::move(ssd));
+  s->store_ =
+      std::make_unique<BlockStore>(options, std::move(device), std::move(choice.host_allocator), std::move(ssd));
   s->sessions_ = std::make_unique<SessionRegistry>(s->store_.get());
   s->service_ = std::make_unique<KvTierService>(config, s->store_.get(), s->sessions_.get());
 

@@ -1,0 +1,387 @@
+#include "tiering/cuda_device_backend.h"
+
+#include <cuda_runtime_api.h>
+
+#include <array>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/hash/hash.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/cuda/transcode_cuda.h"
+#include "tiering/cuda_call.h"
+#include "tiering/cuda_resources.h"
+#include "tiering/gpu_pool.h"
+#include "tiering/sync.h"
+
+namespace kvtier {
+namespace {
+
+// Identifies a geometry by everything a transcode plan depends on (shape, codecs and placements).
+uint64_t GeometryHash(const PageGeometry& g) {
+  const LayoutShape& s = g.shape();
+  uint64_t h = absl::HashOf(s.num_layers, s.num_kv_heads, s.head_dim, s.block_size, g.page_bytes(), g.param_bytes());
+  for (int i = 0; i < g.num_segments(); ++i) {
+    const SegmentPlacement& p = g.segment(i);
+    h = absl::HashOf(h, p.codec.format, p.codec.grouping, p.codec.group_size, p.data_offset, p.param_offset);
+  }
+  return h;
+}
+
+// Bytes of one host-side page: data followed by its parameters (activation pages have none).
+uint64_t HostUnit(const PageGeometry& g) { return g.page_bytes() + g.param_bytes(); }
+
+// A direction's stream and staging. The mutex is held for a whole call.
+struct Lane {
+  Mutex mu;
+  CudaStream stream ABSL_GUARDED_BY(mu);
+  DeviceBytes staging ABSL_GUARDED_BY(mu);       // compact host-format pages: page i at i * unit
+  PinnedBytes host_staging ABSL_GUARDED_BY(mu);  // the same layout, for pages not in pinned memory
+  uint64_t staging_capacity ABSL_GUARDED_BY(mu) = 0;
+  DeviceBytes slots ABSL_GUARDED_BY(mu);  // uint32_t[slot_capacity]
+  PinnedBytes host_slots ABSL_GUARDED_BY(mu);
+  uint32_t slot_capacity ABSL_GUARDED_BY(mu) = 0;
+};
+
+absl::Status Reserve(Lane& lane, uint64_t bytes, uint32_t pages) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lane.mu) {
+  if (bytes > lane.staging_capacity) {
+    lane.staging.reset();
+    lane.host_staging.reset();
+    lane.staging_capacity = 0;
+    auto dev = AllocateDevice(bytes);
+    if (!dev.ok()) return dev.status();
+    auto host = AllocatePinned(bytes);
+    if (!host.ok()) return host.status();
+    lane.staging = std::move(*dev);
+    lane.host_staging = std::move(*host);
+    lane.staging_capacity = bytes;
+  }
+  if (pages > lane.slot_capacity) {
+    lane.slots.reset();
+    lane.host_slots.reset();
+    lane.slot_capacity = 0;
+    auto dev = AllocateDevice(pages * sizeof(uint32_t));
+    if (!dev.ok()) return dev.status();
+    auto host = AllocatePinned(pages * sizeof(uint32_t));
+    if (!host.ok()) return host.status();
+    lane.slots = std::move(*dev);
+    lane.host_slots = std::move(*host);
+    lane.slot_capacity = pages;
+  }
+  return absl::OkStatus();
+}
+
+// Maximal runs of pages that one copy can move: pinned pages at a constant host stride (adjacent, or
+// records of one size class of the pinned allocator, whose 4 KiB rounding leaves gaps: a 2D copy), or
+// unpinned pages (one copy through host staging, where they are adjacent by construction).
+struct CopyRun {
+  size_t first = 0, count = 0;
+  bool pinned = false;
+  uint64_t host_stride = 0;  // pinned runs: bytes from one page to the next in host memory
+};
+
+// Strides up to this are copied as one 2D copy (far below any device's maximum pitch).
+constexpr uint64_t kMaxHostStride = 1ull << 30;
+
+template <class Ptr>
+std::vector<CopyRun> PlanCopies(std::span<Ptr const> pages, uint64_t unit) {
+  std::vector<CopyRun> runs;
+  for (size_t i = 0; i < pages.size(); ++i) {
+    const bool pinned = IsPinned(pages[i], unit);
+    if (!runs.empty() && runs.back().pinned == pinned) {
+      CopyRun& r = runs.back();
+      if (!pinned) {
+        ++r.count;
+        continue;
+      }
+      const uint8_t* first = pages[r.first];
+      const uint8_t* here = pages[i];
+      if (r.count == 1 && here >= first + unit && here - first <= static_cast<ptrdiff_t>(kMaxHostStride)) {
+        r.host_stride = static_cast<uint64_t>(here - first);
+        ++r.count;
+        continue;
+      }
+      if (r.count > 1 && here == first + r.count * r.host_stride) {
+        ++r.count;
+        continue;
+      }
+    }
+    runs.push_back({i, 1, pinned, unit});
+  }
+  return runs;
+}
+
+// Enqueues the copy of one run between the compact device staging (page i at i * unit) and host memory
+// (`host` = the run's first page, then every run.host_stride bytes; unit for staging).
+absl::Status CopyRunAsync(const CopyRun& r, uint8_t* staging, const uint8_t* host, uint64_t unit, cudaMemcpyKind kind,
+                          cudaStream_t stream) {
+  uint8_t* dev = staging + r.first * unit;
+  const uint64_t stride = r.pinned ? r.host_stride : unit;
+  if (stride == unit) {
+    void* dst = kind == cudaMemcpyHostToDevice ? static_cast<void*>(dev) : const_cast<uint8_t*>(host);
+    const void* src = kind == cudaMemcpyHostToDevice ? static_cast<const void*>(host) : dev;
+    return CudaCall(cudaMemcpyAsync(dst, src, r.count * unit, kind, stream), "cudaMemcpyAsync(pages)");
+  }
+  if (kind == cudaMemcpyHostToDevice)
+    return CudaCall(cudaMemcpy2DAsync(dev, unit, host, stride, unit, r.count, kind, stream),
+                    "cudaMemcpy2DAsync(pages)");
+  return CudaCall(cudaMemcpy2DAsync(const_cast<uint8_t*>(host), stride, dev, unit, unit, r.count, kind, stream),
+                  "cudaMemcpy2DAsync(pages)");
+}
+
+class CudaDeviceBackend final : public DeviceBackend {
+ public:
+  CudaDeviceBackend(int device, std::string name, CudaDeviceBackendOptions options)
+      : device_(device), name_(std::move(name)), options_(options) {}
+
+  absl::Status Init() {
+    for (Lane* lane : {&to_device_, &to_host_}) {
+      MutexLock lock(&lane->mu);
+      auto s = CreateStream();
+      if (!s.ok()) return s.status();
+      lane->stream = std::move(*s);
+    }
+    return absl::OkStatus();
+  }
+
+  std::string name() const override { return name_; }
+  bool is_gpu() const override { return true; }
+
+  absl::StatusOr<std::unique_ptr<PageArena>> CreateArena(const Layout& layout, int32_t num_slots) override {
+    if (num_slots <= 0) return absl::InvalidArgumentError("arena with no slots");
+    KVTIER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+    // Unsupported geometries fail here rather than on the first write.
+    for (auto [src, dst] : {std::pair(&layout.activation_geometry, &layout.resident),
+                            std::pair(&layout.resident, &layout.activation_geometry)}) {
+      auto plan = Plan(*src, *dst);
+      if (!plan.ok()) return plan.status();
+    }
+    const uint64_t page = layout.resident.page_bytes(), param = layout.resident.param_bytes();
+    const uint64_t data_bytes = page * static_cast<uint64_t>(num_slots);
+    auto pool = GpuPool::Create(device_, data_bytes + param * static_cast<uint64_t>(num_slots));
+    if (!pool.ok()) return pool.status();
+    std::shared_ptr<GpuPool> shared = std::move(*pool);
+    uint8_t* base = shared->base();
+    {
+      MutexLock lock(&pools_mu_);
+      pools_[base] = shared;
+    }
+    return std::make_unique<PageArena>(base, param ? base + data_bytes : nullptr, page, param, num_slots, [this, base] {
+      MutexLock lock(&pools_mu_);
+      pools_.erase(base);
+    });
+  }
+
+  absl::Status WriteActivations(const Layout& layout, PageArena& arena, std::span<const int32_t> slots,
+                                std::span<const uint8_t* const> src) override {
+    return ToDevice(layout.activation_geometry, layout.resident, arena, slots, src);
+  }
+  absl::Status ReadActivations(const Layout& layout, const PageArena& arena, std::span<const int32_t> slots,
+                               std::span<uint8_t* const> dst) override {
+    return ToHost(layout.resident, layout.activation_geometry, arena, slots, dst);
+  }
+  absl::Status PageOut(const Layout& layout, const PageGeometry& offload, const PageArena& arena,
+                       std::span<const int32_t> slots, std::span<uint8_t* const> records) override {
+    return ToHost(layout.resident, offload, arena, slots, records);
+  }
+  absl::Status PageIn(const Layout& layout, const PageGeometry& offload, PageArena& arena,
+                      std::span<const int32_t> slots, std::span<const uint8_t* const> records) override {
+    return ToDevice(offload, layout.resident, arena, slots, records);
+  }
+
+  absl::StatusOr<GpuPoolExport> Export(const PageArena& arena) const {
+    std::shared_ptr<GpuPool> pool = FindPool(arena);
+    if (!pool) return absl::FailedPreconditionError("not an arena of this CUDA device backend");
+    return pool->Export();
+  }
+
+ private:
+  absl::StatusOr<const CudaTranscodePlan*> Plan(const PageGeometry& src, const PageGeometry& dst) {
+    const std::pair<uint64_t, uint64_t> key(GeometryHash(src), GeometryHash(dst));
+    MutexLock lock(&plans_mu_);
+    auto it = plans_.find(key);
+    if (it != plans_.end()) return it->second.get();
+    auto plan = CudaTranscodePlan::Create(src, dst);  // on the current device: callers set it
+    if (!plan.ok()) return ToStatus(plan.status());
+    auto owned = std::make_unique<CudaTranscodePlan>(std::move(*plan));
+    const CudaTranscodePlan* out = owned.get();
+    plans_.emplace(key, std::move(owned));
+    return out;
+  }
+
+  std::shared_ptr<GpuPool> FindPool(const PageArena& arena) const {
+    MutexLock lock(&pools_mu_);
+    auto it = pools_.find(arena.data());
+    return it == pools_.end() ? nullptr : it->second;
+  }
+
+  // The byte ranges of `slot` in its pool: data, then its parameter record.
+  static std::array<std::pair<uint64_t, uint64_t>, 2> SlotRanges(const PageArena& arena, int32_t slot) {
+    const uint64_t s = static_cast<uint64_t>(slot);
+    const uint64_t params_at = arena.page_bytes() * static_cast<uint64_t>(arena.num_slots());
+    return {std::pair(s * arena.page_bytes(), arena.page_bytes()),
+            std::pair(params_at + s * arena.param_bytes(), uint64_t{arena.param_bytes()})};
+  }
+
+  // Validates a batch; with `commit`, backs its slots with memory, otherwise requires that they are.
+  absl::StatusOr<std::shared_ptr<GpuPool>> CheckBatch(const PageArena& arena, std::span<const int32_t> slots,
+                                                      size_t num_pages, bool commit) const {
+    if (slots.size() != num_pages) return absl::InvalidArgumentError("page batch size mismatch");
+    std::shared_ptr<GpuPool> pool = FindPool(arena);
+    if (!pool) return absl::FailedPreconditionError("not an arena of this CUDA device backend");
+    for (int32_t s : slots) {
+      if (s < 0 || s >= arena.num_slots()) return absl::OutOfRangeError(absl::StrCat("slot ", s, " out of range"));
+      for (auto [offset, len] : SlotRanges(arena, s)) {
+        if (commit) {
+          absl::Status st = pool->Commit(offset, len);
+          if (!st.ok()) return st;
+        } else if (!pool->IsCommitted(offset, len)) {
+          return absl::FailedPreconditionError(absl::StrCat("slot ", s, " was never written"));
+        }
+      }
+    }
+    return pool;
+  }
+
+  static DevicePageSet PoolSet(const PageArena& arena, const uint8_t* device_slots) {
+    return {arena.data(), arena.page_bytes(), arena.params(), arena.param_bytes(),
+            reinterpret_cast<const uint32_t*>(device_slots)};
+  }
+  static DevicePageSet StagingSet(Lane& lane, const PageGeometry& g) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lane.mu) {
+    uint8_t* s = lane.staging.get();
+    return {s, HostUnit(g), g.param_bytes() ? s + g.page_bytes() : nullptr, HostUnit(g), nullptr};
+  }
+
+  uint32_t PagesPerChunk(const PageGeometry& host, size_t num_pages) const {
+    const uint64_t fit = std::max<uint64_t>(1, options_.staging_bytes / HostUnit(host));
+    return static_cast<uint32_t>(std::min<uint64_t>(fit, num_pages));
+  }
+
+  // Enqueues the H2D copy of the chunk's slot ids.
+  static absl::Status UploadSlots(Lane& lane, std::span<const int32_t> slots) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lane.mu) {
+    auto* host = reinterpret_cast<uint32_t*>(lane.host_slots.get());
+    for (size_t i = 0; i < slots.size(); ++i) host[i] = static_cast<uint32_t>(slots[i]);
+    return CudaCall(cudaMemcpyAsync(lane.slots.get(), host, slots.size() * sizeof(uint32_t), cudaMemcpyHostToDevice,
+                                    lane.stream.get()),
+                    "cudaMemcpyAsync(slots)");
+  }
+
+  // Host pages (`src` geometry) -> resident pages at `slots` (`dst` geometry).
+  absl::Status ToDevice(const PageGeometry& src, const PageGeometry& dst, PageArena& arena,
+                        std::span<const int32_t> slots, std::span<const uint8_t* const> pages) {
+    KVTIER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+    auto pool = CheckBatch(arena, slots, pages.size(), /*commit=*/true);
+    if (!pool.ok()) return pool.status();
+    auto plan = Plan(src, dst);
+    if (!plan.ok()) return plan.status();
+    const uint64_t unit = HostUnit(src);
+    const uint32_t chunk = PagesPerChunk(src, pages.size());
+    MutexLock lock(&to_device_.mu);
+    KVTIER_RETURN_IF_ERROR(Reserve(to_device_, chunk * unit, chunk));
+    for (size_t first = 0; first < pages.size(); first += chunk) {
+      const size_t n = std::min<size_t>(chunk, pages.size() - first);
+      absl::Status st = ToDeviceChunk(**plan, src, arena, slots.subspan(first, n), pages.subspan(first, n));
+      absl::Status done = CudaCall(cudaStreamSynchronize(to_device_.stream.get()), "cudaStreamSynchronize");
+      if (!st.ok()) return st;
+      if (!done.ok()) return done;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status ToDeviceChunk(const CudaTranscodePlan& plan, const PageGeometry& src, PageArena& arena,
+                             std::span<const int32_t> slots, std::span<const uint8_t* const> pages)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(to_device_.mu) {
+    Lane& lane = to_device_;
+    const uint64_t unit = HostUnit(src);
+    KVTIER_RETURN_IF_ERROR(UploadSlots(lane, slots));
+    for (const CopyRun& r : PlanCopies(pages, unit)) {
+      const uint8_t* from = pages[r.first];
+      if (!r.pinned) {
+        for (size_t i = r.first; i < r.first + r.count; ++i)
+          std::memcpy(lane.host_staging.get() + i * unit, pages[i], unit);
+        from = lane.host_staging.get() + r.first * unit;
+      }
+      KVTIER_RETURN_IF_ERROR(
+          CopyRunAsync(r, lane.staging.get(), from, unit, cudaMemcpyHostToDevice, lane.stream.get()));
+    }
+    return ToStatus(plan.Launch(StagingSet(lane, src), PoolSet(arena, lane.slots.get()),
+                                static_cast<uint32_t>(pages.size()), lane.stream.get()));
+  }
+
+  // Resident pages at `slots` (`src` geometry) -> host pages (`dst` geometry).
+  absl::Status ToHost(const PageGeometry& src, const PageGeometry& dst, const PageArena& arena,
+                      std::span<const int32_t> slots, std::span<uint8_t* const> pages) {
+    KVTIER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+    auto pool = CheckBatch(arena, slots, pages.size(), /*commit=*/false);
+    if (!pool.ok()) return pool.status();
+    auto plan = Plan(src, dst);
+    if (!plan.ok()) return plan.status();
+    const uint64_t unit = HostUnit(dst);
+    const uint32_t chunk = PagesPerChunk(dst, pages.size());
+    MutexLock lock(&to_host_.mu);
+    KVTIER_RETURN_IF_ERROR(Reserve(to_host_, chunk * unit, chunk));
+    for (size_t first = 0; first < pages.size(); first += chunk) {
+      const size_t n = std::min<size_t>(chunk, pages.size() - first);
+      std::vector<CopyRun> runs;
+      absl::Status st = ToHostChunk(**plan, dst, arena, slots.subspan(first, n), pages.subspan(first, n), runs);
+      absl::Status done = CudaCall(cudaStreamSynchronize(to_host_.stream.get()), "cudaStreamSynchronize");
+      if (!st.ok()) return st;
+      if (!done.ok()) return done;
+      for (const CopyRun& r : runs) {
+        if (r.pinned) continue;
+        for (size_t i = r.first; i < r.first + r.count; ++i)
+          std::memcpy(pages[first + i], to_host_.host_staging.get() + i * unit, unit);
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status ToHostChunk(const CudaTranscodePlan& plan, const PageGeometry& dst, const PageArena& arena,
+                           std::span<const int32_t> slots, std::span<uint8_t* const> pages, std::vector<CopyRun>& runs)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(to_host_.mu) {
+    Lane& lane = to_host_;
+    const uint64_t unit = HostUnit(dst);
+    KVTIER_RETURN_IF_ERROR(UploadSlots(lane, slots));
+    KVTIER_RETURN_IF_ERROR(ToStatus(plan.Launch(PoolSet(arena, lane.slots.get()), StagingSet(lane, dst),
+                                                static_cast<uint32_t>(pages.size()), lane.stream.get())));
+    runs = PlanCopies(pages, unit);
+    for (const CopyRun& r : runs) {
+      const uint8_t* to = r.pinned ? pages[r.first] : lane.host_staging.get() + r.first * unit;
+      KVTIER_RETURN_IF_ERROR(CopyRunAsync(r, lane.staging.get(), to, unit, cudaMemcpyDeviceToHost, lane.stream.get()));
+    }
+    return absl::OkStatus();
+  }
+
+  const int device_;
+  const std::string name_;
+  const CudaDeviceBackendOptions options_;
+  Mutex plans_mu_;
+  absl::flat_hash_map<std::pair<uint64_t, uint64_t>, std::unique_ptr<CudaTranscodePlan>> plans_
+      ABSL_GUARDED_BY(plans_mu_);
+  mutable Mutex pools_mu_;
+  absl::flat_hash_map<const uint8_t*, std::shared_ptr<GpuPool>> pools_ ABSL_GUARDED_BY(pools_mu_);
+  Lane to_device_;  // WriteActivations, PageIn
+  Lane to_host_;    // ReadActivations, PageOut
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<DeviceBackend>> MakeCudaDeviceBackend(int device, CudaDeviceBackendOptions options) {
+  KVTIER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device));
+  cudaDeviceProp prop{};
+  KVTIER_RETURN_IF_CUDA_ERROR(cudaGetDeviceProperties(&prop, device));
+  auto backend = std::make_unique<CudaDeviceBackend>(device, absl::StrCat("cuda:", device, " ", prop.name), options);
+  absl::Status st = backend->Init();
+  if (!st.ok()) return st;
+  return backend;
+}
+
+absl::StatusOr<GpuPoolExport> ExportArena(const DeviceBackend& device, const PageArena& arena) {
+  const auto* cuda = dynamic_cast<const CudaDeviceBackend*>(&device);
+  if (!cuda) return absl::FailedPreconditionError("not a CUDA device backend");
+  return cuda->Export(arena);
+}
+
+}  // namespace kvtier

@@ -1,0 +1,62 @@
+// RAII owners for the CUDA runtime resources of tiering/: device buffers, pinned host buffers, streams
+// and events. Each frees its resource in its destructor (errors there are ignored: nothing can be done
+// about them); creation goes through the checked wrapper of tiering/cuda_call.h.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "tiering/cuda_call.h"
+
+namespace kvtier {
+
+struct DeviceFree {
+  void operator()(uint8_t* p) const { (void)cudaFree(p); }
+};
+struct PinnedFree {
+  void operator()(uint8_t* p) const { (void)cudaFreeHost(p); }
+};
+struct StreamDestroy {
+  void operator()(CUstream_st* s) const { (void)cudaStreamDestroy(s); }
+};
+
+using DeviceBytes = std::unique_ptr<uint8_t, DeviceFree>;
+using PinnedBytes = std::unique_ptr<uint8_t, PinnedFree>;
+using CudaStream = std::unique_ptr<CUstream_st, StreamDestroy>;
+
+inline absl::StatusOr<DeviceBytes> AllocateDevice(uint64_t bytes) {
+  void* p = nullptr;
+  KVTIER_RETURN_IF_CUDA_ERROR(cudaMalloc(&p, bytes));
+  return DeviceBytes(static_cast<uint8_t*>(p));
+}
+
+inline absl::StatusOr<PinnedBytes> AllocatePinned(uint64_t bytes) {
+  void* p = nullptr;
+  KVTIER_RETURN_IF_CUDA_ERROR(cudaHostAlloc(&p, bytes, cudaHostAllocPortable));
+  return PinnedBytes(static_cast<uint8_t*>(p));
+}
+
+// A non-blocking stream (does not synchronize with the legacy default stream).
+inline absl::StatusOr<CudaStream> CreateStream() {
+  cudaStream_t s = nullptr;
+  KVTIER_RETURN_IF_CUDA_ERROR(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  return CudaStream(s);
+}
+
+// True when [p, p + bytes) is page-locked host memory the copy engines can reach directly.
+inline bool IsPinned(const void* p, uint64_t bytes) {
+  for (const void* q : {p, static_cast<const void*>(static_cast<const uint8_t*>(p) + bytes - 1)}) {
+    cudaPointerAttributes attr{};
+    if (cudaPointerGetAttributes(&attr, q) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return false;
+    }
+    if (attr.type != cudaMemoryTypeHost) return false;
+  }
+  return true;
+}
+
+}  // namespace kvtier
