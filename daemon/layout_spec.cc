@@ -36,7 +36,7 @@ absl::StatusOr<PrecisionPolicy> ToPrecisionPolicy(const kvtier::v1::PrecisionPol
     if (!c.ok()) return absl::InvalidArgumentError(absl::StrCat("precision policy: ", c.status().message()));
     *d.out = *c;
   }
-  auto add_rules = [&](const auto& rules, RuleTiers tiers, std::string_view kind) -> absl::Status {
+  auto add_rules = [&](const auto& rules, RuleTiers tiers, const char* kind) -> absl::Status {
     int index = 0;
     for (const kvtier::v1::PolicyRule& r : rules) {
       PrecisionRule rule;
