@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# yamllint (deploy/ and the repository's YAML, with .yamllint) and shellcheck (every shell script in the
+# repository) must report nothing.
+#   check_lint.sh SOURCE_DIR
+# Exit 77 (skipped) when a linter is not installed (Debian packages yamllint, shellcheck).
+set -euo pipefail
+cd "$1"
+for tool in yamllint shellcheck; do
+  if ! command -v "$tool" >/dev/null; then
+    echo "SKIPPED: $tool is not installed (scripts/setup.sh installs it)"
+    exit 77
+  fi
+done
+# Everything but build trees and VCS metadata.
+files() { find . \( -name 'build*' -o -name '.git' -o -name node_modules \) -prune -o -type f \( "$@" \) -print | sort; }
+mapfile -t yaml < <(files -name '*.yaml' -o -name '*.yml' -o -name .yamllint)
+mapfile -t shell < <(files -name '*.sh')
+if [ ${#yaml[@]} -eq 0 ] || [ ${#shell[@]} -eq 0 ]; then
+  echo "FAIL: found no YAML or shell files to lint"
+  exit 1
+fi
+yamllint --strict -c .yamllint "${yaml[@]}"
+echo "ok: yamllint on ${#yaml[@]} files"
+shellcheck --severity=style "${shell[@]}"
+echo "ok: shellcheck on ${#shell[@]} files"
