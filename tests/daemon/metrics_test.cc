@@ -8,8 +8,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <map>
+#include <regex>
 #include <set>
 #include <sstream>
 
@@ -261,6 +264,35 @@ TEST_F(MetricsTest, ValuesFollowTheRpcs) {
   e = Scrape();
   EXPECT_EQ(e.samples.at("kvtier_sessions"), 0);
   EXPECT_EQ(e.samples.at("kvtier_pinned_blocks"), 0);
+}
+
+// The metric families a shipped file mentions (histogram series reduced to their family).
+std::set<std::string> FamiliesMentionedIn(const std::string& path, const Exposition& e) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string text = ss.str();
+  std::set<std::string> families;
+  const std::regex name("kvtier_[a-z_]+");
+  for (auto it = std::sregex_iterator(text.begin(), text.end(), name); it != std::sregex_iterator(); ++it) {
+    std::string f = it->str();
+    for (const char* suffix : {"_bucket", "_sum", "_count"}) {
+      const std::string base = f.substr(0, f.size() - std::min(f.size(), std::strlen(suffix)));
+      if (absl::EndsWith(f, suffix) && e.types.count(base) > 0) f = base;
+    }
+    families.insert(f);
+  }
+  return families;
+}
+
+TEST_F(MetricsTest, DashboardAndOperatorGuideUseExactlyTheExportedFamilies) {
+  const Exposition e = Scrape();
+  for (const char* file : {"/deploy/grafana/kvtier.json", "/docs/operations.md"}) {
+    const std::set<std::string> mentioned = FamiliesMentionedIn(std::string(KVTIER_SOURCE_DIR) + file, e);
+    EXPECT_FALSE(mentioned.empty()) << file;
+    for (const std::string& f : mentioned) EXPECT_EQ(e.types.count(f), 1u) << file << " uses " << f << ", not exported";
+    for (const auto& [family, type] : e.types) EXPECT_EQ(mentioned.count(family), 1u) << file << " lacks " << family;
+  }
 }
 
 TEST_F(MetricsTest, OnlyGetAndHeadOfMetricsAreServed) {
