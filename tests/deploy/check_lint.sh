@@ -12,10 +12,13 @@ for tool in yamllint shellcheck; do
     exit 77
   fi
 done
-# Everything but build trees and VCS metadata.
-files() { find . \( -name 'build*' -o -name '.git' -o -name node_modules \) -prune -o -type f \( "$@" \) -print | sort; }
+# Everything but build trees, virtual environments and hidden directories (.ci excepted).
+files() {
+  find . -type d \( -name 'build*' -o \( -name '.?*' ! -name .ci \) -o -name venv -o -name node_modules \) -prune \
+    -o -type f \( "$@" \) -print | sort
+}
 mapfile -t yaml < <(files -name '*.yaml' -o -name '*.yml' -o -name .yamllint)
-mapfile -t shell < <(files -name '*.sh')
+mapfile -t shell < <(files -name '*.sh' -o -path ./.ci/run)
 if [ ${#yaml[@]} -eq 0 ] || [ ${#shell[@]} -eq 0 ]; then
   echo "FAIL: found no YAML or shell files to lint"
   exit 1
