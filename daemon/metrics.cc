@@ -108,9 +108,10 @@ std::string RenderPrometheusText(const MetricsSample& sample) {
 
 absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::string& address, const BlockStore* store,
                                                                     const SessionRegistry* sessions) {
-  static const unsigned initialized = mg_init_library(0);
-  (void)initialized;
   std::unique_ptr<MetricsServer> s(new MetricsServer(store, sessions));
+  // civetweb's library state is reference-counted; the destructor releases this reference.
+  mg_init_library(0);
+  s->library_initialized_ = true;
   // No document_root: civetweb serves nothing but the handler registered below.
   const char* options[] = {"listening_ports",    address.c_str(), "num_threads", "2",
                            "request_timeout_ms", "10000",         nullptr};
@@ -142,6 +143,7 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::s
 
 MetricsServer::~MetricsServer() {
   if (ctx_ != nullptr) mg_stop(ctx_);
+  if (library_initialized_) mg_exit_library();
 }
 
 int MetricsServer::HandleMetrics(mg_connection* conn, void* self_ptr) {

@@ -52,6 +52,7 @@ class MetricsServer {
 
   const BlockStore* store_;
   const SessionRegistry* sessions_;
+  bool library_initialized_ = false;
   mg_context* ctx_ = nullptr;
   int port_ = 0;
 };
