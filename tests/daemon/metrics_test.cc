@@ -8,11 +8,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <regex>
 #include <set>
 #include <sstream>
 
@@ -273,9 +273,11 @@ std::set<std::string> FamiliesMentionedIn(const std::string& path, const Exposit
   ss << in.rdbuf();
   const std::string text = ss.str();
   std::set<std::string> families;
-  const std::regex name("kvtier_[a-z_]+");
-  for (auto it = std::sregex_iterator(text.begin(), text.end(), name); it != std::sregex_iterator(); ++it) {
-    std::string f = it->str();
+  // Every maximal run of [a-z_] that starts with "kvtier_".
+  for (size_t at = text.find("kvtier_"); at != std::string::npos; at = text.find("kvtier_", at + 1)) {
+    size_t end = at;
+    while (end < text.size() && (std::islower(static_cast<unsigned char>(text[end])) || text[end] == '_')) ++end;
+    std::string f = text.substr(at, end - at);
     for (const char* suffix : {"_bucket", "_sum", "_count"}) {
       const std::string base = f.substr(0, f.size() - std::min(f.size(), std::strlen(suffix)));
       if (absl::EndsWith(f, suffix) && e.types.count(base) > 0) f = base;
