@@ -73,6 +73,11 @@ absl::StatusOr<std::unique_ptr<KvTierServer>> KvTierServer::Start(const kvtier::
   if (s->server_ == nullptr)
     return absl::UnavailableError(absl::StrCat("gRPC server failed to start on unix:", socket, " ",
                                                config.tcp_address()));
+  if (!config.metrics_address().empty()) {
+    auto metrics = MetricsServer::Start(config.metrics_address(), s->store_.get(), s->sessions_.get());
+    if (!metrics.ok()) return metrics.status();
+    s->metrics_ = std::move(*metrics);
+  }
   if (!socket.empty() && ::chmod(socket.c_str(), 0660) != 0)
     KVTIER_LOG(kWarning, "socket_chmod_failed") << "path=" << socket << " errno=" << std::strerror(errno);
   KVTIER_LOG(kInfo, "listening") << "socket=" << socket << " tcp=" << config.tcp_address()

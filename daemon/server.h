@@ -1,5 +1,6 @@
 // KvTierServer: assembles a running kvtierd — device backend, block store, sessions, the gRPC service
-// (with health checking and reflection) on a unix socket (mode 0660) and optionally TCP.
+// (with health checking and reflection) on a unix socket (mode 0660) and optionally TCP, and the
+// Prometheus /metrics listener when metrics_address is set.
 // Start returns once the server accepts calls; Shutdown stops accepting, ends open calls (sessions are
 // released), stops the movers and frees the tiers.
 #pragma once
@@ -9,6 +10,7 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
+#include "daemon/metrics.h"
 #include "daemon/service.h"
 #include "daemon/session_registry.h"
 #include "kvtier/v1/config.pb.h"
@@ -24,6 +26,8 @@ class KvTierServer {
   void Shutdown();
   const std::string& device_name() const { return device_name_; }
   BlockStore& store() { return *store_; }
+  // The bound metrics port (useful with metrics_address "host:0"); 0 when metrics are off.
+  int metrics_port() const { return metrics_ ? metrics_->port() : 0; }
 
  private:
   KvTierServer() = default;
@@ -34,6 +38,7 @@ class KvTierServer {
   std::unique_ptr<SessionRegistry> sessions_;
   std::unique_ptr<KvTierService> service_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<MetricsServer> metrics_;  // declared last: stops before what it reads is destroyed
   bool shut_down_ = false;
 };
 

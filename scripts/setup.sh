@@ -9,7 +9,11 @@ apt_packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   librocksdb-dev liburing-dev libzstd-dev libabsl-dev libxxhash-dev
   libgtest-dev libgmock-dev libbenchmark-dev libcivetweb-dev libsystemd-dev
+  # deployment checks (tests/deploy): systemd-analyze, linters, offline Kubernetes manifest validation
+  systemd yamllint shellcheck python3-yaml python3-kubernetes
 )
+# kubectl renders the kustomize overlays; take Debian's unless one is installed already.
+command -v kubectl >/dev/null || apt_packages+=(kubernetes-client)
 
 missing=()
 for p in "${apt_packages[@]}"; do

@@ -44,6 +44,7 @@
 #include "tiering/block_key.h"
 #include "tiering/device_backend.h"
 #include "tiering/host_tier.h"
+#include "tiering/latency_histogram.h"
 #include "tiering/layout.h"
 #include "tiering/ssd/ssd_tier.h"
 
@@ -171,6 +172,8 @@ class BlockStore {
   bool has_ssd() const { return ssd_ != nullptr; }
 
   StoreStats Stats() const;
+  // Durations of page-out/page-in and SSD write/read batches (read by the metrics exporter).
+  const MoveLatencies& latencies() const { return latencies_; }
   // Pins held by a session (tests, kvtierctl sessions).
   int64_t PinnedBy(SessionId session) const;
 
@@ -263,6 +266,7 @@ class BlockStore {
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t clock_ ABSL_GUARDED_BY(mu_) = 0;
   StoreStats counters_ ABSL_GUARDED_BY(mu_);
+  MoveLatencies latencies_;  // atomics: recorded outside the lock
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool mover_kick_ ABSL_GUARDED_BY(mu_) = false;
   std::thread mover_;

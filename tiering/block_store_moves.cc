@@ -136,9 +136,11 @@ EvictOutcome BlockStore::PageOutChunkLocked(const Layout& layout, const PageGeom
   }
   PageArena* arena = ArenaLocked(layout);
   mu_.Unlock();
+  const absl::Time started = absl::Now();
   absl::Status st = device_->PageOut(layout, offload, *arena, slots, dst);
   if (st.ok())
     for (auto& r : records) r->checksum = RecordChecksum(r->data(), r->size());
+  latencies_.page_out.Record(absl::Now() - started);
   mu_.Lock();
   for (size_t i = 0; i < chunk.size(); ++i) {
     Entry& e = *chunk[i];
@@ -195,7 +197,9 @@ absl::flat_hash_set<BlockId> BlockStore::PageInLocked(std::vector<Entry*> blocks
     std::vector<const uint8_t*> src;
     for (Entry* e : moving) src.push_back(e->host->data());
     mu_.Unlock();
+    const absl::Time started = absl::Now();
     absl::Status st = device_->PageIn(*layout, offload, *arena, slots, src);
+    latencies_.page_in.Record(absl::Now() - started);
     mu_.Lock();
     for (size_t i = 0; i < moving.size(); ++i) {
       Entry& e = *moving[i];

@@ -90,7 +90,9 @@ EvictOutcome BlockStore::DemoteToSsdLocked(std::vector<Entry*> victims) {
                      std::string_view(reinterpret_cast<const char*>(e->host->data()), e->record_bytes)});
   }
   mu_.Unlock();
+  const absl::Time started = absl::Now();
   const std::vector<absl::Status> put = ssd_->Put(items);
+  latencies_.ssd_write.Record(absl::Now() - started);
   mu_.Lock();
   std::vector<BlockKey> undo;
   for (size_t i = 0; i < victims.size(); ++i) {
@@ -146,6 +148,7 @@ absl::flat_hash_set<BlockId> BlockStore::PromoteFromSsdLocked(std::vector<Entry*
   }
   if (reading.empty()) return failed;
   mu_.Unlock();
+  const absl::Time started = absl::Now();
   // Straight into the host records (no intermediate copy), then verified end to end outside the lock.
   std::vector<std::span<uint8_t>> dests;
   for (auto& r : records) dests.emplace_back(r->data(), r->size());
@@ -162,6 +165,7 @@ absl::flat_hash_set<BlockId> BlockStore::PromoteFromSsdLocked(std::vector<Entry*
         verdict[i] = absl::DataLossError("SSD record does not match its page-table checksum");
     }
   }
+  latencies_.ssd_read.Record(absl::Now() - started);
   mu_.Lock();
   std::vector<BlockKey> promoted;
   for (size_t i = 0; i < reading.size(); ++i) {

@@ -10,6 +10,8 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
+#include "kernels/attention/attention.h"
+#include "kernels/attention/attention_cuda.h"
 #include "kernels/cuda/transcode_cuda.h"
 #include "tiering/cuda_call.h"
 #include "tiering/cuda_resources.h"
@@ -354,6 +356,67 @@ class CudaDeviceBackend final : public DeviceBackend {
     return absl::OkStatus();
   }
 
+  // Daemon-served attention: q and the block table up, one launch, out back down, on its own stream.
+  // Buffers are per call (Attend over gRPC is the slow path; engines launch in-process instead).
+  absl::Status Attend(const Layout& layout, const PageArena& arena, const AttendBatch& b) override {
+    MutexLock lock(&attend_.mu);
+    if (!attend_.stream) {
+      auto st = CreateStream();
+      if (!st.ok()) return st.status();
+      attend_.stream = std::move(*st);
+    }
+    cudaStream_t stream = attend_.stream.get();
+    const int hd = layout.shape.head_dim;
+    const uint64_t qo_bytes = static_cast<uint64_t>(b.q_indptr.back()) * b.num_q_heads * hd * 2;
+    auto upload = [&](const void* src, uint64_t bytes) -> absl::StatusOr<DeviceBytes> {
+      auto d = AllocateDevice(std::max<uint64_t>(bytes, 16));
+      if (!d.ok()) return d.status();
+      KVTIER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(d->get(), src, bytes, cudaMemcpyHostToDevice, stream));
+      return d;
+    };
+    auto q = upload(b.q, qo_bytes);
+    auto table = upload(b.block_table.data(), b.block_table.size() * sizeof(int32_t));
+    auto lens = upload(b.seq_lens.data(), b.seq_lens.size() * sizeof(int32_t));
+    auto indptr = upload(b.q_indptr.data(), b.q_indptr.size() * sizeof(int32_t));
+    auto out = AllocateDevice(std::max<uint64_t>(qo_bytes, 16));
+    for (const absl::Status& st : {q.status(), table.status(), lens.status(), indptr.status(), out.status()})
+      if (!st.ok()) return st;
+    const PagedKvPool pool{arena.data(), arena.params(), arena.num_slots()};
+    const PagedKvBatch batch{static_cast<int32_t>(b.seq_lens.size()), b.seq_lens.data(), b.block_table.data(),
+                             b.block_table_stride};
+    const ActDtype dtype = layout.activation == Format::kBf16 ? ActDtype::kBf16 : ActDtype::kFp16;
+    CudaLaunch launch;
+    launch.device = {reinterpret_cast<const int32_t*>(lens->get()), reinterpret_cast<const int32_t*>(table->get()),
+                     reinterpret_cast<const int32_t*>(indptr->get())};
+    launch.stream = stream;
+    DeviceBytes workspace;
+    KernelStatus ks;
+    if (b.IsDecode()) {
+      const DecodeParams p{&layout.resident, pool, batch, b.layer, b.num_q_heads, hd, dtype, q->get(), out->get(),
+                           b.sm_scale};
+      auto plan = PlanDecodeCuda(p);
+      if (!plan.ok()) return ToStatus(plan.status());
+      if (plan->workspace_bytes > 0) {
+        auto ws = AllocateDevice(plan->workspace_bytes);
+        if (!ws.ok()) return ws.status();
+        workspace = std::move(*ws);
+      }
+      launch.workspace = workspace.get();
+      launch.workspace_bytes = plan->workspace_bytes;
+      ks = PagedDecodeCuda(p, launch);
+    } else {
+      const ExtendParams p{&layout.resident, pool, batch, b.q_indptr.data(), b.layer, b.num_q_heads, hd, dtype,
+                           q->get(), out->get(), b.sm_scale};
+      ks = PagedExtendCuda(p, launch);
+    }
+    // Wait for everything queued (uploads included) before the buffers go, also on errors.
+    const absl::Status launched = ToStatus(ks);
+    if (launched.ok())
+      KVTIER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(b.out, out->get(), qo_bytes, cudaMemcpyDeviceToHost, stream));
+    const absl::Status synced = CudaCall(cudaStreamSynchronize(stream), "cudaStreamSynchronize(attend)");
+    return launched.ok() ? synced : launched;
+  }
+
   const int device_;
   const std::string name_;
   const CudaDeviceBackendOptions options_;
@@ -364,6 +427,7 @@ class CudaDeviceBackend final : public DeviceBackend {
   absl::flat_hash_map<const uint8_t*, std::shared_ptr<GpuPool>> pools_ ABSL_GUARDED_BY(pools_mu_);
   Lane to_device_;  // WriteActivations, PageIn
   Lane to_host_;    // ReadActivations, PageOut
+  Lane attend_;     // Attend
 };
 
 }  // namespace
