@@ -9,6 +9,7 @@
 #include <filesystem>
 
 #include "kernels/testing/kv_oracle.h"
+#include "tests/tiering/store_scenarios.h"
 
 namespace kvtier {
 namespace {
@@ -58,43 +59,14 @@ class BlockStoreTest : public ::testing::Test {
     layout_ = *l;
   }
 
-  std::vector<int32_t> Prompt(int n, int salt) {
-    std::vector<int32_t> p(n);
-    for (int i = 0; i < n; ++i) p[i] = (i * 7919 + salt * 104729) % 32000;
-    return p;
-  }
+  std::vector<int32_t> Prompt(int n, int salt) { return testing::ScenarioPrompt(n, salt); }
 
   // Writes and commits every full block of `prompt` for `session`; returns the committed ids.
   std::vector<BlockId> WriteAndCommit(SessionId session, const std::vector<int32_t>& prompt,
                                       std::string_view salt = "t") {
-    const int bs = kShape.block_size;
-    const int n = static_cast<int>(prompt.size()) / bs;
-    auto blocks = store_->Allocate(session, layout_->id, n);
-    EXPECT_TRUE(blocks.ok()) << blocks.status();
-    if (!blocks.ok()) return {};
-    std::vector<std::string> pages(n, std::string(layout_->activation_geometry.page_bytes(), '\0'));
-    std::vector<BlockId> ids;
-    std::vector<std::string_view> views;
-    std::vector<CommitItem> items;
-    std::string parent;
-    for (int b = 0; b < n; ++b) {
-      testing::FillActivationPage(layout_->activation_geometry, Format::kFp16, testing::BlockSeed(prompt, bs, b),
-                                  reinterpret_cast<uint8_t*>(pages[b].data()));
-      ids.push_back((*blocks)[b].id);
-      views.push_back(pages[b]);
-    }
-    EXPECT_TRUE(store_->Write(session, ids, views).ok());
-    for (int b = 0; b < n; ++b) {
-      items.push_back({ids[b], parent, std::vector<int32_t>(prompt.begin() + b * bs, prompt.begin() + (b + 1) * bs)});
-      parent = ChainKey(parent.empty() ? BlockKey{} : [&] { BlockKey k; BlockKey::FromBytes(parent, &k); return k; }(),
-                        layout_->id, salt, items.back().tokens).ToBytes();
-    }
-    auto committed = store_->Commit(session, salt, items);
-    EXPECT_TRUE(committed.ok()) << committed.status();
-    std::vector<BlockId> out;
-    if (committed.ok())
-      for (const auto& c : *committed) out.push_back(c.block_id);
-    return out;
+    auto ids = testing::WritePromptBlocks(*store_, *layout_, session, prompt, salt);
+    EXPECT_TRUE(ids.ok()) << ids.status();
+    return ids.ok() ? *ids : std::vector<BlockId>{};
   }
 
   // Reads back the blocks and checks them against the oracle; returns the worst relative error.
@@ -268,88 +240,19 @@ TEST_F(BlockStoreTest, CorruptHostRecordIsDroppedNotServed) {
 }
 
 TEST_F(BlockStoreTest, ConcurrentSessionsAlwaysReadTheirOwnPromptsContent) {
-  const uint64_t page = layout_->resident.page_bytes();
-  Reset(page * 48, 64ull << 20);  // small pool: blocks keep moving between tiers
-  constexpr int kThreads = 4;
-  std::atomic<int> failures{0};
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      std::mt19937 rng(t);
-      for (int iter = 0; iter < 25; ++iter) {
-        const auto prompt = Prompt(16 * (1 + rng() % 6), static_cast<int>(rng() % 8));  // shared prompts
-        const SessionId sid = 100 + t;
-        WriteAndCommit(sid, prompt);
-        store_->ReleaseSession(sid);
-        if (rng() % 3 == 0) store_->DemoteFromGpu(4);
-        auto hit = store_->Lookup(sid, "t", layout_->id, prompt, true, true);
-        if (!hit.ok()) {
-          ++failures;
-          continue;
-        }
-        std::vector<BlockId> ids;
-        for (const auto& b : hit->blocks) ids.push_back(b.block_id);
-        auto pages = store_->Read(sid, ids);
-        if (!pages.ok()) {
-          ++failures;
-          continue;
-        }
-        for (size_t b = 0; b < ids.size(); ++b) {
-          const auto r = testing::CheckActivationPage(
-              layout_->activation_geometry, Format::kFp16, testing::BlockSeed(prompt, kShape.block_size, b),
-              reinterpret_cast<const uint8_t*>((*pages)[b].data()), 1.0f / 127.0f);
-          if (r.bad_values) ++failures;
-        }
-        store_->ReleaseSession(sid);
-      }
-    });
-  }
-  for (auto& th : threads) th.join();
-  EXPECT_EQ(failures.load(), 0);
+  Reset(layout_->resident.page_bytes() * 48, 64ull << 20);  // small pool: blocks keep moving between tiers
+  const auto r = testing::RunConcurrentSessions(*store_, *layout_, 4, 25, /*demote_host=*/false);
+  EXPECT_EQ(r.failures, 0);
+  EXPECT_GT(r.pages_checked, 100);
   EXPECT_EQ(store_->Stats().pinned_blocks, 0u);
 }
 
 // The same workload through all three tiers: a small pool and a small host tier over an SSD tier.
 TEST_F(BlockStoreTest, ConcurrentSessionsAcrossThreeTiersReadTheirOwnContent) {
-  const uint64_t page = layout_->resident.page_bytes();
-  Reset(page * 48, layout_->offload_record_bytes() * 24, 64ull << 20);
-  constexpr int kThreads = 4;
-  std::atomic<int> failures{0};
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      std::mt19937 rng(t);
-      for (int iter = 0; iter < 25; ++iter) {
-        const auto prompt = Prompt(16 * (1 + rng() % 6), static_cast<int>(rng() % 8));  // shared prompts
-        const SessionId sid = 100 + t;
-        WriteAndCommit(sid, prompt);
-        store_->ReleaseSession(sid);
-        if (rng() % 3 == 0) store_->DemoteFromGpu(4);
-        if (rng() % 3 == 0) store_->DemoteFromHost(4);
-        auto hit = store_->Lookup(sid, "t", layout_->id, prompt, true, true);
-        if (!hit.ok()) {
-          ++failures;
-          continue;
-        }
-        std::vector<BlockId> ids;
-        for (const auto& b : hit->blocks) ids.push_back(b.block_id);
-        auto pages = store_->Read(sid, ids);
-        if (!pages.ok()) {
-          ++failures;
-          continue;
-        }
-        for (size_t b = 0; b < ids.size(); ++b) {
-          const auto r = testing::CheckActivationPage(
-              layout_->activation_geometry, Format::kFp16, testing::BlockSeed(prompt, kShape.block_size, b),
-              reinterpret_cast<const uint8_t*>((*pages)[b].data()), 1.0f / 127.0f);
-          if (r.bad_values) ++failures;
-        }
-        store_->ReleaseSession(sid);
-      }
-    });
-  }
-  for (auto& th : threads) th.join();
-  EXPECT_EQ(failures.load(), 0);
+  Reset(layout_->resident.page_bytes() * 48, layout_->offload_record_bytes() * 24, 64ull << 20);
+  const auto r = testing::RunConcurrentSessions(*store_, *layout_, 4, 25, /*demote_host=*/true);
+  EXPECT_EQ(r.failures, 0);
+  EXPECT_GT(r.pages_checked, 100);
   EXPECT_EQ(store_->Stats().pinned_blocks, 0u);
   EXPECT_GT(store_->Stats().ssd_writes, 0u);  // blocks really went through the SSD tier
   EXPECT_GT(store_->Stats().ssd_reads, 0u);

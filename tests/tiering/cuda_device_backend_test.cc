@@ -13,6 +13,7 @@
 
 #include "kernels/device.h"
 #include "kernels/testing/kv_oracle.h"
+#include "tests/tiering/store_scenarios.h"
 #include "tiering/block_store.h"
 #include "tiering/pinned_allocator.h"
 
@@ -267,84 +268,15 @@ class CudaBlockStoreTest : public ::testing::Test {
     layout_ = *l;
   }
 
-  static std::vector<int32_t> Prompt(int n, int salt) {
-    std::vector<int32_t> p(n);
-    for (int i = 0; i < n; ++i) p[i] = (i * 7919 + salt * 104729) % 32000;
-    return p;
-  }
-
-  // Writes and commits the prompt's full blocks; false on any failure.
-  bool WriteAndCommit(SessionId session, const std::vector<int32_t>& prompt) {
-    const int bs = kStoreShape.block_size;
-    const int n = static_cast<int>(prompt.size()) / bs;
-    auto blocks = store_->Allocate(session, layout_->id, n);
-    if (!blocks.ok()) return false;
-    std::vector<std::string> pages(n, std::string(layout_->activation_geometry.page_bytes(), '\0'));
-    std::vector<BlockId> ids;
-    std::vector<std::string_view> views;
-    for (int b = 0; b < n; ++b) {
-      testing::FillActivationPage(layout_->activation_geometry, Format::kFp16, testing::BlockSeed(prompt, bs, b),
-                                  reinterpret_cast<uint8_t*>(pages[b].data()));
-      ids.push_back((*blocks)[b].id);
-      views.push_back(pages[b]);
-    }
-    if (!store_->Write(session, ids, views).ok()) return false;
-    std::vector<CommitItem> items;
-    BlockKey parent;
-    std::string parent_bytes;
-    for (int b = 0; b < n; ++b) {
-      items.push_back(
-          {ids[b], parent_bytes, std::vector<int32_t>(prompt.begin() + b * bs, prompt.begin() + (b + 1) * bs)});
-      parent = ChainKey(parent, layout_->id, "t", items.back().tokens);
-      parent_bytes = parent.ToBytes();
-    }
-    return store_->Commit(session, "t", items).ok();
-  }
-
   LayoutRegistry probe_registry_;
   std::unique_ptr<BlockStore> store_;
   const Layout* layout_ = nullptr;
 };
 
 TEST_F(CudaBlockStoreTest, ConcurrentSessionsAlwaysReadTheirOwnPromptsContent) {
-  constexpr int kThreads = 4;
-  std::atomic<int> failures{0}, pages_checked{0};
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      std::mt19937 rng(t);
-      for (int iter = 0; iter < 25; ++iter) {
-        const auto prompt = Prompt(16 * (1 + rng() % 6), static_cast<int>(rng() % 8));  // shared prompts
-        const SessionId sid = 100 + t;
-        if (!WriteAndCommit(sid, prompt)) ++failures;
-        store_->ReleaseSession(sid);
-        if (rng() % 3 == 0) store_->DemoteFromGpu(4);
-        auto hit = store_->Lookup(sid, "t", layout_->id, prompt, true, true);
-        if (!hit.ok()) {
-          ++failures;
-          continue;
-        }
-        std::vector<BlockId> ids;
-        for (const auto& b : hit->blocks) ids.push_back(b.block_id);
-        auto pages = store_->Read(sid, ids);
-        if (!pages.ok()) {
-          ++failures;
-          continue;
-        }
-        for (size_t b = 0; b < ids.size(); ++b) {
-          const auto r = testing::CheckActivationPage(
-              layout_->activation_geometry, Format::kFp16, testing::BlockSeed(prompt, kStoreShape.block_size, b),
-              reinterpret_cast<const uint8_t*>((*pages)[b].data()), 1.0f / 127.0f);
-          if (r.bad_values) ++failures;
-          ++pages_checked;
-        }
-        store_->ReleaseSession(sid);
-      }
-    });
-  }
-  for (auto& th : threads) th.join();
-  EXPECT_EQ(failures.load(), 0);
-  EXPECT_GT(pages_checked.load(), 100);
+  const auto r = testing::RunConcurrentSessions(*store_, *layout_, 4, 25, /*demote_host=*/false);
+  EXPECT_EQ(r.failures, 0);
+  EXPECT_GT(r.pages_checked, 100);
   const StoreStats stats = store_->Stats();
   EXPECT_EQ(stats.pinned_blocks, 0u);
   EXPECT_GT(stats.page_outs, 0u);  // blocks really moved through the CUDA page-out and page-in paths
