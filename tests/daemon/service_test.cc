@@ -15,27 +15,18 @@
 #include "kernels/testing/kv_oracle.h"
 #include "daemon/config.h"
 #include "daemon/server.h"
+#include "tests/daemon/daemon_test_util.h"
 
 namespace kvtier {
 namespace {
 namespace v1 = kvtier::v1;
 
-v1::LayoutSpec SmallLayout() {
-  v1::LayoutSpec l;
-  l.set_num_layers(2);
-  l.set_num_kv_heads(2);
-  l.set_head_dim(64);
-  l.set_block_size(16);
-  l.set_dtype(v1::ACTIVATION_DTYPE_FP16);
-  return l;
-}
+using testing::SmallLayout;
 
 class ServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           ("kvtier-svc-" + std::to_string(::getpid()) + "-" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::create_directories(dir_);
+    dir_ = testing::MakeTestDir("kvtier-svc-");
     config_ = DefaultConfig();
     config_.set_socket_path((dir_ / "k.sock").string());
     config_.mutable_limits()->set_gpu_pool_bytes(64ull << 20);

@@ -1,0 +1,36 @@
+// Helpers shared by the daemon tests that start a real in-process server.
+#pragma once
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "kvtier/v1/kvtier.pb.h"
+
+namespace kvtier::testing {
+
+// A small fp16 layout: 2 layers, 2 KV heads of 64, block 16.
+inline kvtier::v1::LayoutSpec SmallLayout() {
+  kvtier::v1::LayoutSpec l;
+  l.set_num_layers(2);
+  l.set_num_kv_heads(2);
+  l.set_head_dim(64);
+  l.set_block_size(16);
+  l.set_dtype(kvtier::v1::ACTIVATION_DTYPE_FP16);
+  return l;
+}
+
+// A fresh directory for the running test (socket, SSD tier), named after it; the caller removes it.
+inline std::filesystem::path MakeTestDir(const std::string& prefix) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   (prefix + std::to_string(::getpid()) + "-" +
+                    ::testing::UnitTest::GetInstance()->current_test_info()->name());
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+}  // namespace kvtier::testing
