@@ -11,7 +11,9 @@
 #include <cctype>
 #include <cstring>
 #include <filesystem>
+#include <chrono>
 #include <fstream>
+#include <thread>
 #include <map>
 #include <set>
 #include <sstream>
@@ -251,8 +253,12 @@ TEST_F(MetricsTest, ValuesFollowTheRpcs) {
   EXPECT_EQ(e.samples.at("kvtier_pinned_blocks"), 1);
   EXPECT_EQ(e.samples.at("kvtier_checksum_failures_total"), 0);
 
-  c.reset();  // the session ends: its pin goes with it
-  e = Scrape();
+  c.reset();  // the session ends: its pin goes with it (the daemon sees the stream close asynchronously)
+  for (int i = 0; i < 500; ++i) {
+    e = Scrape();
+    if (e.samples.at("kvtier_sessions") == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
   EXPECT_EQ(e.samples.at("kvtier_sessions"), 0);
   EXPECT_EQ(e.samples.at("kvtier_pinned_blocks"), 0);
 }
