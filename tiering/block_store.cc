@@ -9,6 +9,12 @@
 
 namespace kvtier {
 
+namespace {
+absl::Status DroppedDuringCall() {
+  return absl::DataLossError("a block was dropped (its record failed verification) during the call");
+}
+}  // namespace
+
 const char* TierName(Tier t) {
   switch (t) {
     case Tier::kGpu: return "gpu";
@@ -81,16 +87,28 @@ bool BlockStore::Unpin(SessionId s, Entry& e) {
   return true;
 }
 
-void BlockStore::WaitNotMoving(std::span<Entry* const> entries) {
-  auto none_moving = [&entries] {
-    for (const Entry* e : entries)
-      if (e->moving) return false;
+bool BlockStore::WaitNotMoving(std::span<Entry* const> entries) {
+  // By id, not by pointer: a block can be dropped (a corrupt record found by a promotion) while we wait.
+  std::vector<BlockId> ids;
+  for (const Entry* e : entries) ids.push_back(e->id);
+  bool all_present = true;
+  auto settled = [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    all_present = true;
+    for (BlockId id : ids) {
+      const Entry* e = FindLocked(id);
+      if (e == nullptr) {
+        all_present = false;
+      } else if (e->moving) {
+        return false;
+      }
+    }
     return true;
   };
-  mu_.Await(none_moving);
+  mu_.Await(settled);
+  return all_present;
 }
 
-void BlockStore::FreeBlockLocked(Entry& e, bool dropped) {
+void BlockStore::FreeBlockLocked(Entry& e, bool dropped, std::vector<BlockKey>* ssd_keys) {
   if (e.committed) {
     auto it = index_.find(e.key);
     if (it != index_.end() && it->second == e.id) index_.erase(it);
@@ -109,7 +127,11 @@ void BlockStore::FreeBlockLocked(Entry& e, bool dropped) {
     host_blocks_.erase(e.id);
   } else if (e.tier == Tier::kSsd) {
     ssd_blocks_.erase(e.id);
-    if (ssd_ != nullptr) (void)ssd_->Remove(std::span<const BlockKey>(&e.key, 1));
+    if (ssd_keys != nullptr) {
+      ssd_keys->push_back(e.key);
+    } else if (ssd_ != nullptr) {
+      (void)ssd_->Remove(std::span<const BlockKey>(&e.key, 1));
+    }
   }
   if (e.pins > 0) {
     // Dropped while pinned (it failed its checksum): the pins die with it.
@@ -176,7 +198,7 @@ absl::Status BlockStore::Write(SessionId session, std::span<const BlockId> ids, 
       return absl::InvalidArgumentError("one Write call must name blocks of one layout");
     blocks.push_back(e);
   }
-  WaitNotMoving(blocks);
+  if (!WaitNotMoving(blocks)) return DroppedDuringCall();
   const Layout& layout = *blocks.front()->layout;
   PageArena* arena = ArenaLocked(layout);
   std::vector<int32_t> slots;
@@ -217,7 +239,7 @@ absl::Status BlockStore::Attend(SessionId session, uint64_t layout_id, std::span
       if (owned) private_blocks.push_back(e);
     }
   }
-  WaitNotMoving(all);
+  if (!WaitNotMoving(all)) return DroppedDuringCall();
   for (size_t i = 0, k = 0; i < blocks.size(); ++i)
     for (size_t j = 0; j < blocks[i].size(); ++j, ++k) {
       Entry* e = all[k];
@@ -250,7 +272,7 @@ absl::StatusOr<std::vector<std::string>> BlockStore::Read(SessionId session, std
     blocks.push_back(e);
   }
   if (blocks.empty()) return std::vector<std::string>{};
-  WaitNotMoving(blocks);
+  if (!WaitNotMoving(blocks)) return DroppedDuringCall();
   for (Entry* e : blocks)
     if (e->tier != Tier::kGpu)
       return absl::FailedPreconditionError(
@@ -262,14 +284,19 @@ absl::StatusOr<std::vector<std::string>> BlockStore::Read(SessionId session, std
   for (size_t i = 0; i < blocks.size(); ++i) {
     slots.push_back(blocks[i]->slot);
     dst.push_back(reinterpret_cast<uint8_t*>(out[i].data()));
-    blocks[i]->moving = true;  // keeps the owner's concurrent Write and Release away while we read
     Touch(*blocks[i]);
   }
+  // Private blocks are held in place against the owner's concurrent Write and Release; pinned committed
+  // blocks cannot move or change, so concurrent readers of a shared prefix do not wait for each other.
+  std::vector<Entry*> held;
+  for (Entry* e : blocks)
+    if (!e->committed) held.push_back(e);
+  for (Entry* e : held) e->moving = true;
   PageArena* arena = ArenaLocked(layout);
   mu_.Unlock();
   absl::Status st = device_->ReadActivations(layout, *arena, slots, dst);
   mu_.Lock();
-  for (Entry* e : blocks) e->moving = false;
+  for (Entry* e : held) e->moving = false;
   if (!st.ok()) return st;
   return out;
 }
@@ -319,7 +346,7 @@ absl::StatusOr<std::vector<CommitOutcome>> BlockStore::Commit(SessionId session,
     parents.push_back(parent);
     keys.push_back(key);
   }
-  WaitNotMoving(blocks);
+  if (!WaitNotMoving(blocks)) return DroppedDuringCall();
   std::vector<CommitOutcome> out;
   for (size_t i = 0; i < blocks.size(); ++i) {
     Entry& e = *blocks[i];
@@ -383,8 +410,9 @@ absl::StatusOr<LookupOutcome> BlockStore::Lookup(SessionId session, std::string_
     absl::flat_hash_set<BlockId> failed;
     for (int round = 0; round < 3; ++round) {
       std::vector<Entry*> live;
-      for (BlockId id : ids) live.push_back(FindLocked(id));
-      WaitNotMoving(live);
+      for (BlockId id : ids)
+        if (Entry* e = FindLocked(id)) live.push_back(e);  // a block dropped as corrupt is gone
+      if (!WaitNotMoving(live)) continue;  // one was dropped: look again
       std::vector<Entry*> from_ssd, from_host;
       for (Entry* e : live) {
         if (e->tier == Tier::kSsd) from_ssd.push_back(e);
@@ -450,8 +478,9 @@ absl::Status BlockStore::Release(SessionId session, std::span<const BlockId> ids
     if (have < n) return absl::NotFoundError(absl::StrCat("block ", id, " is not pinned or owned by this session"));
   }
   std::vector<Entry*> blocks;
-  for (const auto& [id, n] : wanted) blocks.push_back(FindLocked(id));
-  WaitNotMoving(blocks);
+  for (const auto& [id, n] : wanted)
+    if (Entry* e = FindLocked(id)) blocks.push_back(e);
+  (void)WaitNotMoving(blocks);  // entries are looked up again below
   for (const auto& [id, n] : wanted) {
     Entry* e = FindLocked(id);
     if (e == nullptr) continue;
@@ -472,7 +501,7 @@ void BlockStore::ReleaseSession(SessionId session) {
   if (auto it = owned_.find(session); it != owned_.end())
     for (BlockId id : it->second)
       if (Entry* e = FindLocked(id)) blocks.push_back(e);
-  WaitNotMoving(blocks);
+  (void)WaitNotMoving(blocks);
   // Re-read after waiting: the session's own in-flight calls may have changed its sets.
   if (auto it = owned_.find(session); it != owned_.end()) {
     const auto ids = it->second;

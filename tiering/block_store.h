@@ -208,8 +208,14 @@ class BlockStore {
   void Touch(Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Pin(SessionId s, Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool Unpin(SessionId s, Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void WaitNotMoving(std::span<Entry* const> entries) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void FreeBlockLocked(Entry& e, bool dropped) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Waits until none of `entries` is being moved; false if one of them was freed meanwhile (the caller's
+  // pointers to it are then invalid).
+  bool WaitNotMoving(std::span<Entry* const> entries) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Removes a block from every structure and frees its memory. An SSD-tier block's record is removed from
+  // the SSD tier at once, or its key is appended to `ssd_keys` for the caller to remove in one batch (or
+  // to drop, when the record is already gone).
+  void FreeBlockLocked(Entry& e, bool dropped, std::vector<BlockKey>* ssd_keys = nullptr)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Selects up to `n` eviction victims in `tier` (leaves first, then least recently used).
   std::vector<Entry*> PickVictimsLocked(Tier tier, int64_t n) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

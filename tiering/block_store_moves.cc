@@ -89,11 +89,13 @@ EvictOutcome BlockStore::PageOutLocked(std::vector<Entry*> victims) {
           continue;
         }
         std::unique_ptr<HostRecord> r = host_.Allocate(record_bytes);
+        // Making room may release the lock (host -> SSD), and a lookup may pin the block meanwhile.
         if (r == nullptr && chunk.empty() && MakeHostRoomLocked(record_bytes)) r = host_.Allocate(record_bytes);
-        if (r == nullptr) {
-          if (!chunk.empty()) break;  // convert what we have, then try again for the rest
-          e->moving = false;          // no room below at all: dropped, never left half-moved
-          FreeBlockLocked(*e, /*dropped=*/true);
+        if (r == nullptr || e->pins > 0) {
+          if (r == nullptr && !chunk.empty()) break;  // convert what we have, then try again for the rest
+          e->moving = false;
+          if (e->pins > 0) continue;  // pinned: stays on the GPU
+          FreeBlockLocked(*e, /*dropped=*/true);  // no room below at all: dropped, never left half-moved
           ++outcome.dropped;
           continue;
         }
@@ -286,10 +288,8 @@ absl::Status BlockStore::SetLimits(uint64_t gpu_pool_bytes, uint64_t host_tier_b
     for (const BlockKey& k : change->dropped)
       if (auto it = index_.find(k); it != index_.end())
         if (Entry* e = FindLocked(it->second); e != nullptr && e->tier == Tier::kSsd && !e->moving) {
-          ssd_blocks_.erase(e->id);
-          e->tier = Tier::kHost;  // so FreeBlockLocked does not remove the (already gone) SSD record
-          host_blocks_.insert(e->id);
-          FreeBlockLocked(*e, /*dropped=*/true);
+          std::vector<BlockKey> already_gone;  // the SSD tier dropped these records itself
+          FreeBlockLocked(*e, /*dropped=*/true, &already_gone);
         }
   }
   if (host_tier_bytes) host_.set_capacity(host_tier_bytes);

@@ -65,7 +65,9 @@ void BlockStore::MakeSsdRoomLocked(uint64_t bytes) {
   while (st.used_bytes + bytes > st.capacity_bytes) {
     std::vector<Entry*> v = PickVictimsLocked(Tier::kSsd, 32);
     if (v.empty()) return;
-    for (Entry* e : v) FreeBlockLocked(*e, /*dropped=*/true);
+    std::vector<BlockKey> keys;
+    for (Entry* e : v) FreeBlockLocked(*e, /*dropped=*/true, &keys);
+    (void)ssd_->Remove(keys);  // one index batch for the whole group
     st = ssd_->Stats();
   }
 }
