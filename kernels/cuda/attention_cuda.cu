@@ -58,27 +58,30 @@ KernelStatus LaunchError(cudaError_t err, const char* what, const HeadRun& run) 
   return CudaStatus(err, what);
 }
 
+cuda_attn::DecodeStage StageFor(const PageGeometry& g, int layer, const HeadRun& run) {
+  const SegmentPlacement& k = g.segment(layer, Operand::kKey, run.first_head);
+  const SegmentPlacement& v = g.segment(layer, Operand::kValue, run.first_head);
+  return cuda_attn::MakeDecodeStage(g.shape().head_dim, g.shape().block_size, GetFormatInfo(run.key.format).bits,
+                                    GetFormatInfo(run.value.format).bits, k.param_bytes, v.param_bytes,
+                                    run.value.grouping == Grouping::kPerToken);
+}
+
 // Resident decode CTAs per SM (the wave size the split count is planned against), asked of the CUDA
 // occupancy calculator for each head run's kernel and shared memory; the most demanding run decides.
 int DecodeCtasPerSm(const PageGeometry& g, int layer) {
   const int D = g.shape().head_dim;
   int ctas = 16;
   for (const HeadRun& run : HeadRunsOf(g, layer)) {
-    const cuda_attn::TileLayout t = LayoutFor(g, layer, run, /*pad_rows=*/true);
+    const cuda_attn::DecodeStage st = StageFor(g, layer, run);
     const Format fk = run.key.format, fv = run.value.format;
-    const int kb = GetFormatInfo(fk).bits, vb = GetFormatInfo(fv).bits;
-    const size_t pipeline =
-        size_t(t.stage_bytes) *
-        cuda_attn::DecodeStagesFor(D, kb, vb, cuda_attn::DecodeTileParamBytes(D, kb, vb, IsFp8(fk)));
-    const size_t smem = std::max(pipeline, sizeof(float) * (cuda_attn::kDecodeThreads / 32) * 16 * (D + 2));
     int n = 1;
     cudaError_t err;
     if (fk == Format::kFp16 || fk == Format::kBf16) {
-      err = cuda_attn::DecodeOccupancyF16(fk, fv, D, smem, &n);
+      err = cuda_attn::DecodeOccupancyF16(fk, fv, D, st, &n);
     } else if (IsFp8(fk)) {
-      err = cuda_attn::DecodeOccupancyFp8(fk, fv, D, smem, &n);
+      err = cuda_attn::DecodeOccupancyFp8(fk, fv, D, st, &n);
     } else {
-      err = cuda_attn::DecodeOccupancyInt(fk, fv, D, smem, &n);
+      err = cuda_attn::DecodeOccupancyInt(fk, fv, D, st, &n);
     }
     if (err != cudaSuccess) n = 1;  // unsupported runs are rejected later, with their own message
     ctas = std::min(ctas, std::max(n, 1));
@@ -145,6 +148,8 @@ KernelStatus PagedDecodeCuda(const DecodeParams& p, const CudaLaunch& launch) {
   for (const HeadRun& run : runs) KVTIER_RETURN_IF_KERNEL_ERROR(CheckCudaSupport(run, D));
   if (launch.device.seq_lens == nullptr || launch.device.block_table == nullptr)
     return InvalidArgument("CUDA attention: device batch mirrors are null");
+  if (reinterpret_cast<uintptr_t>(p.pool.data) % 16 != 0 || reinterpret_cast<uintptr_t>(p.pool.params) % 16 != 0)
+    return InvalidArgument("CUDA attention: pool data and parameter mirror must be 16-byte aligned");
   if (launch.workspace_bytes < plan->workspace_bytes || (plan->workspace_bytes > 0 && launch.workspace == nullptr))
     return InvalidArgument("CUDA attention: workspace of " + std::to_string(launch.workspace_bytes) + " bytes, " +
                            std::to_string(plan->workspace_bytes) + " needed");
@@ -168,7 +173,8 @@ KernelStatus PagedDecodeCuda(const DecodeParams& p, const CudaLaunch& launch) {
     k.num_splits = plan->num_splits;
     k.scale_log2 = SoftmaxScale(p.sm_scale, D) * kLog2e;
     k.v_group = VGroup(run, D);
-    k.tile = LayoutFor(g, p.layer, run, /*pad_rows=*/true);
+    k.chunks_log2 = g.shape().block_size == 16 ? 0 : g.shape().block_size == 32 ? 1 : 2;
+    k.stage = StageFor(g, p.layer, run);
     const dim3 grid(plan->num_splits, run.num_heads * k.g_chunks, p.batch.num_seqs);
     const Format fk = run.key.format, fv = run.value.format;
     cudaError_t err;
@@ -217,7 +223,7 @@ KernelStatus PagedExtendCuda(const ExtendParams& p, const CudaLaunch& launch) {
     k.scale_log2 = SoftmaxScale(p.sm_scale, D) * kLog2e;
     k.v_group = VGroup(run, D);
     k.tile = LayoutFor(g, p.layer, run, /*pad_rows=*/direct);
-    k.mma_tile_off = 2 * k.tile.stage_bytes;
+    k.mma_tile_off = cuda_attn::kExtendStages * k.tile.stage_bytes;
     const dim3 grid((max_rows + cuda_attn::kExtendRows - 1) / cuda_attn::kExtendRows, run.num_heads, p.batch.num_seqs);
     cudaError_t err;
     if (direct) {

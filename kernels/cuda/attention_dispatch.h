@@ -22,10 +22,10 @@ cudaError_t LaunchDecodeFp8(Format fk, Format fv, int head_dim, const DecodeKern
 cudaError_t LaunchDecodeInt(Format fk, Format fv, int head_dim, const DecodeKernelParams& p, dim3 grid,
                             cudaStream_t stream);
 
-// Resident CTAs per SM of the decode kernel for (fk, fv, head_dim) with `smem` bytes of shared memory.
-cudaError_t DecodeOccupancyF16(Format fk, Format fv, int head_dim, size_t smem, int* ctas);
-cudaError_t DecodeOccupancyFp8(Format fk, Format fv, int head_dim, size_t smem, int* ctas);
-cudaError_t DecodeOccupancyInt(Format fk, Format fv, int head_dim, size_t smem, int* ctas);
+// Resident CTAs per SM of the decode kernel for (fk, fv, head_dim) with the warp stage layout `s`.
+cudaError_t DecodeOccupancyF16(Format fk, Format fv, int head_dim, const DecodeStage& s, int* ctas);
+cudaError_t DecodeOccupancyFp8(Format fk, Format fv, int head_dim, const DecodeStage& s, int* ctas);
+cudaError_t DecodeOccupancyInt(Format fk, Format fv, int head_dim, const DecodeStage& s, int* ctas);
 
 cudaError_t LaunchExtendF16(Format fk, Format fv, int head_dim, const ExtendKernelParams& p, dim3 grid,
                             cudaStream_t stream);
@@ -52,16 +52,16 @@ cudaError_t DispatchDecode(int head_dim, const DecodeKernelParams& p, dim3 grid,
 }
 
 template <Format FK, Format FV>
-cudaError_t DispatchDecodeOccupancy(int head_dim, size_t smem, int* ctas) {
+cudaError_t DispatchDecodeOccupancy(int head_dim, const DecodeStage& s, int* ctas) {
   switch (head_dim) {
     case 64:
-      return OccupancyPagedDecode<64, FK, FV>(smem, ctas);
+      return OccupancyPagedDecode<64, FK, FV>(s, ctas);
     case 96:
-      return OccupancyPagedDecode<96, FK, FV>(smem, ctas);
+      return OccupancyPagedDecode<96, FK, FV>(s, ctas);
     case 128:
-      return OccupancyPagedDecode<128, FK, FV>(smem, ctas);
+      return OccupancyPagedDecode<128, FK, FV>(s, ctas);
     case 256:
-      return OccupancyPagedDecode<256, FK, FV>(smem, ctas);
+      return OccupancyPagedDecode<256, FK, FV>(s, ctas);
     default:
       return cudaErrorNotSupported;
   }
