@@ -391,6 +391,8 @@ FORMATS = ["fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "int8", "int4"] + (["fp4_e2m1
 SHAPES = [(1, 32768), (8, 8192), (32, 4096), (64, 8192)]
 EXTEND_FORMATS = ["fp16", "fp8_e4m3", "int8"]
 for i, a in enumerate(sys.argv):
+    if a == "--shapes":  # e.g. 32x4096,64x8192
+        SHAPES = [tuple(int(x) for x in t.split("x")) for t in sys.argv[i + 1].split(",")]
     if a == "--formats":
         FORMATS = sys.argv[i + 1].split(",")
         EXTEND_FORMATS = [f for f in EXTEND_FORMATS if f in FORMATS]
