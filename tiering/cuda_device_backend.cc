@@ -56,6 +56,12 @@ struct Lane {
   uint32_t slot_capacity ABSL_GUARDED_BY(mu) = 0;
 };
 
+// Daemon-served attention's stream, created on first use.
+struct AttendLane {
+  Mutex mu;
+  CudaStream stream ABSL_GUARDED_BY(mu);
+};
+
 absl::Status InitLane(Lane& lane) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lane.mu) {
   for (CudaStream* s : {&lane.compute, &lane.copy}) {
     auto created = CreateStream();
@@ -495,9 +501,9 @@ class CudaDeviceBackend final : public DeviceBackend {
       ABSL_GUARDED_BY(plans_mu_);
   mutable Mutex pools_mu_;
   absl::flat_hash_map<const uint8_t*, std::shared_ptr<GpuPool>> pools_ ABSL_GUARDED_BY(pools_mu_);
-  Lane to_device_;  // WriteActivations, PageIn
-  Lane to_host_;    // ReadActivations, PageOut
-  Lane attend_;     // Attend
+  Lane to_device_;     // WriteActivations, PageIn
+  Lane to_host_;       // ReadActivations, PageOut
+  AttendLane attend_;  // Attend
 };
 
 }  // namespace
