@@ -37,7 +37,7 @@ struct CudaDeviceBackendOptions {
   uint64_t staging_bytes = 256ull << 20;
   // Pages per chunk at most: small enough that the first kernel and the last copy, which nothing
   // overlaps, are a small part of a batch.
-  uint32_t chunk_pages = 32;
+  uint32_t chunk_pages = 16;
 };
 
 // Fails when the build has no CUDA or `device` cannot be used.
