@@ -35,6 +35,8 @@ SegmentCodec DefaultCodec(Format f, Operand op) {
     case Format::kInt4:
       return op == Operand::kKey ? SegmentCodec{f, Grouping::kPerChannel, 0}
                                  : SegmentCodec{f, Grouping::kPerToken, 32};
+    case Format::kFp4E2m1:
+      return {f, op == Operand::kKey ? Grouping::kPerChannel : Grouping::kPerToken, 16};
   }
   return {};
 }
