@@ -34,12 +34,9 @@
 #define KVTIER_DECODE_SMEM_16BIT (104 * 1024)  // pipeline bytes per CTA, 16-bit pages (2 CTAs per SM)
 #endif
 #ifndef KVTIER_DECODE_SMEM_QUANT
-#define KVTIER_DECODE_SMEM_QUANT (75 * 1024)  // pipeline bytes per CTA, quantized pages (3 CTAs per SM)
+#define KVTIER_DECODE_SMEM_QUANT (72 * 1024)  // pipeline bytes per CTA, quantized pages (3 CTAs per SM)
 #endif
 
-#ifndef KVTIER_DECODE_PAIR
-#define KVTIER_DECODE_PAIR 1  // quantized pages: two chunks per warp step when the pipeline allows it
-#endif
 #ifndef KVTIER_DECODE_QUANT_CTAS
 #define KVTIER_DECODE_QUANT_CTAS 3  // register budget of the quantized kernels: CTAs per SM (D <= 128)
 #endif
@@ -48,30 +45,72 @@ namespace kvtier::cuda_attn {
 
 inline constexpr int kDecodeThreads = 128;
 inline constexpr int kDecodeWarps = kDecodeThreads / 32;
-inline constexpr int kChunk = 16;  // tokens per warp step (one mma n-tile pair)
+inline constexpr int kChunk = 16;  // tokens per chunk (one mma n-tile pair)
+inline constexpr int kChunkTokens = kChunk;
 
-// Layout of one warp stage (one chunk): [K rows][V rows][K params of the block][V params of the chunk].
+// Layout of one warp stage (one chunk): [K rows][V rows][K params][V params]. Each parameter area holds the
+// slice of the segment's group parameters the chunk uses, then (two-level formats: fp4_e2m1) the
+// segment's own scale ("tail").
 struct DecodeStage {
   uint32_t v_off = 0, kp_off = 0, vp_off = 0, bytes = 0;
-  uint32_t kp_bytes = 0;      // K parameter bytes of the block (whole segment)
-  uint32_t vp_bytes = 0;      // V parameter bytes staged per chunk
-  uint32_t vp_tok_bytes = 0;  // V parameter bytes per token (per-token groupings; 0: per segment)
+  uint32_t kp_bytes = 0;         // K group-parameter bytes staged per chunk
+  uint32_t kp_chunk_stride = 0;  // source offset per 16-token chunk inside the block (fp4 K: token groups)
+  uint32_t kp_tail_src = 0, kp_tail = 0;  // segment scale: source offset in the record, bytes (0: none)
+  uint32_t vp_bytes = 0;      // V group-parameter bytes staged per chunk
+  uint32_t vp_tok_bytes = 0;  // source offset per token (per-token groupings; 0: per segment)
+  uint32_t vp_tail_src = 0, vp_tail = 0;
 };
 
-// k_param_bytes / v_param_bytes: the segments' parameter bytes; v_per_token: V parameters are per token.
-inline DecodeStage MakeDecodeStage(int head_dim, int block_size, int k_bits, int v_bits, uint32_t k_param_bytes,
-                                   uint32_t v_param_bytes, bool v_per_token) {
+// One operand's parameters as the decode kernel stages them.
+struct DecodeParamSlice {
+  uint32_t bytes = 0, chunk_stride = 0, tok_bytes = 0, tail_src = 0, tail = 0;
+};
+
+// group_bytes: the segment's group-parameter bytes (without the segment scale); tail: the segment scale's
+// bytes. K per channel: whole-block groups are staged whole; 16-token groups (fp4) one token group per
+// chunk. V per token: the chunk's tokens. Per segment (fp8): the record.
+inline DecodeParamSlice KParamSlice(int head_dim, int block_size, uint32_t group_bytes, uint32_t tail,
+                                    bool token_groups) {
+  DecodeParamSlice s;
+  s.tail = tail;
+  s.tail_src = group_bytes;
+  if (token_groups) {
+    s.chunk_stride = group_bytes / static_cast<uint32_t>(block_size / kChunkTokens);
+    s.bytes = s.chunk_stride;
+  } else {
+    s.bytes = group_bytes;
+  }
+  (void)head_dim;
+  return s;
+}
+inline DecodeParamSlice VParamSlice(int block_size, uint32_t group_bytes, uint32_t tail, bool per_token) {
+  DecodeParamSlice s;
+  s.tail = tail;
+  s.tail_src = group_bytes;
+  s.tok_bytes = per_token ? group_bytes / static_cast<uint32_t>(block_size) : 0u;
+  s.bytes = per_token ? s.tok_bytes * kChunkTokens : group_bytes;
+  return s;
+}
+
+inline DecodeStage MakeDecodeStage(int head_dim, int k_bits, int v_bits, const DecodeParamSlice& k,
+                                   const DecodeParamSlice& v) {
   auto align16 = [](uint32_t x) { return (x + 15u) / 16u * 16u; };
   const uint32_t pitch_k = static_cast<uint32_t>(head_dim * k_bits / 8 + 16);
   const uint32_t pitch_v = static_cast<uint32_t>(head_dim * v_bits / 8 + 16);
   DecodeStage s;
-  s.v_off = pitch_k * kChunk;
-  s.kp_off = s.v_off + pitch_v * kChunk;
-  s.kp_bytes = k_param_bytes;
-  s.vp_tok_bytes = v_per_token ? v_param_bytes / static_cast<uint32_t>(block_size) : 0u;
-  s.vp_bytes = v_per_token ? s.vp_tok_bytes * kChunk : v_param_bytes;
-  s.vp_off = align16(s.kp_off + s.kp_bytes);
-  s.bytes = align16(s.vp_off + s.vp_bytes);
+  s.v_off = pitch_k * kChunkTokens;
+  s.kp_off = s.v_off + pitch_v * kChunkTokens;
+  s.kp_bytes = k.bytes;
+  s.kp_chunk_stride = k.chunk_stride;
+  s.kp_tail_src = k.tail_src;
+  s.kp_tail = k.tail;
+  s.vp_bytes = v.bytes;
+  s.vp_tok_bytes = v.tok_bytes;
+  s.vp_tail_src = v.tail_src;
+  s.vp_tail = v.tail;
+  // Tails sit right after their slice (slices of two-level formats are multiples of 16 bytes).
+  s.vp_off = align16(s.kp_off + s.kp_bytes + s.kp_tail);
+  s.bytes = align16(s.vp_off + s.vp_bytes + s.vp_tail);
   return s;
 }
 
@@ -97,7 +136,8 @@ struct DecodeKernelParams {
 
 // Estimated parameter bytes of one chunk with the default codecs (steers the pipeline depth only; the
 // host sizes shared memory from the real layout).
-constexpr int DecodeChunkParamBytes(int head_dim, int k_bits, int v_bits, bool fp8) {
+constexpr int DecodeChunkParamBytes(int head_dim, int k_bits, int v_bits, bool fp8, bool fp4) {
+  if (fp4) return 2 * (head_dim + 16);
   const int k = fp8 ? 16 : k_bits == 8 ? 2 * head_dim : k_bits == 4 ? 4 * head_dim : 0;
   const int v = fp8 ? 16 : v_bits == 8 ? 2 * kChunk : v_bits == 4 ? 4 * kChunk * (head_dim / 32) : 0;
   return k + v;
@@ -107,18 +147,10 @@ constexpr int DecodeChunkParamBytes(int head_dim, int k_bits, int v_bits, bool f
 template <int D, Format FK, Format FV>
 constexpr int DecodeStages() {
   constexpr int kb = FormatTraits<FK>::kBits, vb = FormatTraits<FV>::kBits;
-  constexpr int stage = kChunk * (D * (kb + vb) / 8 + 32) + DecodeChunkParamBytes(D, kb, vb, kIsFp8<FK>);
+  constexpr int stage = kChunk * (D * (kb + vb) / 8 + 32) + DecodeChunkParamBytes(D, kb, vb, kIsFp8<FK>, kIsFp4<FK>);
   constexpr int budget = kIs16Bit<FK> ? KVTIER_DECODE_SMEM_16BIT : KVTIER_DECODE_SMEM_QUANT;
   constexpr int n = budget / (kDecodeWarps * stage);
   return n < 2 ? 2 : n > 8 ? 8 : n;
-}
-
-// Chunks a warp processes per step: quantized pages take two (one softmax update per 32 keys and two
-// independent dequantize -> mma chains in flight) when their pipeline is at least 4 chunks deep; 16-bit
-// pages keep their shared memory for depth.
-template <int D, Format FK, Format FV>
-constexpr int DecodePair() {
-  return KVTIER_DECODE_PAIR && !kIs16Bit<FK> && DecodeStages<D, FK, FV>() >= 4 ? 2 : 1;
 }
 
 // Issues the copies of one chunk (16 tokens starting at token `tok` of the block in `slot`) of run head
@@ -136,8 +168,9 @@ __device__ __forceinline__ void LoadChunk(const DecodeKernelParams& p, int32_t s
   for (int i = lane; i < kChunk * kCV; i += 32)
     CpAsync16(st + p.stage.v_off + (i / kCV) * kPitchV + (i % kCV) * 16, vsrc + i * 16);
   const DecodeStage& s = p.stage;
+  const int cib = tok / kChunk;  // chunk inside the block
   if (s.kp_bytes > 0) {
-    const uint8_t* src = p.kv.KParams(slot, h);
+    const uint8_t* src = p.kv.KParams(slot, h) + cib * s.kp_chunk_stride;
     if (s.kp_bytes % 16 == 0) {
       for (uint32_t i = lane; i < s.kp_bytes / 16; i += 32) CpAsync16(st + s.kp_off + 16 * i, src + 16 * i);
     } else {
@@ -152,6 +185,9 @@ __device__ __forceinline__ void LoadChunk(const DecodeKernelParams& p, int32_t s
       for (uint32_t i = lane; i < s.vp_bytes / 4; i += 32) CpAsync4(st + s.vp_off + 4 * i, src + 4 * i);
     }
   }
+  // Segment scales of two-level formats (4 bytes each).
+  if (s.kp_tail > 0 && lane == 0) CpAsync4(st + s.kp_off + s.kp_bytes, p.kv.KParams(slot, h) + s.kp_tail_src);
+  if (s.vp_tail > 0 && lane == 1) CpAsync4(st + s.vp_off + s.vp_bytes, p.kv.VParams(slot, h) + s.vp_tail_src);
 }
 
 template <int D, Format FK, Format FV>
@@ -164,8 +200,6 @@ __global__ void __launch_bounds__(kDecodeThreads, D > 128 ? 1 : kIs16Bit<FK> ? 2
   constexpr int kRowK = D * FormatTraits<FK>::kBits / 8, kRowV = D * FormatTraits<FV>::kBits / 8;
   constexpr int kPitchK = kRowK + 16, kPitchV = kRowV + 16;  // padded staged rows
   constexpr int kStages = DecodeStages<D, FK, FV>();
-  constexpr int kPair = DecodePair<D, FK, FV>();  // chunks per step
-  static_assert(kStages > kPair, "the pipeline needs a stage in flight");
   constexpr int kWarps = kDecodeWarps;
   extern __shared__ __align__(16) uint8_t smem[];
 
@@ -212,148 +246,132 @@ __global__ void __launch_bounds__(kDecodeThreads, D > 128 ? 1 : kIs16Bit<FK> ? 2
 
   uint8_t* wsm = smem + warp * kStages * p.stage.bytes;
   auto chunk_of = [&](int i) { return c_begin + i * kWarps; };
-  auto slot_of = [&](int i) { return i < n_mine ? p.kv.Slot(seq, chunk_of(i) >> p.chunks_log2) : 0; };
-  auto stage_of = [&](int i) { return wsm + (i % kStages) * p.stage.bytes; };
-  auto issue = [&](int i, int32_t slot) {
-    if (i < n_mine) LoadChunk<kRowK, kRowV>(p, slot, (chunk_of(i) & cmask) * kChunk, h, stage_of(i), lane);
+  auto slot_of = [&](int i) { return p.kv.Slot(seq, chunk_of(i) >> p.chunks_log2); };
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < n_mine)
+      LoadChunk<kRowK, kRowV>(p, slot_of(s), (chunk_of(s) & cmask) * kChunk, h, wsm + s * p.stage.bytes, lane);
     CpAsyncCommit();
-  };
-  // Pipeline: chunk i is one commit group in stage i % kStages. A step consumes kPair chunks; before it,
-  // chunks up to i + kStages - 1 are issued into the stages the previous step freed.
-#pragma unroll
-  for (int i = 0; i < kStages - kPair; ++i) issue(i, slot_of(i));
-  int32_t next_slot[kPair];
-#pragma unroll
-  for (int u = 0; u < kPair; ++u) next_slot[u] = slot_of(kStages - kPair + u);
-  for (int i = 0; i < n_mine; i += kPair) {
-#pragma unroll
-    for (int u = 0; u < kPair; ++u) {
-      const int ahead = i + kStages - kPair + u;
-      issue(ahead, next_slot[u]);
-      next_slot[u] = slot_of(ahead + kPair);  // used next step: the block-table latency hides behind the math
+  }
+  int32_t next_slot = kStages - 1 < n_mine ? slot_of(kStages - 1) : 0;
+  int stage_rd = 0, stage_wr = kStages - 1;
+  for (int i = 0; i < n_mine; ++i) {
+    const int ahead = i + kStages - 1;
+    if (ahead < n_mine) {
+      LoadChunk<kRowK, kRowV>(p, next_slot, (chunk_of(ahead) & cmask) * kChunk, h, wsm + stage_wr * p.stage.bytes,
+                              lane);
+      if (ahead + 1 < n_mine) next_slot = slot_of(ahead + 1);  // the block-table latency hides behind the math
     }
-    CpAsyncWait<kStages - kPair>();
+    CpAsyncCommit();
+    CpAsyncWait<kStages - 1>();
     __syncwarp();
-    uint8_t* st[kPair];
-    int valid[kPair];  // keys of chunk u inside the sequence (0: no chunk u in this step)
-#pragma unroll
-    for (int u = 0; u < kPair; ++u) {
-      st[u] = stage_of(i + u);
-      valid[u] = i + u < n_mine ? min(kChunk, len - chunk_of(i + u) * kChunk) : 0;
-      // Keys at or past len are masked out of S, but P = 0 times stale V could still be NaN: zero the
-      // codes of those rows (quantized formats also zero those tokens' V scale factors below).
-      if (valid[u] > 0 && valid[u] < kChunk) {
-        for (int x = lane; x < (kChunk - valid[u]) * (kRowV / 16); x += 32)
-          *reinterpret_cast<uint4*>(st[u] + p.stage.v_off + (valid[u] + x / (kRowV / 16)) * kPitchV +
-                                    (x % (kRowV / 16)) * 16) = make_uint4(0, 0, 0, 0);
-      }
+    uint8_t* st = wsm + stage_rd * p.stage.bytes;
+    stage_rd = stage_rd + 1 == kStages ? 0 : stage_rd + 1;
+    stage_wr = stage_wr + 1 == kStages ? 0 : stage_wr + 1;
+    const int valid = len - chunk_of(i) * kChunk;  // >= 1
+    // Keys at or past len are masked out of S, but P = 0 times stale V could still be NaN: zero the codes
+    // of those rows (quantized formats also zero those tokens' V scale factors below).
+    if (valid < kChunk) {
+      for (int x = lane; x < (kChunk - valid) * (kRowV / 16); x += 32)
+        *reinterpret_cast<uint4*>(st + p.stage.v_off + (valid + x / (kRowV / 16)) * kPitchV + (x % (kRowV / 16)) * 16) =
+            make_uint4(0, 0, 0, 0);
+      __syncwarp();
     }
-    __syncwarp();
     const int tv[4] = {2 * t4, 2 * t4 + 1, 8 + 2 * t4, 9 + 2 * t4};
-    float s[kPair][2][4], k_scale[kPair], vf[kPair][4];
+    float s[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+    float k_scale = 1.0f, vf[4] = {1.0f, 1.0f, 1.0f, 1.0f};
+    const uint8_t* kp = st + p.stage.kp_off;
+    const uint8_t* vp = st + p.stage.vp_off;
+    if constexpr (kDirect) {
 #pragma unroll
-    for (int u = 0; u < kPair; ++u) {
-      k_scale[u] = 1.0f;
+      for (int ks = 0; ks < kKSteps; ++ks) {
+        uint32_t b[4];
+        LdMatrixX4(b, st + ((lane / 16) * 8 + lane % 8) * kPitchK + (ks * 16 + ((lane / 8) % 2) * 8) * 2);
+        Mma16816<kBf>(s[0], qa[ks], b[0], b[1]);
+        Mma16816<kBf>(s[1], qa[ks], b[2], b[3]);
+      }
+    } else {
+      // K codes -> fp16 fragments; per-channel K scales (and int4 offsets) of the lane's 8 channels of a
+      // pair of k-steps are read as one vector.
+      if constexpr (kIsFp8<FK>) k_scale = *reinterpret_cast<const float*>(kp);
+      // fp4: fragments hold e2m1 * s * 2^-14 (exact), so S carries the segment scale G * 2^14.
+      if constexpr (kIsFp4<FK>) k_scale = *reinterpret_cast<const float*>(kp + p.stage.kp_bytes) * 16384.0f;
 #pragma unroll
-      for (int x = 0; x < 4; ++x) vf[u][x] = 1.0f;
-      // Two accumulators per n-tile (even / odd k-steps) halve the dependent mma chain.
-      float acc[2][2][4] = {};
-      if (valid[u] == 0) {
+      for (int kpair = 0; kpair < D / 32; ++kpair) {
+        KRaw8<FK> raw[2];
 #pragma unroll
         for (int j = 0; j < 2; ++j)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) s[u][j][e] = 0.0f;
-        continue;
-      }
-      const uint8_t* kp = st[u] + p.stage.kp_off;
-      const uint8_t* vp = st[u] + p.stage.vp_off;
-      if constexpr (kDirect) {
-#pragma unroll
-        for (int ks = 0; ks < kKSteps; ++ks) {
-          uint32_t b[4];
-          LdMatrixX4(b, st[u] + ((lane / 16) * 8 + lane % 8) * kPitchK + (ks * 16 + ((lane / 8) % 2) * 8) * 2);
-          Mma16816<kBf>(acc[0][ks % 2], qa[ks], b[0], b[1]);
-          Mma16816<kBf>(acc[1][ks % 2], qa[ks], b[2], b[3]);
+          raw[j] = *reinterpret_cast<const KRaw8<FK>*>(st + (8 * j + g) * kPitchK +
+                                                       (32 * kpair + 8 * t4) * FormatTraits<FK>::kBits / 8);
+        // Channel params of channels 32 kpair + 8 t4 + 0..7: int8 one fp16 scale each (16 bytes), int4
+        // (scale, offset) fp16 pairs (32 bytes).
+        uint4 kpv[2] = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
+        if constexpr (FK == Format::kInt8) kpv[0] = *reinterpret_cast<const uint4*>(kp + 2 * (32 * kpair + 8 * t4));
+        if constexpr (kIsFp4<FK>) {  // E4M3 scale bytes of the chunk's token group, channels 0..7
+          const uint2 b = *reinterpret_cast<const uint2*>(kp + 32 * kpair + 8 * t4);
+          kpv[0].x = b.x;
+          kpv[0].y = b.y;
         }
-      } else {
-        // K codes -> fp16 fragments; per-channel K scales (and int4 offsets) of the lane's 8 channels of a
-        // pair of k-steps are read as one vector.
-        if constexpr (kIsFp8<FK>) k_scale[u] = *reinterpret_cast<const float*>(kp);
+        if constexpr (FK == Format::kInt4) {
+          kpv[0] = *reinterpret_cast<const uint4*>(kp + 4 * (32 * kpair + 8 * t4));
+          kpv[1] = *reinterpret_cast<const uint4*>(kp + 4 * (32 * kpair + 8 * t4) + 16);
+        }
+        const uint32_t kw[8] = {kpv[0].x, kpv[0].y, kpv[0].z, kpv[0].w, kpv[1].x, kpv[1].y, kpv[1].z, kpv[1].w};
 #pragma unroll
-        for (int kpair = 0; kpair < D / 32; ++kpair) {
-          KRaw8<FK> raw[2];
+        for (int hh = 0; hh < 2; ++hh) {
+          const int ks = 2 * kpair + hh;
+          uint32_t sc[2] = {0, 0}, off[2] = {0, 0};
 #pragma unroll
-          for (int j = 0; j < 2; ++j)
-            raw[j] = *reinterpret_cast<const KRaw8<FK>*>(st[u] + (8 * j + g) * kPitchK +
-                                                         (32 * kpair + 8 * t4) * FormatTraits<FK>::kBits / 8);
-          // Channel params of channels 32 kpair + 8 t4 + 0..7: int8 one fp16 scale each (16 bytes), int4
-          // (scale, offset) fp16 pairs (32 bytes).
-          uint4 kpv[2] = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
-          if constexpr (FK == Format::kInt8) kpv[0] = *reinterpret_cast<const uint4*>(kp + 2 * (32 * kpair + 8 * t4));
-          if constexpr (FK == Format::kInt4) {
-            kpv[0] = *reinterpret_cast<const uint4*>(kp + 4 * (32 * kpair + 8 * t4));
-            kpv[1] = *reinterpret_cast<const uint4*>(kp + 4 * (32 * kpair + 8 * t4) + 16);
+          for (int x = 0; x < 2; ++x) {
+            // Channels (relative to 32 kpair + 8 t4) of fragment elements 2x and 2x + 1.
+            const int c0 = KChannel<FK>(ks, t4, 2 * x) - 32 * kpair - 8 * t4;
+            [[maybe_unused]] const int c1 = KChannel<FK>(ks, t4, 2 * x + 1) - 32 * kpair - 8 * t4;
+            if constexpr (FK == Format::kInt8) sc[x] = kw[c0 / 2];  // c1 == c0 + 1, c0 even: one word
+            if constexpr (FK == Format::kInt4) {
+              sc[x] = Prmt(kw[c0], kw[c1], 0x5410u);
+              off[x] = Prmt(kw[c0], kw[c1], 0x7632u);
+            }
+            if constexpr (kIsFp4<FK>)  // bytes c0 (of kw[0]) and c1 = c0 + 4 (of kw[1])
+              sc[x] = E4m3x2ToHalf2(Prmt(kw[0], kw[1], uint32_t(c0) | (uint32_t(c1) << 4)));
           }
-          const uint32_t kw[8] = {kpv[0].x, kpv[0].y, kpv[0].z, kpv[0].w, kpv[1].x, kpv[1].y, kpv[1].z, kpv[1].w};
 #pragma unroll
-          for (int hh = 0; hh < 2; ++hh) {
-            const int ks = 2 * kpair + hh;
-            uint32_t sc[2] = {0, 0}, off[2] = {0, 0};
-#pragma unroll
-            for (int x = 0; x < 2; ++x) {
-              // Channels (relative to 32 kpair + 8 t4) of fragment elements 2x and 2x + 1.
-              const int c0 = KChannel<FK>(ks, t4, 2 * x) - 32 * kpair - 8 * t4;
-              [[maybe_unused]] const int c1 = KChannel<FK>(ks, t4, 2 * x + 1) - 32 * kpair - 8 * t4;
-              if constexpr (FK == Format::kInt8) sc[x] = kw[c0 / 2];  // c1 == c0 + 1, c0 even: one word
-              if constexpr (FK == Format::kInt4) {
-                sc[x] = Prmt(kw[c0], kw[c1], 0x5410u);
-                off[x] = Prmt(kw[c0], kw[c1], 0x7632u);
-              }
+          for (int j = 0; j < 2; ++j) {
+            uint32_t b0, b1;
+            KCodes<FK>(raw[j], hh, b0, b1);
+            if constexpr (FK == Format::kInt8 || kIsFp4<FK>) {
+              b0 = HMul2(b0, sc[0]);
+              b1 = HMul2(b1, sc[1]);
+            } else if constexpr (FK == Format::kInt4) {
+              b0 = HFma2(b0, sc[0], off[0]);
+              b1 = HFma2(b1, sc[1], off[1]);
             }
-#pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              uint32_t b0, b1;
-              KCodes<FK>(raw[j], hh, b0, b1);
-              if constexpr (FK == Format::kInt8) {
-                b0 = HMul2(b0, sc[0]);
-                b1 = HMul2(b1, sc[1]);
-              } else if constexpr (FK == Format::kInt4) {
-                b0 = HFma2(b0, sc[0], off[0]);
-                b1 = HFma2(b1, sc[1], off[1]);
-              }
-              Mma16816<false>(acc[j][hh], qa[ks], b0, b1);
-            }
+            Mma16816<false>(s[j], qa[ks], b0, b1);
           }
         }
-        // Per-token V factors folded into P (zero for tokens past the end, whose parameters are stale).
-#pragma unroll
-        for (int x = 0; x < 4; ++x) {
-          float f = 1.0f;
-          if constexpr (kIsFp8<FV>) f = *reinterpret_cast<const float*>(vp);
-          if constexpr (FV == Format::kInt8)
-            f = __half2float(__ushort_as_half(reinterpret_cast<const uint16_t*>(vp)[tv[x]]));
-          vf[u][x] = tv[x] < valid[u] ? f : 0.0f;
-        }
       }
+      // Per-token V factors folded into P (zero for tokens past the end, whose parameters are stale).
 #pragma unroll
-      for (int j = 0; j < 2; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[u][j][e] = acc[j][0][e] + acc[j][1][e];
+      for (int x = 0; x < 4; ++x) {
+        float f = 1.0f;
+        if constexpr (kIsFp8<FV>) f = *reinterpret_cast<const float*>(vp);
+        if constexpr (FV == Format::kInt8)
+          f = __half2float(__ushort_as_half(reinterpret_cast<const uint16_t*>(vp)[tv[x]]));
+        if constexpr (kIsFp4<FV>) f = *reinterpret_cast<const float*>(vp + p.stage.vp_bytes) * 16384.0f;
+        vf[x] = tv[x] < valid ? f : 0.0f;
+      }
     }
-    // Online softmax over the step's kPair x 16 keys (rows g: elements 0,1; rows g + 8: elements 2,3).
+    // Online softmax over the chunk's 16 keys (rows g: elements 0,1; rows g + 8: elements 2,3).
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       float mx = m[r];
 #pragma unroll
-      for (int u = 0; u < kPair; ++u)
+      for (int j = 0; j < 2; ++j)
 #pragma unroll
-        for (int j = 0; j < 2; ++j)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            float& x = s[u][j][2 * r + e];
-            x = j * 8 + 2 * t4 + e < valid[u] ? x * (k_scale[u] * p.scale_log2) : -INFINITY;
-            mx = fmaxf(mx, x);
-          }
+        for (int e = 0; e < 2; ++e) {
+          float& x = s[j][2 * r + e];
+          x = j * 8 + 2 * t4 + e < valid ? x * (k_scale * p.scale_log2) : -INFINITY;
+          mx = fmaxf(mx, x);
+        }
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const float base = mx == -INFINITY ? 0.0f : mx;
@@ -361,11 +379,9 @@ __global__ void __launch_bounds__(kDecodeThreads, D > 128 ? 1 : kIs16Bit<FK> ? 2
       m[r] = mx;
       float sum = 0.0f;
 #pragma unroll
-      for (int u = 0; u < kPair; ++u)
+      for (int j = 0; j < 2; ++j)
 #pragma unroll
-        for (int j = 0; j < 2; ++j)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) sum += (s[u][j][2 * r + e] = exp2f(s[u][j][2 * r + e] - base));
+        for (int e = 0; e < 2; ++e) sum += (s[j][2 * r + e] = exp2f(s[j][2 * r + e] - base));
       l[r] = l[r] * alpha + sum;
       if (alpha != 1.0f) {  // the running max rarely moves once a few chunks are in
 #pragma unroll
@@ -375,67 +391,83 @@ __global__ void __launch_bounds__(kDecodeThreads, D > 128 ? 1 : kIs16Bit<FK> ? 2
         }
       }
     }
+    uint32_t pa[4];
+    pa[0] = PackPair<kBf>(s[0][0] * vf[0], s[0][1] * vf[1]);
+    pa[1] = PackPair<kBf>(s[0][2] * vf[0], s[0][3] * vf[1]);
+    pa[2] = PackPair<kBf>(s[1][0] * vf[2], s[1][1] * vf[3]);
+    pa[3] = PackPair<kBf>(s[1][2] * vf[2], s[1][3] * vf[3]);
+    if constexpr (kDirect) {
 #pragma unroll
-    for (int u = 0; u < kPair; ++u) {
-      if (valid[u] == 0) continue;
-      const uint8_t* vp = st[u] + p.stage.vp_off;
-      uint32_t pa[4];
-      pa[0] = PackPair<kBf>(s[u][0][0] * vf[u][0], s[u][0][1] * vf[u][1]);
-      pa[1] = PackPair<kBf>(s[u][0][2] * vf[u][0], s[u][0][3] * vf[u][1]);
-      pa[2] = PackPair<kBf>(s[u][1][0] * vf[u][2], s[u][1][1] * vf[u][3]);
-      pa[3] = PackPair<kBf>(s[u][1][2] * vf[u][2], s[u][1][3] * vf[u][3]);
-      if constexpr (kDirect) {
+      for (int cp = 0; cp < kONT / 2; ++cp) {
+        uint32_t b[4];
+        LdMatrixX4T(b, st + p.stage.v_off + (((lane / 8) % 2) * 8 + lane % 8) * kPitchV +
+                           (cp * 16 + (lane / 16) * 8) * 2);
+        Mma16816<kBf>(o[2 * cp], pa, b[0], b[1]);
+        Mma16816<kBf>(o[2 * cp + 1], pa, b[2], b[3]);
+      }
+    } else {
+      const uint8_t* vt = st + p.stage.v_off;
 #pragma unroll
-        for (int cp = 0; cp < kONT / 2; ++cp) {
-          uint32_t b[4];
-          LdMatrixX4T(b, st[u] + p.stage.v_off + (((lane / 8) % 2) * 8 + lane % 8) * kPitchV +
-                             (cp * 16 + (lane / 16) * 8) * 2);
-          Mma16816<kBf>(o[2 * cp], pa, b[0], b[1]);
-          Mma16816<kBf>(o[2 * cp + 1], pa, b[2], b[3]);
-        }
-      } else {
-        const uint8_t* vt = st[u] + p.stage.v_off;
+      for (int q = 0; q < D / 32; ++q) {
+        if constexpr (FV == Format::kInt4) {
+          // Two tokens' 4 nibbles in one word: nibble pair (k, k + 4) is (token a, token b) of channel k.
+          uint32_t w[4], sc[2], off[2];
 #pragma unroll
-        for (int q = 0; q < D / 32; ++q) {
-          if constexpr (FV == Format::kInt4) {
-            // Two tokens' 4 nibbles in one word: nibble pair (k, k + 4) is (token a, token b) of channel k.
-            uint32_t w[4], sc[2], off[2];
+          for (int x = 0; x < 4; ++x)
+            w[x] = *reinterpret_cast<const uint16_t*>(vt + tv[x] * kPitchV + 16 * q + 2 * g);
 #pragma unroll
-            for (int x = 0; x < 4; ++x)
-              w[x] = *reinterpret_cast<const uint16_t*>(vt + tv[x] * kPitchV + 16 * q + 2 * g);
-#pragma unroll
-            for (int x = 0; x < 2; ++x) {
-              const uint32_t pa0 = reinterpret_cast<const uint32_t*>(vp)[tv[2 * x] * v_groups + vgrp[q]];
-              const uint32_t pa1 = reinterpret_cast<const uint32_t*>(vp)[tv[2 * x + 1] * v_groups + vgrp[q]];
-              const uint32_t m0 = tv[2 * x] < valid[u] ? 0xffffffffu : 0u;
-              const uint32_t m1 = tv[2 * x + 1] < valid[u] ? 0xffffffffu : 0u;
-              sc[x] = Prmt(pa0 & m0, pa1 & m1, 0x5410u);
-              off[x] = Prmt(pa0 & m0, pa1 & m1, 0x7632u);
-            }
-            const uint32_t x01 = w[0] | (w[1] << 16), x23 = w[2] | (w[3] << 16);
-#pragma unroll
-            for (int k = 0; k < 4; ++k) {
-              const uint32_t b0 = HFma2(Nibbles4ToHalf2(x01, k), sc[0], off[0]);
-              const uint32_t b1 = HFma2(Nibbles4ToHalf2(x23, k), sc[1], off[1]);
-              Mma16816<false>(o[4 * q + k], pa, b0, b1);
-            }
-          } else {
-            // 4 tokens x 4 channels of bytes, transposed into (token pair) per channel with prmt.
-            uint32_t w[4];
-#pragma unroll
-            for (int x = 0; x < 4; ++x)
-              w[x] = *reinterpret_cast<const uint32_t*>(vt + tv[x] * kPitchV + 32 * q + 4 * g);
-            const uint32_t xa = Prmt(w[0], w[1], 0x5140u), xb = Prmt(w[0], w[1], 0x7362u);
-            const uint32_t ya = Prmt(w[2], w[3], 0x5140u), yb = Prmt(w[2], w[3], 0x7362u);
-            Mma16816<false>(o[4 * q + 0], pa, Codes8ToHalf2<FV, false>(xa), Codes8ToHalf2<FV, false>(ya));
-            Mma16816<false>(o[4 * q + 1], pa, Codes8ToHalf2<FV, true>(xa), Codes8ToHalf2<FV, true>(ya));
-            Mma16816<false>(o[4 * q + 2], pa, Codes8ToHalf2<FV, false>(xb), Codes8ToHalf2<FV, false>(yb));
-            Mma16816<false>(o[4 * q + 3], pa, Codes8ToHalf2<FV, true>(xb), Codes8ToHalf2<FV, true>(yb));
+          for (int x = 0; x < 2; ++x) {
+            const uint32_t pa0 = reinterpret_cast<const uint32_t*>(vp)[tv[2 * x] * v_groups + vgrp[q]];
+            const uint32_t pa1 = reinterpret_cast<const uint32_t*>(vp)[tv[2 * x + 1] * v_groups + vgrp[q]];
+            const uint32_t m0 = tv[2 * x] < valid ? 0xffffffffu : 0u;
+            const uint32_t m1 = tv[2 * x + 1] < valid ? 0xffffffffu : 0u;
+            sc[x] = Prmt(pa0 & m0, pa1 & m1, 0x5410u);
+            off[x] = Prmt(pa0 & m0, pa1 & m1, 0x7632u);
           }
+          const uint32_t x01 = w[0] | (w[1] << 16), x23 = w[2] | (w[3] << 16);
+#pragma unroll
+          for (int k = 0; k < 4; ++k) {
+            const uint32_t b0 = HFma2(Nibbles4ToHalf2(x01, k), sc[0], off[0]);
+            const uint32_t b1 = HFma2(Nibbles4ToHalf2(x23, k), sc[1], off[1]);
+            Mma16816<false>(o[4 * q + k], pa, b0, b1);
+          }
+        } else if constexpr (kIsFp4<FV>) {
+          // As int4: nibble pair (k, k + 4) of x01 is (token a, token b) of channel 32 q + 4 g + k; the
+          // E4M3 scale of the pair's 16-channel group per token, zero for tokens past the end.
+          uint32_t w[4], sc[2];
+#pragma unroll
+          for (int x = 0; x < 4; ++x)
+            w[x] = *reinterpret_cast<const uint16_t*>(vt + tv[x] * kPitchV + 16 * q + 2 * g);
+          const int grp = 2 * q + g / 4;
+#pragma unroll
+          for (int x = 0; x < 2; ++x) {
+            const uint32_t s0 = tv[2 * x] < valid ? vp[tv[2 * x] * (D / 16) + grp] : 0u;
+            const uint32_t s1 = tv[2 * x + 1] < valid ? vp[tv[2 * x + 1] * (D / 16) + grp] : 0u;
+            sc[x] = E4m3x2ToHalf2(s0 | (s1 << 8));
+          }
+          const uint32_t x01 = w[0] | (w[1] << 16), x23 = w[2] | (w[3] << 16);
+#pragma unroll
+          for (int k = 0; k < 4; ++k) {
+            const uint32_t b0 = HMul2(Fp4Nibbles4ToHalf2Scaled(x01, k), sc[0]);
+            const uint32_t b1 = HMul2(Fp4Nibbles4ToHalf2Scaled(x23, k), sc[1]);
+            Mma16816<false>(o[4 * q + k], pa, b0, b1);
+          }
+        } else {
+          // 4 tokens x 4 channels of bytes, transposed into (token pair) per channel with prmt.
+          uint32_t w[4];
+#pragma unroll
+          for (int x = 0; x < 4; ++x)
+            w[x] = *reinterpret_cast<const uint32_t*>(vt + tv[x] * kPitchV + 32 * q + 4 * g);
+          const uint32_t xa = Prmt(w[0], w[1], 0x5140u), xb = Prmt(w[0], w[1], 0x7362u);
+          const uint32_t ya = Prmt(w[2], w[3], 0x5140u), yb = Prmt(w[2], w[3], 0x7362u);
+          Mma16816<false>(o[4 * q + 0], pa, Codes8ToHalf2<FV, false>(xa), Codes8ToHalf2<FV, false>(ya));
+          Mma16816<false>(o[4 * q + 1], pa, Codes8ToHalf2<FV, true>(xa), Codes8ToHalf2<FV, true>(ya));
+          Mma16816<false>(o[4 * q + 2], pa, Codes8ToHalf2<FV, false>(xb), Codes8ToHalf2<FV, false>(yb));
+          Mma16816<false>(o[4 * q + 3], pa, Codes8ToHalf2<FV, true>(xb), Codes8ToHalf2<FV, true>(yb));
         }
       }
     }
-    __syncwarp();  // every lane is done with these stages before they are refilled
+    __syncwarp();  // every lane is done with this stage before it is refilled
   }
   CpAsyncWait<0>();
   __syncthreads();
