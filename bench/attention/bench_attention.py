@@ -389,7 +389,7 @@ def fi_extend(q, k, v, ref, ext, n_new):
 
 FORMATS = ["fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "int8", "int4"] + (["fp4_e2m1"] if "--fp4" in sys.argv else [])
 SHAPES = [(1, 32768), (8, 8192), (32, 4096), (64, 8192)]
-EXTEND_FORMATS = ["fp16", "fp8_e4m3", "int8"]
+EXTEND_FORMATS = ["fp16", "fp8_e4m3", "int8"] + (["fp4_e2m1"] if "--fp4" in sys.argv else [])
 for i, a in enumerate(sys.argv):
     if a == "--shapes":  # e.g. 32x4096,64x8192
         SHAPES = [tuple(int(x) for x in t.split("x")) for t in sys.argv[i + 1].split(",")]
@@ -507,7 +507,7 @@ res["extend"] = ext
 # ---- FlashInfer, same process and device, same inputs (extend first: its tensors are still here) ----
 if fi is not None:
     wait_for_fi_warm()
-    if not NO_EXTEND:
+    if not NO_EXTEND and "--no-fi-extend" not in sys.argv:
         fi_extend(q, k, v, ref, ext, N)
     del q, k, v, ref
     torch.cuda.empty_cache()

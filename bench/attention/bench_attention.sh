@@ -5,6 +5,8 @@
 # The folder of this script holds: libkvtier_kernels_capi.so, bench_attention.py, fi_warm.py, and
 # optionally kernels_attention_cuda_test and fi/site.tar.xz (shared/tools/peer-flashinfer/bundle.sh).
 # Usage: bench_attention.sh [bench_attention.py args...]; results go to $OUT (or ./out).
+# NO_FI=1: without FlashInfer; FI_WARM="decode-fp16 decode-fp8": only those JIT modules (pass --no-fi-extend);
+# NO_TESTS=1: skip the GPU tests.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 out=${OUT:-$here/out}
@@ -16,7 +18,7 @@ if [ -f "$here/fi/site.tar.xz" ] && [ -z "${NO_FI:-}" ]; then
   export PYTHONPATH=/tmp/site FLASHINFER_WORKSPACE_BASE=${FLASHINFER_WORKSPACE_BASE:-/tmp/ficache}
   export FLASHINFER_DISABLE_VERSION_CHECK=1 MAX_JOBS=${MAX_JOBS:-6}
   marks=""
-  for w in decode-fp16 decode-fp8 extend-fa3; do
+  for w in ${FI_WARM:-decode-fp16 decode-fp8 extend-fa3}; do
     rm -f "/tmp/fi_warm_$w.done"
     (python3 "$here/fi_warm.py" "$w" > "$out/fi_warm_$w.log" 2>&1; touch "/tmp/fi_warm_$w.done") &
     marks="$marks${marks:+,}/tmp/fi_warm_$w.done"
