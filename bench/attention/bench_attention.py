@@ -503,6 +503,10 @@ for fmt in EXTEND_FORMATS:
         ext[fmt] = {"error": f"{type(ex).__name__}: {ex}"[:300]}
     torch.cuda.empty_cache()
 res["extend"] = ext
+outdir = os.environ.get("OUT", ".")
+if not PROFILE:  # written now and again after the FlashInfer phase (a cut-off run keeps kvtier and SDPA)
+    with open(os.path.join(outdir, "attention_bench.json"), "w") as f:
+        json.dump(res, f, indent=1)
 
 # ---- FlashInfer, same process and device, same inputs (extend first: its tensors are still here) ----
 if fi is not None:
