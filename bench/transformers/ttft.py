@@ -150,20 +150,23 @@ def main():
     ap.add_argument("--kvtierd", default=os.path.join(HERE, "..", "..", "build", "release", "daemon", "kvtierd"))
     ap.add_argument("--model", default="small", choices=sorted(MODELS))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--dtype", default="fp16", choices=["fp16", "bf16"])
+    ap.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"],
+                    help="model dtype; pages are bf16 for bf16 models, fp16 otherwise (CPUs without fp16 GEMM: fp32)")
     ap.add_argument("--attn", default="kvtier", choices=["kvtier", "sdpa"],
                     help="attention for the kvtier runs: the Attend fast path or SDPA over dequantized K/V")
     ap.add_argument("--lengths", default="256,512,1024,2048")
     ap.add_argument("--host_formats", default="fp16,int8,int4")
     ap.add_argument("--ssd_formats", default="int8,int4")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--decode_steps", type=int, default=16,
+                    help="decode tokens/s at the longest prompt, kvtier (--attn) vs DynamicCache; 0: skip")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--out", required=True, help="JSON path; the SVG plot goes next to it")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     lengths = [int(x) for x in args.lengths.split(",")]
-    dtype = torch.float16 if args.dtype == "fp16" else torch.bfloat16
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     register_attention()
     model = build_model(args.model, dtype, args.device, "sdpa")
     text = model.config
@@ -235,6 +238,28 @@ def main():
                     record("kvtier_miss", "", "fp16", n, [miss_ms], 0, miss_token, ref)
                 times, prefix, token = kvtier_hit(ids, policy, evict)
                 record(f"hit_{tier}" + ("" if tier == "gpu" else f"_{fmt}"), tier, fmt, n, times, prefix, token, ref)
+        decode = []
+        if args.decode_steps:
+            n = max(lengths)
+            ids = torch.randint(0, vocab, (1, n), generator=torch.Generator().manual_seed(7)).to(args.device)
+            for name, attn in (("dynamic_cache", "sdpa"), ("kvtier_" + args.attn, args.attn)):
+                model.set_attn_implementation(attn)
+                cache = DynamicCache(config=model.config) if attn == "sdpa" and name == "dynamic_cache" else \
+                    KvTierCache(model.config, client, policy=precision_policy("fp16", "int8"))
+                tok = first_token(model, ids, cache)
+                sync(args.device)
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    for _ in range(args.decode_steps):
+                        out = model(input_ids=torch.tensor([[tok]], device=args.device), past_key_values=cache,
+                                    use_cache=True)
+                        tok = int(out.logits[0, -1].argmax())
+                sync(args.device)
+                rate = args.decode_steps / (time.perf_counter() - t0)
+                if hasattr(cache, "release"):
+                    cache.release()
+                decode.append({"cache": name, "context_tokens": n, "steps": args.decode_steps, "tokens_per_s": rate})
+                print(f"decode at {n}: {name:<16} {rate:8.2f} tokens/s", flush=True)
     finally:
         client.close()
         daemon.stop()
@@ -249,7 +274,7 @@ def main():
             "torch_threads": torch.get_num_threads(), "repeats": args.repeats, "lengths": lengths,
             "kvtier_data_path": "RPC (WriteBlocks/ReadBlocks/Attend)", "command": " ".join(sys.argv)}
     with open(args.out, "w") as f:
-        json.dump({"meta": meta, "results": results}, f, indent=1)
+        json.dump({"meta": meta, "results": results, "decode": decode}, f, indent=1)
     title = f"TTFT, {args.model} ({args.dtype}, {args.device}{', ' + meta['gpu'] if meta['gpu'] else ''}), " \
             f"attn={args.attn}"
     svg_plot(results, lengths, title, os.path.splitext(args.out)[0] + ".svg")

@@ -10,6 +10,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "client", "python"))
 
 VOCAB = 512
+# cpu (CI) or cuda (the gpu-labelled variant: model on the GPU, kvtierd with its CUDA device backend)
+DEVICE = os.environ.get("KVTIER_TEST_DEVICE", "cpu")
 
 
 def build_model(seed=0, dtype=torch.float16, attn="sdpa", init_std=0.2):
@@ -19,7 +21,7 @@ def build_model(seed=0, dtype=torch.float16, attn="sdpa", init_std=0.2):
                       num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=1024,
                       initializer_range=init_std, tie_word_embeddings=False)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg).to(dtype).eval()
+    model = LlamaForCausalLM(cfg).to(dtype).to(DEVICE).eval()
     model.set_attn_implementation(attn)
     return model
 
@@ -34,6 +36,7 @@ def greedy(model, ids, cache, new_tokens, observer=True):
     kwargs = {}
     if observer and hasattr(cache, "token_observer"):
         kwargs["logits_processor"] = [cache.token_observer()]
+    ids = ids.to(model.device)
     with torch.no_grad():
         out = model.generate(ids, past_key_values=cache, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                              do_sample=False, output_logits=True, return_dict_in_generate=True, **kwargs)
@@ -44,11 +47,12 @@ def teacher_forced(model, ids, cache, tokens):
     """Logits [1 + len(tokens), vocab] (fp32) of the prompt's last position and then of each forced token,
     through `cache` (after its load_prefix)."""
     past = cache.get_seq_length()
+    ids = ids.to(model.device)
     rows = []
     with torch.no_grad():
         out = model(input_ids=ids[:, past:], past_key_values=cache, use_cache=True)
         rows.append(out.logits[0, -1].float())
         for t in tokens:
-            out = model(input_ids=torch.tensor([[t]]), past_key_values=cache, use_cache=True)
+            out = model(input_ids=torch.tensor([[t]], device=model.device), past_key_values=cache, use_cache=True)
             rows.append(out.logits[0, -1].float())
     return torch.stack(rows)

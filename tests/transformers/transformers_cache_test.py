@@ -24,7 +24,11 @@ except ImportError as e:  # pragma: no cover
     print(f"SKIPPED: {e} (scripts/setup.sh installs torch and transformers)")
     sys.exit(77)
 
-from tiny_llama import HERE, build_model, greedy, prompt, teacher_forced
+from tiny_llama import DEVICE, HERE, build_model, greedy, prompt, teacher_forced
+
+if DEVICE == "cuda" and not torch.cuda.is_available():
+    print("SKIPPED: KVTIER_TEST_DEVICE=cuda but torch sees no GPU")
+    sys.exit(77)
 
 import kvtier  # noqa: E402
 from kvtier.transformers import KvStatsRecorder, KvTierCache, precision_policy, register_attention  # noqa: E402
@@ -118,7 +122,7 @@ class TransformersCacheTest(unittest.TestCase):
                 self.assertEqual(tokens, ref_tokens)
                 self.assertLess((logits - ref_logits).abs().max().item(), 0.02 * ref_logits.abs().max().item())
                 # A longer prompt sharing the cached prefix (and generated continuation) hits 3 blocks.
-                longer = torch.cat([ids, torch.tensor([ref_tokens]), prompt(5, seed + 50)], dim=1)
+                longer = torch.cat([ids, torch.tensor([ref_tokens]), prompt(5, seed + 50)], dim=1)  # on the CPU
                 ref_tokens2, _ = self.reference(longer)
                 tokens, _, stats = self.run_kvtier(longer, attn, expect_prefix=48)
                 self.assertEqual(tokens, ref_tokens2)
