@@ -143,8 +143,10 @@ class TransformersCacheTest(unittest.TestCase):
                                                ids[0].tolist())
                     want = kvtier.v1.kvtier_pb2.TIER_HOST if tier == "host" else kvtier.v1.kvtier_pb2.TIER_SSD
                     self.assertTrue(all(b.tier == want for b in where.blocks), where)
-                    tokens, _, _ = self.run_kvtier(ids, attn, expect_prefix=64)
+                    tokens, _, stats = self.run_kvtier(ids, attn, expect_prefix=64)
                     self.assertEqual(tokens, ref_tokens)
+                    # found below the GPU tier, paged in on the background thread while prefill started
+                    self.assertEqual(stats["prefix_tiers"], ["TIER_HOST" if tier == "host" else "TIER_SSD"])
         st = self.client.stats()
         self.assertGreater(st.ssd_writes, 0)
         self.assertGreater(st.ssd_reads, 0)
@@ -205,7 +207,7 @@ class TransformersCacheTest(unittest.TestCase):
             self.assertEqual(first_b["prefix_tokens"], 32)  # A's two shared full blocks
             a.send_signal(signal.SIGKILL)                  # while B generates over them
             a.wait(timeout=30)
-            out_b, _ = b.communicate(timeout=120)
+            out_b, _ = b.communicate(timeout=400)
             self.assertEqual(b.returncode, 0)
             done_b = json.loads(out_b.strip().splitlines()[-1])
             self.assertEqual(done_b["tokens"], expected(12))
@@ -222,7 +224,7 @@ class TransformersCacheTest(unittest.TestCase):
             time.sleep(0.02)
         self.assertEqual(self.client.stats().sessions, 1)
         c = subprocess.run(worker + ["13", str(shared), str(own), str(NEW), "kvtier"], capture_output=True, text=True,
-                           env=env, cwd=HERE, timeout=120)
+                           env=env, cwd=HERE, timeout=400)
         self.assertEqual(c.returncode, 0, c.stderr)
         lines = [json.loads(x) for x in c.stdout.strip().splitlines()]
         self.assertEqual(lines[0]["prefix_tokens"], 32)

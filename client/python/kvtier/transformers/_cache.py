@@ -172,6 +172,7 @@ class KvTierCache(Cache):
         self._mirror_k = [None] * self.num_layers  # compatible path: [H, capacity, D] per layer
         self._mirror_v = [None] * self.num_layers
         self._mirror_len = [0] * self.num_layers
+        self._page_in = None      # a _PageIn of the loaded prefix still under way
 
     @property
     def block_ids(self):
@@ -189,6 +190,8 @@ class KvTierCache(Cache):
 
     def release(self):
         """Drops every pin and frees the private blocks; the cache is empty afterwards."""
+        if self._page_in is not None:
+            self._page_in.thread.join()  # its own extra pins are dropped by the thread itself
         ids = list(self._ids)
         self._clear()
         for i in range(0, len(ids), _MAX_BLOCKS_PER_CALL):
@@ -198,12 +201,14 @@ class KvTierCache(Cache):
         self.release()
 
     # ----------------------------------------------------------------------------- prefix reuse
-    def load_prefix(self, input_ids):
+    def load_prefix(self, input_ids, overlap=True):
         """Looks the prompt up before prefill; returns how many leading tokens the cache now holds.
 
         The longest cached run of full blocks is pinned and paged in to the GPU tier (from host or SSD when
-        it was paged out). At least the last prompt token is always left to compute (generate needs its
-        logits). The prompt's token ids are remembered so that its full blocks are committed after prefill.
+        it was paged out). With overlap, blocks found below the GPU tier are paged in on a background thread
+        while the model starts on the remainder; the first read or attention of the prefix waits for it.
+        At least the last prompt token is always left to compute (generate needs its logits). The prompt's
+        token ids are remembered so that its full blocks are committed after prefill.
         """
         tokens = self._token_list(input_ids)
         if any(self._len) or self._ids:
@@ -212,7 +217,8 @@ class KvTierCache(Cache):
         usable = (len(tokens) - 1) // self.block_size
         if usable <= 0:
             return 0
-        hit = self.client.lookup(self.layout, tokens[:usable * self.block_size], promote=True)
+        wanted = tokens[:usable * self.block_size]
+        hit = self.client.lookup(self.layout, wanted, pin=True, promote=not overlap)
         blocks = list(hit.blocks)
         if not blocks:
             return 0
@@ -222,7 +228,16 @@ class KvTierCache(Cache):
         n = len(blocks) * self.block_size
         self._len = [n] * self.num_layers
         self.stats["prefix_tokens"] = n
+        self.stats["prefix_tiers"] = sorted({pb.Tier.Name(b.tier) for b in blocks})
+        if overlap and any(b.tier != pb.TIER_GPU for b in blocks):
+            self._page_in = _PageIn(self.client, self.layout, tokens[:n], self._ids)
         return n
+
+    def _prefix_ready(self):
+        """Waits for a background page-in of the loaded prefix (raises what it raised)."""
+        if self._page_in is not None:
+            page_in, self._page_in = self._page_in, None
+            page_in.wait()
 
     def observe_tokens(self, input_ids):
         """Tells the cache the sequence's token ids so far (prompt + generated); commits what became full."""
@@ -257,13 +272,26 @@ class KvTierCache(Cache):
         first = self._committed
         ids = self._ids[first:full]
         results = self.client.commit(self.layout, ids, self._tokens[first * bs:full * bs], parent_key=self._parent_key)
+        deduplicated = 0
         for i, (key, block_id, dedup) in enumerate(results):
             self._ids[first + i] = block_id
             self._stage.pop(first + i, None)
-            self.stats["deduplicated_blocks"] += int(dedup)
+            deduplicated += int(dedup)
         self.stats["committed_blocks"] += len(results)
+        self.stats["deduplicated_blocks"] += deduplicated
         self._committed = full
         self._parent_key = results[-1][0]
+        if deduplicated:
+            self._prefix_ready()
+            # Another session had published these blocks first: ours were freed and theirs pinned for us, but
+            # theirs may sit in the host or SSD tier. A promoting lookup of the prefix pages them in (and pins
+            # the chain once more: those extra pins are dropped again, ours keep them in place).
+            hit = self.client.lookup(self.layout, self._tokens[:full * bs], promote=True)
+            extra = [b.block_id for b in hit.blocks]
+            if extra[:full] != self._ids[:full]:
+                self.client.release(extra)
+                raise RuntimeError("the committed prefix changed under a deduplicated commit")
+            self.client.release(extra)
 
     # ------------------------------------------------------------------------------------ update
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
@@ -319,6 +347,7 @@ class KvTierCache(Cache):
 
     def _read(self, blocks):
         """The pages of `blocks` as [L, 2, H, bs, D] tensors in the activation dtype (dequantized by kvtierd)."""
+        self._prefix_ready()
         pages = []
         for i in range(0, len(blocks), self._per_call):
             chunk = blocks[i:i + self._per_call]
@@ -384,6 +413,7 @@ class KvTierCache(Cache):
         if query.shape[0] != 1 or query.shape[1] != self.num_q_heads:
             raise ValueError(f"query of shape {tuple(query.shape)} for a cache of {self.num_q_heads} query heads")
         n = query.shape[2]
+        self._prefix_ready()
         q = query[0].detach().transpose(0, 1).to(device="cpu", dtype=self.act_dtype).contiguous()
         nblocks = -(-seq_len // self.block_size)
         out = self.client.attend(self.layout, layer, self.num_q_heads,
@@ -417,6 +447,32 @@ class KvTierCache(Cache):
                 self.release()
         except (KvTierError, AttributeError, ValueError):
             pass  # the session or channel is already gone: the daemon frees everything with the session
+
+
+class _PageIn:
+    """A promoting Lookup of an already pinned prefix on a background thread (gRPC waits release the GIL, so
+    the model computes meanwhile). Its own extra pins are released as soon as it is done."""
+
+    def __init__(self, client, layout, tokens, ids):
+        self.error = None
+        self.thread = threading.Thread(target=self._run, args=(client, layout, tokens, list(ids)), daemon=True)
+        self.thread.start()
+
+    def _run(self, client, layout, tokens, ids):
+        try:
+            hit = client.lookup(layout, tokens, promote=True)
+            got = [b.block_id for b in hit.blocks]
+            if got:
+                client.release(got)
+            if got != ids:
+                raise RuntimeError(f"page-in of the prefix found {len(got)} of its {len(ids)} blocks")
+        except Exception as e:  # noqa: BLE001 (handed to the waiting thread)
+            self.error = e
+
+    def wait(self):
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 class TokenObserver(LogitsProcessor):
