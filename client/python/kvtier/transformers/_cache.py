@@ -155,7 +155,6 @@ class KvTierCache(Cache):
         self._page_bytes = self.layout.activation_page_bytes
         # Blocks per ReadBlocks/WriteBlocks call: stay well below the 64 MiB message limit.
         self._per_call = max(1, min(_MAX_BLOCKS_PER_CALL, (32 << 20) // self._page_bytes))
-        self._lock = threading.Lock()
         super().__init__(layers=[_KvTierLayer(self, i) for i in range(num_layers)])
         self._clear()
         self.stats = {"prefix_tokens": 0, "committed_blocks": 0, "deduplicated_blocks": 0, "written_pages": 0,
