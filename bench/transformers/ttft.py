@@ -166,6 +166,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     lengths = [int(x) for x in args.lengths.split(",")]
+    load_start = os.getloadavg()
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     register_attention()
     model = build_model(args.model, dtype, args.device, "sdpa")
@@ -272,7 +273,8 @@ def main():
             "torch": torch.__version__, "transformers": transformers.__version__, "model": args.model,
             "model_config": MODELS[args.model], "dtype": args.dtype, "attn": args.attn,
             "torch_threads": torch.get_num_threads(), "repeats": args.repeats, "lengths": lengths,
-            "kvtier_data_path": "RPC (WriteBlocks/ReadBlocks/Attend)", "command": " ".join(sys.argv)}
+            "kvtier_data_path": "RPC (WriteBlocks/ReadBlocks/Attend)", "command": " ".join(sys.argv),
+            "cores": os.cpu_count(), "loadavg_start": load_start, "loadavg_end": os.getloadavg()}
     with open(args.out, "w") as f:
         json.dump({"meta": meta, "results": results, "decode": decode}, f, indent=1)
     title = f"TTFT, {args.model} ({args.dtype}, {args.device}{', ' + meta['gpu'] if meta['gpu'] else ''}), " \
