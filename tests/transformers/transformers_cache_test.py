@@ -31,7 +31,8 @@ if DEVICE == "cuda" and not torch.cuda.is_available():
     sys.exit(77)
 
 import kvtier  # noqa: E402
-from kvtier.transformers import KvStatsRecorder, KvTierCache, precision_policy, register_attention  # noqa: E402
+from kvtier.transformers import (DaemonCalibration, KvStatsRecorder, KvTierCache, precision_policy,  # noqa: E402
+                                 register_attention)
 from transformers import DynamicCache  # noqa: E402
 
 NEW = 16
@@ -242,6 +243,22 @@ class TransformersCacheTest(unittest.TestCase):
         self.assertEqual(stats["tokens"], [33, 33, 33])
         self.assertTrue(all(x > 0 for row in stats["k_channel_absmax"][0] for x in row))
         self.assertTrue(all(p <= m for p, m in zip(stats["v_percentile"][2], stats["v_absmax"][2])))
+
+    def test_daemon_calibration_sees_the_engine_kv(self):
+        self.model.set_attn_implementation("kvtier")
+        cache = KvTierCache(self.model.config, self.client, policy=FP16)
+        if not hasattr(kvtier.v1.kvtier_pb2, "StartCalibrationRequest"):
+            with self.assertRaises(NotImplementedError):
+                DaemonCalibration(cache)
+            self.skipTest("kvtier.v1 has no calibration RPCs yet")
+        ids = prompt(40, 8)
+        with DaemonCalibration(cache) as cal:
+            cache.load_prefix(ids)
+            greedy(self.model, ids, cache, 4)
+        cache.release()
+        self.assertGreaterEqual(cal.token_count, 43)
+        scales = cal.export()
+        self.assertIn(b"version: 1", scales)
 
     def test_bad_use_fails_clearly(self):
         cache = KvTierCache(self.model.config, self.client, policy=FP16)

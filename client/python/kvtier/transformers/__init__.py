@@ -17,7 +17,7 @@ docs/transformers.md for the data path, the two attention paths and what is stil
 """
 from kvtier.transformers._attention import ATTENTION_NAME, kvtier_attention_forward, register_attention
 from kvtier.transformers._cache import KvTierCache, TokenObserver, precision_policy
-from kvtier.transformers._calibration import KvStatsRecorder
+from kvtier.transformers._calibration import DaemonCalibration, KvStatsRecorder
 
-__all__ = ["ATTENTION_NAME", "KvStatsRecorder", "KvTierCache", "TokenObserver", "kvtier_attention_forward",
+__all__ = ["ATTENTION_NAME", "DaemonCalibration", "KvStatsRecorder", "KvTierCache", "TokenObserver", "kvtier_attention_forward",
            "precision_policy", "register_attention"]

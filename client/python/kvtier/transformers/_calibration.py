@@ -39,3 +39,39 @@ class KvStatsRecorder:
             v_pct.append(torch.quantile(t, self.percentile, dim=1).tolist())
         return {"tokens": list(self.tokens), "k_channel_absmax": self.k_absmax.tolist(), "v_absmax": v_max,
                 "v_percentile": v_pct, "percentile": self.percentile}
+
+
+class DaemonCalibration:
+    """kvtierd's calibration mode around an engine run (docs/calibration.md when the daemon has it):
+
+        with DaemonCalibration(cache) as cal:     # StartCalibration for the cache's layout (admin)
+            model.generate(..., past_key_values=cache)
+        scales = cal.export()                     # ExportCalibration: a scales file (bytes)
+
+    The daemon reduces every page written with WriteBlocks to per-channel min/max, which is exactly what this
+    cache writes (pages rewritten as they fill do not change a min/max; their not yet written zero rows only
+    inflate the token count). Raises NotImplementedError when this kvtier.v1 has no calibration RPCs.
+    """
+
+    def __init__(self, cache):
+        from kvtier.v1 import kvtier_pb2 as pb
+        if not hasattr(pb, "StartCalibrationRequest"):
+            raise NotImplementedError("this kvtier.v1 API has no calibration RPCs (StartCalibration)")
+        self._pb = pb
+        self.client = cache.client
+        self.layout_id = cache.layout.layout_id
+        self.token_count = None
+
+    def __enter__(self):
+        self.client._call("StartCalibration", self._pb.StartCalibrationRequest(session_id=self.client.session_id,
+                                                                               layout_id=self.layout_id))
+        return self
+
+    def __exit__(self, *exc):
+        r = self.client._call("StopCalibration", self._pb.StopCalibrationRequest(session_id=self.client.session_id))
+        self.token_count = sum(x.token_count for x in r.layouts if x.layout_id == self.layout_id)
+
+    def export(self):
+        r = self.client._call("ExportCalibration", self._pb.ExportCalibrationRequest(
+            session_id=self.client.session_id, layout_id=self.layout_id))
+        return r.scales_file
