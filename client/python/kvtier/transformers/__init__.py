@@ -19,5 +19,5 @@ from kvtier.transformers._attention import ATTENTION_NAME, kvtier_attention_forw
 from kvtier.transformers._cache import KvTierCache, TokenObserver, precision_policy
 from kvtier.transformers._calibration import DaemonCalibration, KvStatsRecorder
 
-__all__ = ["ATTENTION_NAME", "DaemonCalibration", "KvStatsRecorder", "KvTierCache", "TokenObserver", "kvtier_attention_forward",
-           "precision_policy", "register_attention"]
+__all__ = ["ATTENTION_NAME", "DaemonCalibration", "KvStatsRecorder", "KvTierCache", "TokenObserver",
+           "kvtier_attention_forward", "precision_policy", "register_attention"]

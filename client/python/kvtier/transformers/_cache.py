@@ -57,7 +57,7 @@ def _config_shape(config):
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // num_q_heads
     layer_types = getattr(text, "layer_types", None)
     if layer_types is not None and any(t != "full_attention" for t in layer_types):
-        raise ValueError(f"KvTierCache serves full-attention layers only; this model has layer types {set(layer_types)}")
+        raise ValueError(f"KvTierCache serves full-attention layers only; the model has layer types {set(layer_types)}")
     if getattr(text, "sliding_window", None) is not None:
         raise ValueError("KvTierCache does not serve sliding-window attention")
     return text, num_layers, num_q_heads, num_kv_heads, head_dim
