@@ -210,6 +210,7 @@ absl::Status BlockStore::Write(SessionId session, std::span<const BlockId> ids, 
   }
   mu_.Unlock();
   absl::Status st = device_->WriteActivations(layout, *arena, slots, src);
+  if (st.ok() && calibrator_.active()) calibrator_.Observe(layout.id, layout.activation_geometry, src);
   mu_.Lock();
   for (Entry* e : blocks) e->moving = false;
   return st;
@@ -543,6 +544,7 @@ StoreStats BlockStore::Stats() const {
   }
   for (const auto& [sid, m] : pins_) s.pinned_blocks += m.size();
   s.layouts = layouts_.size();
+  s.static_scale_clipped = layouts_.StaticScaleClipped();
   return s;
 }
 

@@ -114,6 +114,7 @@ struct StoreStats {
   uint64_t ssd_writes = 0, ssd_reads = 0, ssd_write_failures = 0, ssd_read_failures = 0, ssd_restored = 0;
   uint64_t bytes_saved_by_quantization = 0;
   uint64_t pinned_blocks = 0, layouts = 0;
+  uint64_t static_scale_clipped = 0;  // values clipped by calibrated static scales (page-outs)
 };
 
 struct EvictOutcome {
@@ -132,6 +133,8 @@ class BlockStore {
 
   DeviceBackend& device() { return *device_; }
   LayoutRegistry& layouts() { return layouts_; }
+  // Calibration mode: Write() feeds the KV it writes to layouts being calibrated (docs/calibration.md).
+  Calibrator& calibrator() { return calibrator_; }
 
   absl::StatusOr<const Layout*> RegisterLayout(const LayoutSpec& spec);
 
@@ -254,6 +257,7 @@ class BlockStore {
   const BlockStoreOptions options_;
   std::unique_ptr<DeviceBackend> device_;
   LayoutRegistry layouts_;
+  Calibrator calibrator_;
   HostTier host_;
 
   mutable Mutex mu_;
