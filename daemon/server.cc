@@ -13,6 +13,7 @@
 #include <grpcpp/server_builder.h>
 
 #include "absl/strings/str_cat.h"
+#include "daemon/static_scales_file.h"
 #include "tiering/cuda_device_backend.h"
 #include "tiering/log.h"
 
@@ -49,6 +50,16 @@ absl::StatusOr<std::unique_ptr<KvTierServer>> KvTierServer::Start(const kvtier::
       std::make_unique<BlockStore>(options, std::move(device), std::move(choice.host_allocator), std::move(ssd));
   s->sessions_ = std::make_unique<SessionRegistry>(s->store_.get());
   s->service_ = std::make_unique<KvTierService>(config, s->store_.get(), s->sessions_.get());
+  {
+    auto scales = LoadConfiguredStaticScales(config);
+    if (!scales.ok()) return absl::InvalidArgumentError(absl::StrCat("default_policy.static_scales: ", scales.status().message()));
+    if (*scales)
+      KVTIER_LOG(kInfo, "static_scales") << "file=" << config.default_policy().static_scales().file()
+                                         << " scale_set=" << (**scales).set->id
+                                         << " calibrated_layout=" << (**scales).set->calibrated_layout_id
+                                         << " tokens=" << (**scales).set->token_count;
+    s->service_->SetDefaultStaticScales(*std::move(scales));
+  }
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

@@ -57,7 +57,7 @@ absl::StatusOr<const Layout*> LayoutRegistry::Register(const LayoutSpec& spec) {
   auto layout = std::make_unique<Layout>(Layout{id, spec.shape, spec.activation, std::move(*act),
                                                 std::move(resolved->resident), std::move(resolved->offload),
                                                 std::move(resolved->offload_first_block), spec.model_name,
-                                                std::move(static_plan)});
+                                                std::move(static_plan), spec});
   const Layout* out = layout.get();
   layouts_.emplace(id, std::move(layout));
   return out;

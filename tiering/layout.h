@@ -46,6 +46,7 @@ struct Layout {
   // With static scales: the layers quantized with them and their scale table; `offload` then has
   // static-scale segments (no per-block parameters) and the other layers unquantized.
   std::shared_ptr<StaticScalePlan> static_plan;
+  LayoutSpec spec;  // as registered (layer names, policy; LoadStaticScales derives variants from it)
 
   const PageGeometry& offload_for(bool first_block) const { return first_block ? offload_first_block : offload; }
   // Bytes of one block in the host/SSD tiers: offload data followed by its parameter record.
