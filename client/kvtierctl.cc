@@ -81,6 +81,8 @@ void PrintStatus(const v1::StatsResponse& s) {
               static_cast<unsigned long long>(s.checksum_failures()));
   std::printf("sessions %llu, layouts %llu\n", static_cast<unsigned long long>(s.sessions()),
               static_cast<unsigned long long>(s.layouts()));
+  std::printf("static scales: %llu values clipped; calibration %s\n",
+              static_cast<unsigned long long>(s.static_scale_clipped()), s.calibrating() ? "running" : "off");
 }
 
 int Fail(const absl::Status& st) {
