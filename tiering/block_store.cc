@@ -166,6 +166,7 @@ absl::StatusOr<std::vector<AllocatedBlock>> BlockStore::Allocate(SessionId sessi
     e->id = next_id_++;
     e->layout = layout;
     e->layout_id = layout->id;
+    e->scale_set_id = layout->static_plan ? layout->static_plan->set->id : 0;
     e->owner = session;
     e->slot = arena->Allocate();
     Touch(*e);

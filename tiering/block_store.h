@@ -203,6 +203,9 @@ class BlockStore {
     bool moving = false;
     int32_t children = 0;
     uint64_t last_use = 0;
+    // The static scale set the block's offload copy is quantized with (its layout's; 0: none). Carried in
+    // the SSD metadata, so that a restored block is only ever served by a layout with the same set.
+    uint64_t scale_set_id = 0;
   };
 
   Entry* FindLocked(BlockId id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
