@@ -191,6 +191,22 @@ TEST_F(StaticScalesE2e, CalibrateExportRestartServeFromSsdWithinTheBound) {
   EXPECT_EQ(static_cast<uint64_t>(check.clipped), clipped);
   EXPECT_GT(check.worst_ratio, 0.5f);
   EXPECT_LE(check.worst_ratio, 1.001f);
+
+  // 4. Another scales file (one scale edited) is another layout: the blocks quantized with the first set
+  //    are never decoded with the second.
+  engine_.reset();
+  StopDaemon(SIGTERM);
+  std::string edited = ReadFile(scales);
+  const size_t at = edited.find("scale: ");
+  ASSERT_NE(at, std::string::npos);
+  edited.replace(at, edited.find('\n', at) - at, "scale: 0.5");
+  std::ofstream(scales) << edited;
+  StartDaemon(flags);
+  ConnectEngine();
+  EXPECT_NE(layout_.layout_id(), static_layout);
+  auto miss = ReadPrefixKv(*engine_, layout_.layout_id(), layout_.activation_page_bytes(), b);
+  ASSERT_TRUE(miss.ok()) << miss.status();
+  EXPECT_EQ(miss->pages.size(), 0u);
 }
 
 TEST_F(StaticScalesE2e, BadScalesFileInTheConfigStopsTheDaemonWithTheReason) {
