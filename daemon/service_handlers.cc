@@ -61,6 +61,9 @@ grpc::ServerUnaryReactor* KvTierService::RegisterLayout(grpc::CallbackServerCont
     auto layout = store_->RegisterLayout(*spec);
     if (!layout.ok()) return ToGrpc(layout.status());
     const Layout& l = **layout;
+    if (l.static_plan && !config_.ssd_dir().empty())
+      if (absl::Status st = PersistStaticScaleSet(config_.ssd_dir(), *l.static_plan->set); !st.ok())
+        KVTIER_LOG(kWarning, "static_scales") << "persist_failed error=\"" << st << "\"";
     if (l.static_plan)
       KVTIER_LOG(kInfo, "static_scales") << "layout=" << l.id << " scale_set=" << l.static_plan->set->id
                                          << " static_layers=" << l.static_plan->num_static_layers()
@@ -376,6 +379,9 @@ grpc::ServerUnaryReactor* KvTierService::LoadStaticScales(grpc::CallbackServerCo
     auto layout = store_->RegisterLayout(spec);
     if (!layout.ok()) return ToGrpc(layout.status());
     const Layout& l = **layout;
+    if (!config_.ssd_dir().empty())
+      if (absl::Status st = PersistStaticScaleSet(config_.ssd_dir(), *l.static_plan->set); !st.ok())
+        KVTIER_LOG(kWarning, "static_scales") << "persist_failed error=\"" << st << "\"";
     resp->set_layout_id(l.id);
     resp->set_offload_page_bytes(l.offload_record_bytes());
     resp->set_scale_set_id(l.static_plan->set->id);

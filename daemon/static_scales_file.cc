@@ -1,6 +1,7 @@
 #include "daemon/static_scales_file.h"
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -49,6 +50,55 @@ std::string FormatStaticScalesFile(const CalibrationStats& stats, uint64_t layou
   return absl::StrCat(
       "# kvtier static scales file (kvtier.v1.StaticScalesFile, protobuf text format), docs/calibration.md\n",
       "# per (layer, K|V, kv head, channel): scale = max(|min|, |max|) / 127, symmetric minmax\n", text);
+}
+
+std::string FormatStaticScaleSet(const StaticScaleSet& set) {
+  kvtier::v1::StaticScalesFile f;
+  f.set_version(kStaticScalesVersion);
+  f.set_layout_id(set.calibrated_layout_id);
+  f.set_model_name(set.model_name);
+  f.set_num_layers(set.num_layers);
+  f.set_num_kv_heads(set.num_kv_heads);
+  f.set_head_dim(set.head_dim);
+  f.set_dtype("int8");
+  f.set_scope("per_channel");
+  f.set_method(set.method);
+  f.set_symmetric(set.symmetric);
+  f.set_token_count(set.token_count);
+  for (int l = 0; l < set.num_layers; ++l) {
+    auto* layer = f.add_layers();
+    layer->set_index(l);
+    if (!set.layer_names.empty()) layer->set_name(set.layer_names[l]);
+    for (Operand op : {Operand::kKey, Operand::kValue})
+      for (int h = 0; h < set.num_kv_heads; ++h) {
+        auto* cs = op == Operand::kKey ? layer->add_key() : layer->add_value();
+        for (int c = 0; c < set.head_dim; ++c) cs->add_scale(set.scales[set.Index(l, op, h, c)]);
+      }
+  }
+  std::string text;
+  pb::TextFormat::Printer().PrintToString(f, &text);
+  return absl::StrCat("# kvtier static scale set ", absl::Hex(set.id, absl::kZeroPad16),
+                      " (kvtier.v1.StaticScalesFile, protobuf text format), docs/calibration.md\n", text);
+}
+
+absl::Status PersistStaticScaleSet(const std::string& ssd_dir, const StaticScaleSet& set) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::path(ssd_dir) / "scales";
+  const fs::path path = dir / absl::StrCat(absl::Hex(set.id, absl::kZeroPad16), ".kvscales");
+  std::error_code ec;
+  if (fs::exists(path, ec)) return absl::OkStatus();
+  fs::create_directories(dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir.string(), ": ", ec.message()));
+  const fs::path tmp = path.string() + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << FormatStaticScaleSet(set);
+    out.flush();
+    if (!out) return absl::InternalError(absl::StrCat("cannot write ", tmp.string()));
+  }
+  fs::rename(tmp, path, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot rename ", tmp.string(), ": ", ec.message()));
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::shared_ptr<const StaticScaleSet>> ParseStaticScalesFile(std::string_view text,

@@ -21,6 +21,13 @@ namespace kvtier {
 std::string FormatStaticScalesFile(const CalibrationStats& stats, uint64_t layout_id, std::string_view model_name,
                                    const std::vector<std::string>& layer_names);
 
+// The text of a scales file for a loaded set (scales only; no min/max). Parsing it gives the same set id.
+std::string FormatStaticScaleSet(const StaticScaleSet& set);
+
+// Keeps a copy of a set in `<ssd_dir>/scales/<id as 16 hex digits>.kvscales` (written once, atomically), so
+// that the set SSD blocks were quantized with can always be configured again after a restart.
+absl::Status PersistStaticScaleSet(const std::string& ssd_dir, const StaticScaleSet& set);
+
 // Parses and validates a scales file's text. `origin` names it in messages.
 absl::StatusOr<std::shared_ptr<const StaticScaleSet>> ParseStaticScalesFile(std::string_view text,
                                                                             std::string_view origin);

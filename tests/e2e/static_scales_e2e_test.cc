@@ -170,6 +170,13 @@ TEST_F(StaticScalesE2e, CalibrateExportRestartServeFromSsdWithinTheBound) {
   ASSERT_TRUE(stats.ok());
   EXPECT_EQ(stats->ssd_writes(), 12u);
   const uint64_t clipped = stats->static_scale_clipped();
+  // The set is kept beside the SSD records, so the blocks' scales can always be configured again.
+  const std::filesystem::path kept =
+      dir_ / "ssd" / "scales" / absl::StrCat(absl::Hex((*set)->id, absl::kZeroPad16), ".kvscales");
+  auto kept_set = ParseStaticScalesFile(ReadFile(kept), kept.string());
+  ASSERT_TRUE(kept_set.ok()) << kept_set.status();
+  EXPECT_EQ((*kept_set)->id, (*set)->id);
+  EXPECT_EQ((*kept_set)->scales, (*set)->scales);
 
   // 3. Kill it; the restarted daemon finds the blocks on SSD and dequantizes them with the same scale set.
   engine_.reset();
