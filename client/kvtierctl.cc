@@ -7,6 +7,11 @@
 //   evict [--tier=gpu|host] [--max=N]  page unpinned blocks down from a tier (0 = all)
 //   sessions                     live sessions: tenant, client, pid, pins
 //   lookup --layout=ID --tokens=1,2,3,...  longest cached prefix of a token list and where it lives
+//   calibrate start [--layout=ID]   calibration mode: collect per-channel K/V statistics (0/none: all layouts)
+//   calibrate stop                  stop collecting (statistics are kept for export)
+//   calibrate export FILE [--layout=ID]  write the statistics as a scales file (docs/calibration.md)
+//   scales load FILE --layout=ID [--include=P,..] [--exclude=P,..] [--format=int8|fp8_e4m3|fp8_e5m2]
+//                                   register a static-scale variant of a layout; prints its layout id
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -76,6 +81,8 @@ void PrintStatus(const v1::StatsResponse& s) {
               static_cast<unsigned long long>(s.checksum_failures()));
   std::printf("sessions %llu, layouts %llu\n", static_cast<unsigned long long>(s.sessions()),
               static_cast<unsigned long long>(s.layouts()));
+  std::printf("static scales: %llu values clipped; calibration %s\n",
+              static_cast<unsigned long long>(s.static_scale_clipped()), s.calibrating() ? "running" : "off");
 }
 
 int Fail(const absl::Status& st) {
@@ -83,11 +90,88 @@ int Fail(const absl::Status& st) {
   return 1;
 }
 
+int Calibrate(Client& client, const CliArgs& args, bool json) {
+  const std::string sub = args.positional.size() > 1 ? args.positional[1] : "";
+  const auto layout = static_cast<uint64_t>(args.GetInt("layout", 0));
+  if (sub == "start") {
+    if (absl::Status st = client.StartCalibration(layout); !st.ok()) return Fail(st);
+    std::printf("calibrating %s\n", layout ? absl::StrCat("layout ", layout).c_str() : "every layout");
+    return 0;
+  }
+  if (sub == "stop") {
+    auto r = client.StopCalibration();
+    if (!r.ok()) return Fail(r.status());
+    if (json) {
+      std::printf("%s\n", Json(*r).c_str());
+      return 0;
+    }
+    std::printf("calibration stopped; statistics for %d layouts\n", r->layouts_size());
+    for (const auto& l : r->layouts())
+      std::printf("  layout %llu: %llu tokens\n", static_cast<unsigned long long>(l.layout_id()),
+                  static_cast<unsigned long long>(l.token_count()));
+    return 0;
+  }
+  if (sub == "export") {
+    if (args.positional.size() < 3) {
+      std::fprintf(stderr, "kvtierctl: calibrate export needs a FILE\n");
+      return 2;
+    }
+    const std::string& path = args.positional[2];
+    auto r = client.ExportCalibration(layout);
+    if (!r.ok()) return Fail(r.status());
+    FILE* f = std::fopen(path.c_str(), "wb");
+    if (f == nullptr || std::fwrite(r->scales_file().data(), 1, r->scales_file().size(), f) != r->scales_file().size() ||
+        std::fclose(f) != 0) {
+      std::fprintf(stderr, "kvtierctl: cannot write %s\n", path.c_str());
+      return 1;
+    }
+    std::printf("wrote %s: layout %llu, %llu tokens\n", path.c_str(), static_cast<unsigned long long>(r->layout_id()),
+                static_cast<unsigned long long>(r->token_count()));
+    return 0;
+  }
+  std::fprintf(stderr, "kvtierctl: calibrate start|stop|export FILE\n");
+  return 2;
+}
+
+int LoadScales(Client& client, const CliArgs& args, bool json) {
+  if (args.positional.size() < 3 || !args.Has("layout")) {
+    std::fprintf(stderr, "kvtierctl: scales load FILE --layout=ID [--include=..] [--exclude=..] [--format=..]\n");
+    return 2;
+  }
+  const std::string& path = args.positional[2];
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) {
+    std::fprintf(stderr, "kvtierctl: cannot read %s\n", path.c_str());
+    return 1;
+  }
+  std::string text;
+  char buf[65536];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) text.append(buf, n);
+  std::fclose(f);
+  v1::StaticScalesPolicy policy;
+  for (absl::string_view p : absl::StrSplit(args.Get("include"), ',', absl::SkipEmpty())) policy.add_include(std::string(p));
+  for (absl::string_view p : absl::StrSplit(args.Get("exclude"), ',', absl::SkipEmpty())) policy.add_exclude(std::string(p));
+  policy.set_format(args.Get("format"));
+  auto r = client.LoadStaticScales(static_cast<uint64_t>(args.GetInt("layout", 0)), std::move(text), policy);
+  if (!r.ok()) return Fail(r.status());
+  if (json) {
+    std::printf("%s\n", Json(*r).c_str());
+    return 0;
+  }
+  std::printf("layout %llu (static scales, scale set %016llx): %d layers quantized with static scales\n",
+              static_cast<unsigned long long>(r->layout_id()), static_cast<unsigned long long>(r->scale_set_id()),
+              r->static_layers_size());
+  for (const auto& u : r->unmatched_patterns()) std::printf("warning: pattern %s matches no layer\n", u.c_str());
+  return 0;
+}
+
 int Run(const CliArgs& args) {
   if (args.positional.empty() || args.Has("help")) {
     std::printf("usage: kvtierctl [--socket=PATH] [--token=T] [--json] status | tiers get | "
                 "tiers set [--gpu=BYTES] [--host=BYTES] [--ssd=BYTES] | evict [--tier=gpu|host] [--max=N] | "
-                "sessions | lookup --layout=ID --tokens=T1,T2,...\n");
+                "sessions | lookup --layout=ID --tokens=T1,T2,... | calibrate start [--layout=ID] | calibrate stop | "
+                "calibrate export FILE [--layout=ID] | scales load FILE --layout=ID [--include=P,..] [--exclude=P,..] "
+                "[--format=F]\n");
     return args.positional.empty() ? 2 : 0;
   }
   ClientOptions o;
@@ -173,6 +257,8 @@ int Run(const CliArgs& args) {
     }
     return 0;
   }
+  if (cmd == "calibrate") return Calibrate(**client, args, json);
+  if (cmd == "scales" && sub == "load") return LoadScales(**client, args, json);
   std::fprintf(stderr, "kvtierctl: unknown command '%s'\n", cmd.c_str());
   return 2;
 }

@@ -13,7 +13,8 @@ std::optional<Format> ParseFormat(std::string_view name) {
 }
 
 namespace {
-constexpr std::array<std::string_view, 4> kGroupingNames = {"none", "per_segment", "per_channel", "per_token"};
+constexpr std::array<std::string_view, 5> kGroupingNames = {"none", "per_segment", "per_channel", "per_token",
+                                                            "static_channel"};
 }  // namespace
 
 std::optional<Grouping> ParseGrouping(std::string_view name) {

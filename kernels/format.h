@@ -52,6 +52,9 @@ enum class Grouping : uint8_t {
   kPerChannel = 2,  // one group per channel, spanning the block's tokens (KIVI-style K); fp4: per channel
                     // and per `group_size` (16) consecutive tokens
   kPerToken = 3,    // one group per token and per `group_size` consecutive channels (V)
+  // One scale per channel taken from the layout's static (calibrated) scale set, NOT stored in the page
+  // (int8 and fp8 only; set by a static-scales policy, transcoded by kernels/static_transcode.h).
+  kStaticChannel = 4,
 };
 
 // The codec of one segment: its format and how its parameters are grouped.

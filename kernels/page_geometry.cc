@@ -39,6 +39,7 @@ KernelStatus ValidateCodec(const SegmentCodec& c, SegmentDims d) {
       return KernelStatus::Ok();
     case Format::kFp8E4m3:
     case Format::kFp8E5m2:
+      if (c.grouping == Grouping::kStaticChannel) return KernelStatus::Ok();
       if (c.grouping != Grouping::kPerSegment) return InvalidArgument(name + " needs grouping per_segment");
       return KernelStatus::Ok();
     case Format::kFp4E2m1:
@@ -53,6 +54,7 @@ KernelStatus ValidateCodec(const SegmentCodec& c, SegmentDims d) {
       return KernelStatus::Ok();
     case Format::kInt8:
     case Format::kInt4:
+      if (c.grouping == Grouping::kStaticChannel && c.format == Format::kInt8) return KernelStatus::Ok();
       if (c.grouping != Grouping::kPerChannel && c.grouping != Grouping::kPerToken)
         return InvalidArgument(name + " needs grouping per_channel or per_token");
       if (c.grouping == Grouping::kPerChannel && c.group_size != 0)

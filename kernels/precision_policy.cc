@@ -95,6 +95,8 @@ bool RuleSelectsLayer(const PrecisionRule& r, int layer, int num_layers, std::st
 KernelStatus ValidateCodecAlone(const SegmentCodec& c) {
   const auto fi = static_cast<int>(c.format);
   if (fi < 0 || fi >= kNumFormats) return InvalidArgument("unknown format id " + std::to_string(fi));
+  if (c.grouping == Grouping::kStaticChannel)
+    return InvalidArgument("grouping static_channel comes from a static scales file (static_scales), not a codec");
   if (c.grouping == Grouping::kPerToken && c.group_size % 16 != 0)
     return InvalidArgument(std::string(GetFormatInfo(c.format).name) + ": group_size=" + std::to_string(c.group_size) +
                            " is not a multiple of 16");

@@ -30,6 +30,7 @@ KVTIER_HD int NumGroups(const SegmentCodec& c, SegmentDims d) {
     case Grouping::kPerSegment: return 1;
     case Grouping::kPerChannel: return d.channels * (d.tokens / TokensPerGroup(c, d.tokens));
     case Grouping::kPerToken: return d.tokens * (d.channels / ChannelsPerGroup(c, d.channels));
+    case Grouping::kStaticChannel: return 0;  // the scales live in the layout's static scale set
   }
   return 0;
 }

@@ -166,6 +166,7 @@ absl::StatusOr<std::vector<AllocatedBlock>> BlockStore::Allocate(SessionId sessi
     e->id = next_id_++;
     e->layout = layout;
     e->layout_id = layout->id;
+    e->scale_set_id = layout->static_plan ? layout->static_plan->set->id : 0;
     e->owner = session;
     e->slot = arena->Allocate();
     Touch(*e);
@@ -210,6 +211,7 @@ absl::Status BlockStore::Write(SessionId session, std::span<const BlockId> ids, 
   }
   mu_.Unlock();
   absl::Status st = device_->WriteActivations(layout, *arena, slots, src);
+  if (st.ok() && calibrator_.active()) calibrator_.Observe(layout.id, layout.activation_geometry, src);
   mu_.Lock();
   for (Entry* e : blocks) e->moving = false;
   return st;
@@ -554,6 +556,7 @@ StoreStats BlockStore::Stats() const {
   }
   for (const auto& [sid, m] : pins_) s.pinned_blocks += m.size();
   s.layouts = layouts_.size();
+  s.static_scale_clipped = layouts_.StaticScaleClipped();
   return s;
 }
 

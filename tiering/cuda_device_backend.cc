@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstring>
+#include <functional>
 #include <utility>
 #include <vector>
 
@@ -12,7 +13,9 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/attention/attention.h"
 #include "kernels/attention/attention_cuda.h"
+#include "kernels/cuda/static_transcode_cuda.h"
 #include "kernels/cuda/transcode_cuda.h"
+#include "kernels/static_transcode.h"
 #include "tiering/cuda_call.h"
 #include "tiering/cuda_resources.h"
 #include "tiering/gpu_pool.h"
@@ -220,10 +223,33 @@ class CudaDeviceBackend final : public DeviceBackend {
   }
   absl::Status PageOut(const Layout& layout, const PageGeometry& offload, const PageArena& arena,
                        std::span<const int32_t> slots, std::span<uint8_t* const> records) override {
+    if (layout.static_plan && HasStaticSegments(offload)) {
+      KVTIER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+      auto plan = StaticPlan(layout, layout.resident, offload);
+      if (!plan.ok()) return plan.status();
+      StaticEntry* e = *plan;
+      KVTIER_RETURN_IF_ERROR(ToHost(
+          [e](const DevicePageSet& in, const DevicePageSet& out, uint32_t n, cudaStream_t stream) {
+            return e->plan.Launch(in, out, n, reinterpret_cast<unsigned long long*>(e->clipped.get()), stream);
+          },
+          offload, arena, slots, records));
+      return ReportClipped(layout, *e);
+    }
     return ToHost(layout.resident, offload, arena, slots, records);
   }
   absl::Status PageIn(const Layout& layout, const PageGeometry& offload, PageArena& arena,
                       std::span<const int32_t> slots, std::span<const uint8_t* const> records) override {
+    if (layout.static_plan && HasStaticSegments(offload)) {
+      KVTIER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+      auto plan = StaticPlan(layout, offload, layout.resident);
+      if (!plan.ok()) return plan.status();
+      StaticEntry* e = *plan;
+      return ToDevice(
+          [e](const DevicePageSet& in, const DevicePageSet& out, uint32_t n, cudaStream_t stream) {
+            return e->plan.Launch(in, out, n, nullptr, stream);
+          },
+          offload, arena, slots, records);
+    }
     return ToDevice(offload, layout.resident, arena, slots, records);
   }
 
@@ -234,6 +260,50 @@ class CudaDeviceBackend final : public DeviceBackend {
   }
 
  private:
+  // Launches one chunk's conversion between a page set on the device and the compact staging.
+  using LaunchFn = std::function<KernelStatus(const DevicePageSet& in, const DevicePageSet& out, uint32_t num_pages,
+                                              cudaStream_t stream)>;
+  static LaunchFn PlanLauncher(const CudaTranscodePlan* plan) {
+    return [plan](const DevicePageSet& in, const DevicePageSet& out, uint32_t n, cudaStream_t stream) {
+      return plan->Launch(in, out, n, stream);
+    };
+  }
+
+  // Static-scale transcodes (docs/calibration.md): one plan per (layout, direction), with the device
+  // counter of values clipped by its launches and how much of it was already reported.
+  struct StaticEntry {
+    CudaStaticTranscode plan;
+    DeviceBytes clipped;  // unsigned long long, only ever incremented
+    Mutex mu;
+    uint64_t reported ABSL_GUARDED_BY(mu) = 0;
+  };
+  absl::StatusOr<StaticEntry*> StaticPlan(const Layout& layout, const PageGeometry& src, const PageGeometry& dst) {
+    const std::tuple<uint64_t, uint64_t, uint64_t> key(layout.id, GeometryHash(src), GeometryHash(dst));
+    MutexLock lock(&plans_mu_);
+    auto it = static_plans_.find(key);
+    if (it != static_plans_.end()) return it->second.get();
+    auto plan = CudaStaticTranscode::Create(src, dst, layout.static_plan->table);  // on the current device
+    if (!plan.ok()) return ToStatus(plan.status());
+    auto counter = AllocateDevice(sizeof(unsigned long long));
+    if (!counter.ok()) return counter.status();
+    KVTIER_RETURN_IF_CUDA_ERROR(cudaMemset(counter->get(), 0, sizeof(unsigned long long)));
+    auto owned = std::unique_ptr<StaticEntry>(new StaticEntry{std::move(*plan), std::move(*counter), {}, 0});
+    StaticEntry* out = owned.get();
+    static_plans_.emplace(key, std::move(owned));
+    return out;
+  }
+  // Adds what the entry's counter gained since the last report to the layout's clip count.
+  static absl::Status ReportClipped(const Layout& layout, StaticEntry& e) {
+    unsigned long long now = 0;
+    KVTIER_RETURN_IF_CUDA_ERROR(cudaMemcpy(&now, e.clipped.get(), sizeof now, cudaMemcpyDeviceToHost));
+    MutexLock lock(&e.mu);
+    if (now > e.reported) {
+      layout.static_plan->clipped.fetch_add(now - e.reported, std::memory_order_relaxed);
+      e.reported = now;
+    }
+    return absl::OkStatus();
+  }
+
   absl::StatusOr<const CudaTranscodePlan*> Plan(const PageGeometry& src, const PageGeometry& dst) {
     const std::pair<uint64_t, uint64_t> key(GeometryHash(src), GeometryHash(dst));
     MutexLock lock(&plans_mu_);
@@ -319,10 +389,15 @@ class CudaDeviceBackend final : public DeviceBackend {
   absl::Status ToDevice(const PageGeometry& src, const PageGeometry& dst, PageArena& arena,
                         std::span<const int32_t> slots, std::span<const uint8_t* const> pages) {
     KVTIER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
-    auto pool = CheckBatch(arena, slots, pages.size(), /*commit=*/true);
-    if (!pool.ok()) return pool.status();
     auto plan = Plan(src, dst);
     if (!plan.ok()) return plan.status();
+    return ToDevice(PlanLauncher(*plan), src, arena, slots, pages);
+  }
+  absl::Status ToDevice(const LaunchFn& launch, const PageGeometry& src, PageArena& arena,
+                        std::span<const int32_t> slots, std::span<const uint8_t* const> pages) {
+    KVTIER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+    auto pool = CheckBatch(arena, slots, pages.size(), /*commit=*/true);
+    if (!pool.ok()) return pool.status();
     const uint64_t unit = HostUnit(src);
     const uint32_t chunk = PagesPerChunk(src, pages.size());
     MutexLock lock(&to_device_.mu);
@@ -337,12 +412,12 @@ class CudaDeviceBackend final : public DeviceBackend {
         st = CudaCall(cudaEventSynchronize(b.kernel_done.get()), "cudaEventSynchronize(kernel_done)");
         if (!st.ok()) break;
       }
-      st = ToDeviceChunk(**plan, src, arena, slots.subspan(first, n), pages.subspan(first, n), lane, b);
+      st = ToDeviceChunk(launch, src, arena, slots.subspan(first, n), pages.subspan(first, n), lane, b);
     }
     return Finish(lane, st);
   }
 
-  absl::Status ToDeviceChunk(const CudaTranscodePlan& plan, const PageGeometry& src, PageArena& arena,
+  absl::Status ToDeviceChunk(const LaunchFn& launch, const PageGeometry& src, PageArena& arena,
                              std::span<const int32_t> slots, std::span<const uint8_t* const> pages, Lane& lane,
                              Staging& b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lane.mu) {
     const uint64_t unit = HostUnit(src);
@@ -357,7 +432,7 @@ class CudaDeviceBackend final : public DeviceBackend {
     KVTIER_RETURN_IF_ERROR(UploadSlots(b, slots, lane.copy.get()));
     KVTIER_RETURN_IF_CUDA_ERROR(cudaEventRecord(b.copy_done.get(), lane.copy.get()));
     KVTIER_RETURN_IF_CUDA_ERROR(cudaStreamWaitEvent(lane.compute.get(), b.copy_done.get(), 0));
-    KVTIER_RETURN_IF_ERROR(ToStatus(plan.Launch(StagingSet(b.pages.get(), src), PoolSet(arena, b.slots.get()),
+    KVTIER_RETURN_IF_ERROR(ToStatus(launch(StagingSet(b.pages.get(), src), PoolSet(arena, b.slots.get()),
                                                 static_cast<uint32_t>(pages.size()), lane.compute.get())));
     return CudaCall(cudaEventRecord(b.kernel_done.get(), lane.compute.get()), "cudaEventRecord(kernel_done)");
   }
@@ -369,10 +444,15 @@ class CudaDeviceBackend final : public DeviceBackend {
   absl::Status ToHost(const PageGeometry& src, const PageGeometry& dst, const PageArena& arena,
                       std::span<const int32_t> slots, std::span<uint8_t* const> pages) {
     KVTIER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
-    auto pool = CheckBatch(arena, slots, pages.size(), /*commit=*/false);
-    if (!pool.ok()) return pool.status();
     auto plan = Plan(src, dst);
     if (!plan.ok()) return plan.status();
+    return ToHost(PlanLauncher(*plan), dst, arena, slots, pages);
+  }
+  absl::Status ToHost(const LaunchFn& launch, const PageGeometry& dst, const PageArena& arena,
+                      std::span<const int32_t> slots, std::span<uint8_t* const> pages) {
+    KVTIER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+    auto pool = CheckBatch(arena, slots, pages.size(), /*commit=*/false);
+    if (!pool.ok()) return pool.status();
     const uint64_t unit = HostUnit(dst);
     const uint32_t chunk = PagesPerChunk(dst, pages.size());
     MutexLock lock(&to_host_.mu);
@@ -405,7 +485,7 @@ class CudaDeviceBackend final : public DeviceBackend {
       }
       p.first = first;
       p.active = true;
-      st = ToHostChunk(**plan, dst, arena, slots.subspan(first, n), pages.subspan(first, n), lane, b, p.runs);
+      st = ToHostChunk(launch, dst, arena, slots.subspan(first, n), pages.subspan(first, n), lane, b, p.runs);
     }
     st = Finish(lane, st);
     if (!st.ok()) return st;
@@ -414,13 +494,13 @@ class CudaDeviceBackend final : public DeviceBackend {
     return absl::OkStatus();
   }
 
-  absl::Status ToHostChunk(const CudaTranscodePlan& plan, const PageGeometry& dst, const PageArena& arena,
+  absl::Status ToHostChunk(const LaunchFn& launch, const PageGeometry& dst, const PageArena& arena,
                            std::span<const int32_t> slots, std::span<uint8_t* const> pages, Lane& lane, Staging& b,
                            std::vector<CopyRun>& runs) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lane.mu) {
     const uint64_t unit = HostUnit(dst);
     runs.clear();
     KVTIER_RETURN_IF_ERROR(UploadSlots(b, slots, lane.compute.get()));
-    KVTIER_RETURN_IF_ERROR(ToStatus(plan.Launch(PoolSet(arena, b.slots.get()), StagingSet(b.pages.get(), dst),
+    KVTIER_RETURN_IF_ERROR(ToStatus(launch(PoolSet(arena, b.slots.get()), StagingSet(b.pages.get(), dst),
                                                 static_cast<uint32_t>(pages.size()), lane.compute.get())));
     KVTIER_RETURN_IF_CUDA_ERROR(cudaEventRecord(b.kernel_done.get(), lane.compute.get()));
     KVTIER_RETURN_IF_CUDA_ERROR(cudaStreamWaitEvent(lane.copy.get(), b.kernel_done.get(), 0));
@@ -498,6 +578,8 @@ class CudaDeviceBackend final : public DeviceBackend {
   const CudaDeviceBackendOptions options_;
   Mutex plans_mu_;
   absl::flat_hash_map<std::pair<uint64_t, uint64_t>, std::unique_ptr<CudaTranscodePlan>> plans_
+      ABSL_GUARDED_BY(plans_mu_);
+  absl::flat_hash_map<std::tuple<uint64_t, uint64_t, uint64_t>, std::unique_ptr<StaticEntry>> static_plans_
       ABSL_GUARDED_BY(plans_mu_);
   mutable Mutex pools_mu_;
   absl::flat_hash_map<const uint8_t*, std::shared_ptr<GpuPool>> pools_ ABSL_GUARDED_BY(pools_mu_);
