@@ -88,12 +88,12 @@ void Prefetcher::Get(SessionId session, uint64_t id, absl::Duration wait, Callba
 
 bool Prefetcher::Step(Job& job) {
   const size_t end = std::min(job.keys.size(), job.next + kChunkBlocks);
-  if (!sessions_->Find(job.session)) return true;  // the session ended: nothing to do for it
+  if (!sessions_->Contains(job.session)) return true;  // the session ended: nothing to do for it
   auto out = store_->PinAndPromote(job.session, job.salt, job.layout_id,
                                    std::span<const BlockKey>(job.keys).subspan(job.next, end - job.next), job.pin);
   // The session may have ended while the blocks were pinned for it: release them with it (the same race
   // as a call in flight when the lease ends).
-  if (!sessions_->Find(job.session)) {
+  if (!sessions_->Contains(job.session)) {
     store_->ReleaseSession(job.session);
     return true;
   }
@@ -123,7 +123,7 @@ void Prefetcher::CollectDueLocked(std::vector<std::function<void()>>* calls) {
       }
     }
     // Forget finished prefetches after a while, and at once when their session is gone.
-    if (finished && job.waiters.empty() && (now - job.finished > kKeepDone || !sessions_->Find(job.session))) {
+    if (finished && job.waiters.empty() && (now - job.finished > kKeepDone || !sessions_->Contains(job.session))) {
       it = jobs_.erase(it);
     } else {
       ++it;
@@ -163,7 +163,7 @@ void Prefetcher::Loop() {
       continue;
     }
     job->progress.state =
-        sessions_->Find(job->session) ? PrefetchProgress::State::kDone : PrefetchProgress::State::kCancelled;
+        sessions_->Contains(job->session) ? PrefetchProgress::State::kDone : PrefetchProgress::State::kCancelled;
     job->progress.prefix_end = job->progress.ready;
     job->finished = absl::Now();
     KVTIER_LOG(kDebug, "prefetch_done") << "session=" << job->session << " id=" << job->id

@@ -52,7 +52,12 @@ KvTierService::KvTierService(const v1::DaemonConfig& config, BlockStore* store, 
     : config_(config),
       store_(store),
       sessions_(sessions),
-      prefetcher_(std::make_unique<Prefetcher>(store, sessions)) {}
+      prefetcher_(std::make_unique<Prefetcher>(store, sessions)) {
+  SetMessageAllocatorFor_Lookup(&lookup_alloc_);
+  SetMessageAllocatorFor_Commit(&commit_alloc_);
+  SetMessageAllocatorFor_Allocate(&allocate_alloc_);
+  SetMessageAllocatorFor_Release(&release_alloc_);
+}
 
 void KvTierService::StopBackgroundWork() { prefetcher_->Stop(); }
 

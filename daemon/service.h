@@ -9,6 +9,7 @@
 
 #include "kvtier/v1/config.pb.h"
 #include "kvtier/v1/kvtier.grpc.pb.h"
+#include "daemon/arena_allocator.h"
 #include "daemon/prefetcher.h"
 #include "daemon/session_registry.h"
 #include "tiering/block_store.h"
@@ -82,6 +83,11 @@ class KvTierService final : public kvtier::v1::KvTier::CallbackService {
   BlockStore* store_;
   SessionRegistry* sessions_;
   std::unique_ptr<Prefetcher> prefetcher_;
+  // Arena-allocated messages for the hot per-request calls.
+  ArenaMessageAllocator<kvtier::v1::LookupRequest, kvtier::v1::LookupResponse> lookup_alloc_;
+  ArenaMessageAllocator<kvtier::v1::CommitRequest, kvtier::v1::CommitResponse> commit_alloc_;
+  ArenaMessageAllocator<kvtier::v1::AllocateRequest, kvtier::v1::AllocateResponse> allocate_alloc_;
+  ArenaMessageAllocator<kvtier::v1::ReleaseRequest, kvtier::v1::ReleaseResponse> release_alloc_;
 };
 
 }  // namespace kvtier

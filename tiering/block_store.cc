@@ -41,6 +41,11 @@ BlockStore::~BlockStore() {
     MutexLock lock(&mu_);
     stopping_ = true;
   }
+  {
+    std::lock_guard<std::mutex> lock(mover_mu_);
+    mover_stop_ = true;
+  }
+  mover_cv_.notify_all();
   mover_.join();
   MutexLock lock(&mu_);
   entries_.clear();  // host records return their memory before host_ dies
@@ -155,6 +160,11 @@ absl::StatusOr<std::vector<AllocatedBlock>> BlockStore::Allocate(SessionId sessi
     return absl::InvalidArgumentError(absl::StrCat("count=", count, " outside [1, ", options_.max_blocks_per_call, "]"));
   const Layout* layout = layouts_.Find(layout_id);
   if (layout == nullptr) return absl::NotFoundError(absl::StrCat("unknown layout_id=", layout_id));
+  // Page-table entries are made before taking the table lock (malloc is not cheap under contention).
+  std::vector<std::unique_ptr<Entry>> fresh(count);
+  for (auto& e : fresh) e = std::make_unique<Entry>();
+  std::vector<AllocatedBlock> out;
+  out.reserve(count);
   MutexLock lock(&mu_);
   const uint64_t need = ResidentBytes(*layout) * static_cast<uint64_t>(count);
   PageArena* arena = ArenaLocked(*layout);
@@ -162,9 +172,8 @@ absl::StatusOr<std::vector<AllocatedBlock>> BlockStore::Allocate(SessionId sessi
   if (!MakeGpuRoomLocked(need) || arena->free_slots() < count)
     return absl::ResourceExhaustedError(absl::StrCat("GPU pool full: need ", need, " bytes, used ", gpu_used_,
                                                      " of ", gpu_limit_, " and nothing evictable"));
-  std::vector<AllocatedBlock> out;
   for (int i = 0; i < count; ++i) {
-    auto e = std::make_unique<Entry>();
+    std::unique_ptr<Entry> e = std::move(fresh[i]);
     e->id = next_id_++;
     e->layout = layout;
     e->layout_id = layout->id;
@@ -177,7 +186,7 @@ absl::StatusOr<std::vector<AllocatedBlock>> BlockStore::Allocate(SessionId sessi
     entries_.emplace(e->id, std::move(e));
   }
   gpu_used_ += need;
-  if (gpu_used_ > gpu_limit_ * options_.gpu_high_watermark) mover_kick_ = true;
+  if (gpu_used_ > gpu_limit_ * options_.gpu_high_watermark) KickMover();
   return out;
 }
 

@@ -30,8 +30,10 @@
 // outside it.
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <thread>
@@ -314,7 +316,13 @@ class BlockStore {
   StoreStats counters_ ABSL_GUARDED_BY(mu_);
   MoveLatencies latencies_;  // atomics: recorded outside the lock
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  bool mover_kick_ ABSL_GUARDED_BY(mu_) = false;
+  // The mover sleeps on its own condition variable, not on mu_'s: waiting on mu_ would wake it (and have
+  // it take the table lock) at every unlock of every request. Lock order: mu_, then mover_mu_.
+  void KickMover();
+  std::mutex mover_mu_;
+  std::condition_variable mover_cv_;
+  bool mover_kick_ = false;  // guarded by mover_mu_
+  bool mover_stop_ = false;  // guarded by mover_mu_
   std::thread mover_;
 };
 

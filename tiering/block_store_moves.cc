@@ -307,13 +307,24 @@ absl::Status BlockStore::SetLimits(uint64_t gpu_pool_bytes, uint64_t host_tier_b
   return absl::OkStatus();
 }
 
+void BlockStore::KickMover() {
+  {
+    std::lock_guard<std::mutex> lock(mover_mu_);
+    mover_kick_ = true;
+  }
+  mover_cv_.notify_one();
+}
+
 void BlockStore::MoverLoop() {
-  MutexLock lock(&mu_);
   while (true) {
-    auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || mover_kick_; };
-    mu_.AwaitWithTimeout(wake, std::chrono::milliseconds(200));
+    {
+      std::unique_lock<std::mutex> lock(mover_mu_);
+      mover_cv_.wait_for(lock, std::chrono::milliseconds(200), [this] { return mover_stop_ || mover_kick_; });
+      if (mover_stop_) return;
+      mover_kick_ = false;
+    }
+    MutexLock lock(&mu_);
     if (stopping_) return;
-    mover_kick_ = false;
     if (gpu_used_ > gpu_limit_ * options_.gpu_high_watermark) {
       const auto low = static_cast<uint64_t>(gpu_limit_ * options_.gpu_low_watermark);
       while (gpu_used_ > low && !stopping_) {
