@@ -100,6 +100,10 @@ int Run(const CliArgs& args) {
   o.tenant = args.Get("tenant");
   if (args.Has("socket")) o.target = "unix:" + args.Get("socket");
   if (args.Has("target")) o.target = args.Get("target");
+  o.tls_ca_file = args.Get("tls_ca");  // TLS to a TCP target: --tls_ca=PEM [--tls_cert=PEM --tls_key=PEM]
+  o.tls_cert_file = args.Get("tls_cert");
+  o.tls_key_file = args.Get("tls_key");
+  o.tls_server_name = args.Get("tls_name");
   auto client = Client::Connect(o);
   if (!client.ok()) return Fail(client.status());
   const bool json = args.Has("json");

@@ -10,8 +10,10 @@
 #include "kvtier/v1/config.pb.h"
 #include "kvtier/v1/kvtier.grpc.pb.h"
 #include "daemon/arena_allocator.h"
+#include "daemon/fd_broker.h"
 #include "daemon/prefetcher.h"
 #include "daemon/session_registry.h"
+#include "daemon/token_file.h"
 #include "tiering/block_store.h"
 
 namespace kvtier {
@@ -63,8 +65,17 @@ class KvTierService final : public kvtier::v1::KvTier::CallbackService {
   grpc::ServerUnaryReactor* GetPrefetch(grpc::CallbackServerContext* ctx, const kvtier::v1::GetPrefetchRequest* req,
                                         kvtier::v1::GetPrefetchResponse* resp) override;
 
+  // GetPoolHandle (service_pool.cc).
+  grpc::ServerUnaryReactor* GetPoolHandle(grpc::CallbackServerContext* ctx,
+                                          const kvtier::v1::GetPoolHandleRequest* req,
+                                          kvtier::v1::GetPoolHandleResponse* resp) override;
+
   // Ends background work (prefetches; their waiting callers are answered) before the server shuts down.
   void StopBackgroundWork();
+  // Where GetPoolHandle's descriptors are handed out (null: pool handles are unavailable).
+  void set_fd_broker(FdBroker* broker) { fd_broker_ = broker; }
+  // The tenant token file's table (null: no token file). Set before the server starts.
+  void set_tokens(std::shared_ptr<const TokenTable> tokens) { tokens_ = std::move(tokens); }
 
  private:
   class AttachReactor;
@@ -83,6 +94,8 @@ class KvTierService final : public kvtier::v1::KvTier::CallbackService {
   BlockStore* store_;
   SessionRegistry* sessions_;
   std::unique_ptr<Prefetcher> prefetcher_;
+  FdBroker* fd_broker_ = nullptr;
+  std::shared_ptr<const TokenTable> tokens_;
   // Arena-allocated messages for the hot per-request calls.
   ArenaMessageAllocator<kvtier::v1::LookupRequest, kvtier::v1::LookupResponse> lookup_alloc_;
   ArenaMessageAllocator<kvtier::v1::CommitRequest, kvtier::v1::CommitResponse> commit_alloc_;

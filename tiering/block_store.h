@@ -196,6 +196,8 @@ class BlockStore {
   // Pins for `session` the committed blocks named by `keys` (in order, up to the first one that is not
   // cached in the namespace of `tenant_salt` and `layout_id`) and pages them in to the GPU tier. The
   // result is the prefix that is now GPU-resident; with keep_pins false its pins are dropped again.
+  // The export of `layout_id`'s arena in the GPU tier (created if it does not exist yet).
+  absl::StatusOr<PoolExport> ExportPool(uint64_t layout_id);
   absl::StatusOr<LookupOutcome> PinAndPromote(SessionId session, std::string_view tenant_salt, uint64_t layout_id,
                                               std::span<const BlockKey> keys, bool keep_pins);
 

@@ -242,6 +242,20 @@ absl::StatusOr<DrainOutcome> BlockStore::Drain(Tier tier, absl::Duration wait) {
   return out;
 }
 
+absl::StatusOr<PoolExport> BlockStore::ExportPool(uint64_t layout_id) {
+  const Layout* layout = layouts_.Find(layout_id);
+  if (layout == nullptr) return absl::NotFoundError(absl::StrCat("unknown layout_id=", layout_id));
+  MutexLock lock(&mu_);
+  PageArena* arena = ArenaLocked(*layout);
+  if (arena == nullptr) return absl::ResourceExhaustedError("GPU pool arena could not be created");
+  auto e = device_->ExportPool(*arena);
+  if (!e.ok()) return e.status();
+  e->num_slots = arena->num_slots();
+  e->page_bytes = arena->page_bytes();
+  e->param_bytes = arena->param_bytes();
+  return e;
+}
+
 absl::StatusOr<LookupOutcome> BlockStore::PinAndPromote(SessionId session, std::string_view tenant_salt,
                                                         uint64_t layout_id, std::span<const BlockKey> keys,
                                                         bool keep_pins) {
