@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -9,7 +10,6 @@
 
 #include <cerrno>
 #include <cstring>
-#include <random>
 
 #include "absl/strings/str_cat.h"
 #include "tiering/log.h"
@@ -75,14 +75,14 @@ FdBroker::~FdBroker() {
 }
 
 std::string FdBroker::Offer(std::vector<int> fds) {
-  static thread_local std::mt19937_64 rng{std::random_device{}()};
   std::string ticket(kFdTicketBytes, '\0');
   MutexLock lock(&mu_);
   ExpireLocked(absl::Now());
-  do {
-    for (size_t i = 0; i < kFdTicketBytes; i += 8) {
-      const uint64_t r = rng();
-      std::memcpy(ticket.data() + i, &r, 8);
+  do {  // from the kernel's CSPRNG: a ticket is a bearer credential for the pool's memory
+    size_t got = 0;
+    while (got < kFdTicketBytes) {
+      const ssize_t n = getrandom(ticket.data() + got, kFdTicketBytes - got, 0);
+      if (n > 0) got += static_cast<size_t>(n);
     }
   } while (pending_.contains(ticket));
   pending_[ticket] = {std::move(fds), absl::Now() + kTicketTtl};

@@ -181,10 +181,22 @@ absl::flat_hash_set<BlockId> BlockStore::PageInLocked(std::vector<Entry*> blocks
     std::vector<int32_t> slots;
     for (Entry* e : group) {
       if (RecordChecksum(e->host->data(), e->host->size()) != e->host->checksum) {
-        KVTIER_LOG(kError, "checksum_mismatch") << "block=" << e->id << " tier=host action=drop";
         ++counters_.checksum_failures;
         failed.insert(e->id);
         e->moving = false;
+        if (e->ssd_copy && e->tier == Tier::kHost) {
+          // A flushed block: the bad host record goes, the block lives on from its SSD copy (verified
+          // end to end again when it is promoted).
+          KVTIER_LOG(kError, "checksum_mismatch") << "block=" << e->id << " tier=host action=fall_back_to_ssd_copy";
+          e->host.reset();
+          e->tier = Tier::kSsd;
+          e->record_checksum = e->ssd_copy_checksum;
+          ForgetSsdCopyLocked(*e);
+          host_blocks_.erase(e->id);
+          ssd_blocks_.insert(e->id);
+          continue;
+        }
+        KVTIER_LOG(kError, "checksum_mismatch") << "block=" << e->id << " tier=host action=drop";
         FreeBlockLocked(*e, /*dropped=*/true);
         continue;
       }

@@ -167,6 +167,32 @@ TEST_F(AdminTest, FlushMakesCommittedBlocksDurable) {
   EXPECT_EQ(miss->blocks_size(), 0);
 }
 
+// A flushed block whose host record goes bad is not lost: the bad record is dropped (never served) and
+// the block is served from its SSD copy.
+TEST_F(AdminTest, AFlushedBlockOutlivesACorruptHostRecord) {
+  Start();
+  auto c = Connect("alpha", "alpha-token");
+  auto reg = c->RegisterLayout(SmallLayout());
+  ASSERT_TRUE(reg.ok());
+  const auto prompt = Prompt(3 * 16, 808);
+  const WrittenPrompt w = Write(*c, reg->layout_id(), reg->activation_page_bytes(), prompt);
+  auto admin = Admin();
+  ASSERT_EQ(admin->Flush()->blocks_written(), 3);
+  ASSERT_EQ(admin->Evict(v1::TIER_GPU, 0)->blocks_moved(), 3);
+  ASSERT_TRUE(server_->store().CorruptHostRecordForTest(w.block_ids[1]));
+  auto first = ReadPrefixKv(*c, reg->layout_id(), reg->activation_page_bytes(), prompt);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->lookup.blocks_size(), 1);  // the prefix stops before the bad record
+  std::vector<uint64_t> ids{first->lookup.blocks(0).block_id()};
+  ASSERT_TRUE(c->Release(ids).ok());
+  auto s = admin->Stats();
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->checksum_failures(), 1u);
+  EXPECT_EQ(s->blocks_dropped(), 0u);
+  EXPECT_EQ(TierBlocks(*s, v1::TIER_SSD), 1u);
+  EXPECT_EQ(BadValues(*c, reg->layout_id(), reg->activation_page_bytes(), prompt, 3), 0);
+}
+
 TEST_F(AdminTest, FlushToHostNeverEvictsAndReportsWhatDidNotFit) {
   Start();
   auto c = Connect("alpha", "alpha-token");
