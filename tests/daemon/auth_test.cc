@@ -45,7 +45,7 @@ class AuthTest : public ::testing::Test {
     if (o.target.empty()) o.target = "unix:" + config_.socket_path();
     o.tenant = tenant;
     o.token = token;
-    o.connect_timeout_ms = 3000;
+    if (o.connect_timeout_ms == ClientOptions{}.connect_timeout_ms) o.connect_timeout_ms = 3000;
     return Client::Connect(o);
   }
   // A self-signed certificate for localhost / 127.0.0.1.
@@ -152,6 +152,8 @@ TEST_F(AuthTest, TlsOnTheTcpListener) {
   // Plaintext, a client that trusts another CA, and one without a client certificate cannot connect.
   ClientOptions plain;
   plain.target = o.target;
+  plain.connect_timeout_ms = 1000;  // these never connect: do not wait long for it
+  o.connect_timeout_ms = 1000;
   EXPECT_FALSE(Connect("", "admin-secret-0123456789", plain).ok());
   ClientOptions wrong_ca = o;
   wrong_ca.tls_ca_file = (dir_ / "other.pem").string();
