@@ -3,11 +3,14 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
 
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 
 #include "absl/strings/str_cat.h"
+#include "client/fd_transfer.h"
 
 namespace kvtier {
 namespace v1 = kvtier::v1;
@@ -43,7 +46,23 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
   args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   args.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
   const std::string target = options.target.empty() ? DefaultTarget() : options.target;
-  c->channel_ = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (!options.tls_ca_file.empty()) {
+    grpc::SslCredentialsOptions tls;
+    for (auto [path, field] : {std::pair{&options.tls_ca_file, &tls.pem_root_certs},
+                               std::pair{&options.tls_cert_file, &tls.pem_cert_chain},
+                               std::pair{&options.tls_key_file, &tls.pem_private_key}}) {
+      if (path->empty()) continue;
+      std::ifstream in(*path);
+      if (!in) return absl::NotFoundError(absl::StrCat("cannot read TLS file ", *path));
+      std::stringstream ss;
+      ss << in.rdbuf();
+      *field = ss.str();
+    }
+    credentials = grpc::SslCredentials(tls);
+    if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
+  }
+  c->channel_ = grpc::CreateCustomChannel(target, credentials, args);
   if (!c->channel_->WaitForConnected(std::chrono::system_clock::now() +
                                      std::chrono::milliseconds(options.connect_timeout_ms)))
     return absl::UnavailableError(absl::StrCat("kvtierd not reachable at ", target));
@@ -203,6 +222,55 @@ absl::StatusOr<v1::LoadStaticScalesResponse> Client::LoadStaticScales(uint64_t l
   req.set_scales_file(std::move(scales_file));
   *req.mutable_policy() = policy;
   return Call<v1::LoadStaticScalesResponse>(*stub_, &v1::KvTier::Stub::LoadStaticScales, req);
+absl::StatusOr<v1::FlushResponse> Client::Flush(v1::Tier to) {
+  v1::FlushRequest req;
+  req.set_session_id(session_id_);
+  req.set_to_tier(to);
+  return Call<v1::FlushResponse>(*stub_, &v1::KvTier::Stub::Flush, req);
+}
+
+absl::StatusOr<v1::DrainResponse> Client::Drain(v1::Tier tier, int64_t wait_ms) {
+  v1::DrainRequest req;
+  req.set_session_id(session_id_);
+  req.set_tier(tier);
+  req.set_wait_ms(wait_ms);
+  return Call<v1::DrainResponse>(*stub_, &v1::KvTier::Stub::Drain, req);
+}
+
+absl::StatusOr<v1::PrefetchResponse> Client::Prefetch(uint64_t layout_id, std::span<const std::string> keys,
+                                                      std::span<const int32_t> tokens, bool pin) {
+  v1::PrefetchRequest req;
+  req.set_session_id(session_id_);
+  req.set_layout_id(layout_id);
+  for (const auto& k : keys) req.add_keys(k);
+  req.mutable_tokens()->Add(tokens.begin(), tokens.end());
+  req.set_pin(pin);
+  return Call<v1::PrefetchResponse>(*stub_, &v1::KvTier::Stub::Prefetch, req);
+}
+
+absl::StatusOr<v1::GetPrefetchResponse> Client::GetPrefetch(uint64_t prefetch_id, int64_t wait_ms) {
+  v1::GetPrefetchRequest req;
+  req.set_session_id(session_id_);
+  req.set_prefetch_id(prefetch_id);
+  req.set_wait_ms(wait_ms);
+  return Call<v1::GetPrefetchResponse>(*stub_, &v1::KvTier::Stub::GetPrefetch, req);
+}
+
+absl::StatusOr<v1::GetPoolHandleResponse> Client::GetPoolHandle(uint64_t layout_id) {
+  v1::GetPoolHandleRequest req;
+  req.set_session_id(session_id_);
+  req.set_layout_id(layout_id);
+  return Call<v1::GetPoolHandleResponse>(*stub_, &v1::KvTier::Stub::GetPoolHandle, req);
+}
+
+absl::StatusOr<std::unique_ptr<MappedPool>> Client::MapPool(uint64_t layout_id) {
+  auto handle = GetPoolHandle(layout_id);
+  if (!handle.ok()) return handle.status();
+  auto fds = FetchFds(handle->fd_socket(), handle->fd_ticket());
+  if (!fds.ok()) return fds.status();
+  auto pool = MappedPool::Map(*handle, *fds);
+  for (int fd : *fds) close(fd);  // the mapping keeps what it needs
+  return pool;
 }
 
 }  // namespace kvtier

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "client/pool_mapping.h"
 #include "kvtier/v1/kvtier.grpc.pb.h"
 
 namespace kvtier {
@@ -27,6 +28,12 @@ struct ClientOptions {
   std::string client_name = "kvtier-client";
   int64_t max_message_bytes = 64ll << 20;
   int64_t connect_timeout_ms = 5000;
+  // TLS to a TCP target (kvtierd's tls_cert_file): the CA (PEM file) that signed the daemon's certificate,
+  // and for mutual TLS the client's own certificate and key. Empty tls_ca_file: plaintext.
+  std::string tls_ca_file;
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_server_name;  // overrides the name checked against the certificate
 };
 
 // The default target: unix socket of DefaultSocketPath() rules ($KVTIER_SOCKET overrides).
@@ -62,6 +69,19 @@ class Client {
   absl::StatusOr<kvtier::v1::ExportCalibrationResponse> ExportCalibration(uint64_t layout_id);
   absl::StatusOr<kvtier::v1::LoadStaticScalesResponse> LoadStaticScales(uint64_t layout_id, std::string scales_file,
                                                                         const kvtier::v1::StaticScalesPolicy& policy);
+  // Admin: copies committed blocks down (TIER_UNSPECIFIED: to SSD when configured, else host).
+  absl::StatusOr<kvtier::v1::FlushResponse> Flush(kvtier::v1::Tier to = kvtier::v1::TIER_UNSPECIFIED);
+  // Admin: empties a tier into the ones below, waiting up to wait_ms for pins to go away.
+  absl::StatusOr<kvtier::v1::DrainResponse> Drain(kvtier::v1::Tier tier, int64_t wait_ms = 0);
+  // Starts paging a prefix (block keys in order, or tokens) up to the GPU tier in the background.
+  absl::StatusOr<kvtier::v1::PrefetchResponse> Prefetch(uint64_t layout_id, std::span<const std::string> keys,
+                                                        std::span<const int32_t> tokens, bool pin);
+  // A prefetch's progress; waits up to wait_ms for it to finish.
+  absl::StatusOr<kvtier::v1::GetPrefetchResponse> GetPrefetch(uint64_t prefetch_id, int64_t wait_ms = 0);
+  // The layout's pool handle (the descriptors are fetched separately with FetchFds).
+  absl::StatusOr<kvtier::v1::GetPoolHandleResponse> GetPoolHandle(uint64_t layout_id);
+  // Maps the layout's GPU-tier pool into this process (GetPoolHandle + the descriptor socket).
+  absl::StatusOr<std::unique_ptr<MappedPool>> MapPool(uint64_t layout_id);
 
   kvtier::v1::KvTier::Stub& stub() { return *stub_; }
 

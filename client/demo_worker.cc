@@ -3,19 +3,26 @@
 //   --role=writer  writes the KV of a prompt and commits its full blocks, then releases them
 //   --role=reader  looks a longer prompt up (pin + page-in), verifies every hit block against the
 //                  oracle, then writes the KV of the blocks that missed (prefill of the remainder)
+//   --role=attend  pins the prompt's cached prefix and runs daemon-served decode attention over it for
+//                  --duration_ms (random queries, layer by layer), checking every output against the CPU
+//                  reference over the oracle's pages; prints a "ready" line after its first checked
+//                  Attend and a summary line at the end (exit 1 on any mismatch or error)
 // Common flags: --socket=PATH --tokens=N (prompt length) --extra=N (reader: tokens beyond the shared
 // prefix) --prompt_seed=S --name=NAME --hold_ms=MS (keep the session and its pins this long before
 // exiting). Prints one JSON line with what happened; exits 1 if any block failed verification.
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <random>
 #include <thread>
 
 #include "absl/strings/str_format.h"
 #include "client/cli_args.h"
 #include "client/client.h"
 #include "client/prompt_kv.h"
+#include "kernels/attention/attention.h"
 #include "kernels/testing/kv_oracle.h"
 
 namespace kvtier {
@@ -79,7 +86,59 @@ int Run(const CliArgs& args) {
   };
 
   int exit_code = 0;
-  if (role == "writer") {
+  if (role == "attend") {
+    auto hit = c.Lookup(reg->layout_id(), prompt, /*pin=*/true, /*promote=*/true);
+    if (!hit.ok() || hit->blocks_size() == 0) {
+      std::fprintf(stderr, "attend lookup: %s\n", hit.ok() ? "no cached prefix" : hit.status().ToString().c_str());
+      return 1;
+    }
+    const int nblocks = hit->blocks_size(), seq_len = nblocks * shape.block_size;
+    // The reference pool: the oracle's fp16 pages at slots 0..n-1.
+    std::string pool(static_cast<size_t>(nblocks) * geometry->page_bytes(), '\0');
+    for (int b = 0; b < nblocks; ++b) fill(b, reinterpret_cast<uint8_t*>(pool.data()) + b * geometry->page_bytes());
+    std::vector<int32_t> table(nblocks);
+    for (int b = 0; b < nblocks; ++b) table[b] = b;
+    const int hq = 2 * shape.num_kv_heads;
+    std::mt19937 rng(static_cast<uint32_t>(getpid()));
+    std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+    int64_t iterations = 0, mismatches = 0, errors = 0;
+    const double duration_ms = static_cast<double>(args.GetInt("duration_ms", 2000));
+    do {
+      const int layer = static_cast<int>(iterations % shape.num_layers);
+      std::vector<uint16_t> q(static_cast<size_t>(hq) * shape.head_dim), ref(q.size());
+      for (auto& x : q) x = FloatToHalf(dist(rng));
+      v1::AttendRequest req;
+      req.set_layout_id(reg->layout_id());
+      req.set_layer(layer);
+      req.set_num_q_heads(hq);
+      auto* seq = req.add_sequences();
+      for (const auto& b : hit->blocks()) seq->add_block_ids(b.block_id());
+      seq->set_seq_len(seq_len);
+      seq->set_num_queries(1);
+      req.set_queries(std::string(reinterpret_cast<const char*>(q.data()), q.size() * 2));
+      auto got = c.Attend(req);
+      const DecodeParams p{&*geometry, {reinterpret_cast<const uint8_t*>(pool.data()), nullptr, nblocks},
+                           {1, &seq_len, table.data(), nblocks}, layer, hq, shape.head_dim, ActDtype::kFp16,
+                           q.data(), ref.data(), 0.0f};
+      if (!got.ok() || !PagedDecodeRef(p).ok() || got->output().size() != ref.size() * 2) {
+        ++errors;
+      } else {
+        const auto* out = reinterpret_cast<const uint16_t*>(got->output().data());
+        for (size_t i = 0; i < ref.size(); ++i)
+          if (!(std::fabs(HalfToFloat(out[i]) - HalfToFloat(ref[i])) <= 2e-3f)) ++mismatches;
+      }
+      if (iterations++ == 0) {
+        std::printf("{\"role\":\"attend\",\"name\":\"%s\",\"ready\":1,\"pinned_blocks\":%d}\n",
+                    o.client_name.c_str(), nblocks);
+        std::fflush(stdout);
+      }
+    } while (elapsed_ms() < duration_ms);
+    std::printf("{\"role\":\"attend\",\"name\":\"%s\",\"done\":1,\"iterations\":%lld,\"mismatches\":%lld,"
+                "\"errors\":%lld,\"ms\":%.1f}\n",
+                o.client_name.c_str(), static_cast<long long>(iterations), static_cast<long long>(mismatches),
+                static_cast<long long>(errors), elapsed_ms());
+    exit_code = mismatches == 0 && errors == 0 ? 0 : 1;
+  } else if (role == "writer") {
     auto w = WritePromptKv(c, reg->layout_id(), shape, reg->activation_page_bytes(), prompt, fill);
     if (!w.ok()) {
       std::fprintf(stderr, "write: %s\n", w.status().ToString().c_str());

@@ -12,6 +12,9 @@
 //   calibrate export FILE [--layout=ID]  write the statistics as a scales file (docs/calibration.md)
 //   scales load FILE --layout=ID [--include=P,..] [--exclude=P,..] [--format=int8|fp8_e4m3|fp8_e5m2]
 //                                   register a static-scale variant of a layout; prints its layout id
+//   flush [--tier=ssd|host]      copy every committed block down (ssd: durable); exit 1 if some did not fit
+//   drain --tier=gpu|host [--wait_ms=N]  empty a tier into the ones below without dropping blocks;
+//                                exit 1 if blocks remain (pinned or private, or no room below)
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -172,6 +175,8 @@ int Run(const CliArgs& args) {
                 "sessions | lookup --layout=ID --tokens=T1,T2,... | calibrate start [--layout=ID] | calibrate stop | "
                 "calibrate export FILE [--layout=ID] | scales load FILE --layout=ID [--include=P,..] [--exclude=P,..] "
                 "[--format=F]\n");
+                "sessions | lookup --layout=ID --tokens=T1,T2,... | flush [--tier=ssd|host] | "
+                "drain --tier=gpu|host [--wait_ms=N]\n");
     return args.positional.empty() ? 2 : 0;
   }
   ClientOptions o;
@@ -180,6 +185,10 @@ int Run(const CliArgs& args) {
   o.tenant = args.Get("tenant");
   if (args.Has("socket")) o.target = "unix:" + args.Get("socket");
   if (args.Has("target")) o.target = args.Get("target");
+  o.tls_ca_file = args.Get("tls_ca");  // TLS to a TCP target: --tls_ca=PEM [--tls_cert=PEM --tls_key=PEM]
+  o.tls_cert_file = args.Get("tls_cert");
+  o.tls_key_file = args.Get("tls_key");
+  o.tls_server_name = args.Get("tls_name");
   auto client = Client::Connect(o);
   if (!client.ok()) return Fail(client.status());
   const bool json = args.Has("json");
@@ -259,6 +268,42 @@ int Run(const CliArgs& args) {
   }
   if (cmd == "calibrate") return Calibrate(**client, args, json);
   if (cmd == "scales" && sub == "load") return LoadScales(**client, args, json);
+  if (cmd == "flush") {
+    const std::string tier = args.Get("tier", "");
+    if (!tier.empty() && tier != "ssd" && tier != "host") {
+      std::fprintf(stderr, "kvtierctl: --tier must be ssd or host\n");
+      return 2;
+    }
+    auto r = (*client)->Flush(tier == "ssd"    ? v1::TIER_SSD
+                              : tier == "host" ? v1::TIER_HOST
+                                               : v1::TIER_UNSPECIFIED);
+    if (!r.ok()) return Fail(r.status());
+    if (json) {
+      std::printf("%s\n", Json(*r).c_str());
+    } else {
+      std::printf("flushed %lld blocks (%s), %lld already had a copy, %lld not written\n",
+                  static_cast<long long>(r->blocks_written()), r->durable() ? "durable on SSD" : "to host memory",
+                  static_cast<long long>(r->blocks_already_copied()), static_cast<long long>(r->blocks_not_written()));
+    }
+    return r->blocks_not_written() == 0 ? 0 : 1;
+  }
+  if (cmd == "drain") {
+    const std::string tier = args.Get("tier", "");
+    if (tier != "gpu" && tier != "host") {
+      std::fprintf(stderr, "kvtierctl: drain needs --tier=gpu or --tier=host\n");
+      return 2;
+    }
+    auto r = (*client)->Drain(tier == "gpu" ? v1::TIER_GPU : v1::TIER_HOST, args.GetInt("wait_ms", 0));
+    if (!r.ok()) return Fail(r.status());
+    if (json) {
+      std::printf("%s\n", Json(*r).c_str());
+    } else {
+      std::printf("moved %lld blocks out of the %s tier; %lld remain (%lld pinned, %lld private)\n",
+                  static_cast<long long>(r->blocks_moved()), tier.c_str(), static_cast<long long>(r->blocks_remaining()),
+                  static_cast<long long>(r->blocks_pinned()), static_cast<long long>(r->blocks_private()));
+    }
+    return r->drained() ? 0 : 1;
+  }
   std::fprintf(stderr, "kvtierctl: unknown command '%s'\n", cmd.c_str());
   return 2;
 }

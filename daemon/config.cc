@@ -119,6 +119,12 @@ absl::Status ValidateConfig(const DaemonConfig& c) {
     return absl::InvalidArgumentError("config: limits.ssd_tier_bytes must be at least 16 MiB");
   for (const auto& t : c.tenants())
     if (t.name().empty()) return absl::InvalidArgumentError("config: a tenant has no name");
+  if (c.tls_cert_file().empty() != c.tls_key_file().empty())
+    return absl::InvalidArgumentError("config: tls_cert_file and tls_key_file go together");
+  if (!c.tls_client_ca_file().empty() && c.tls_cert_file().empty())
+    return absl::InvalidArgumentError("config: tls_client_ca_file needs tls_cert_file and tls_key_file");
+  if (!c.tls_cert_file().empty() && c.tcp_address().empty())
+    return absl::InvalidArgumentError("config: TLS is for the TCP listener, but tcp_address is empty");
   return absl::OkStatus();
 }
 

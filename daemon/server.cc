@@ -6,6 +6,8 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -61,7 +63,45 @@ absl::StatusOr<std::unique_ptr<KvTierServer>> KvTierServer::Start(const kvtier::
   s->sessions_ = std::make_unique<SessionRegistry>(s->store_.get());
   s->service_ = std::make_unique<KvTierService>(config, s->store_.get(), s->sessions_.get());
   s->service_->SetDefaultStaticScales(*std::move(static_scales));
+  if (!config.tenant_token_file().empty()) {
+    auto tokens = LoadTokenFile(config.tenant_token_file());
+    if (!tokens.ok()) return tokens.status();
+    KVTIER_LOG(kInfo, "tenant_tokens") << "file=" << config.tenant_token_file() << " tokens=" << tokens->size();
+    s->service_->set_tokens(std::make_shared<const TokenTable>(std::move(*tokens)));
+  }
+  std::shared_ptr<grpc::ServerCredentials> tcp_credentials = grpc::InsecureServerCredentials();
+  if (!config.tls_cert_file().empty()) {
+    auto read = [](const std::string& path) -> absl::StatusOr<std::string> {
+      std::ifstream in(path);
+      if (!in) return absl::FailedPreconditionError(absl::StrCat("cannot read TLS file ", path));
+      std::stringstream ss;
+      ss << in.rdbuf();
+      return ss.str();
+    };
+    auto cert = read(config.tls_cert_file());
+    auto key = read(config.tls_key_file());
+    absl::StatusOr<std::string> ca = std::string();
+    if (!config.tls_client_ca_file().empty()) ca = read(config.tls_client_ca_file());
+    for (const auto* st : {&cert.status(), &key.status(), &ca.status()})
+      if (!st->ok()) return *st;
+    grpc::SslServerCredentialsOptions tls(config.tls_client_ca_file().empty()
+                                              ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                              : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    tls.pem_key_cert_pairs.push_back({*key, *cert});
+    tls.pem_root_certs = *ca;
+    tcp_credentials = grpc::SslServerCredentials(tls);
+  }
 
+  if (!config.socket_path().empty()) {
+    // Next to the gRPC socket; without it (path too long) GetPoolHandle answers UNAVAILABLE.
+    auto broker = FdBroker::Start(config.socket_path() + ".fds");
+    if (broker.ok()) {
+      s->fd_broker_ = std::move(*broker);
+      s->service_->set_fd_broker(s->fd_broker_.get());
+    } else {
+      KVTIER_LOG(kWarning, "fd_socket_unavailable") << "error=\"" << broker.status() << "\"";
+    }
+  }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -73,7 +113,7 @@ absl::StatusOr<std::unique_ptr<KvTierServer>> KvTierServer::Start(const kvtier::
     ::unlink(socket.c_str());  // a stale socket of a previous (killed) daemon
     builder.AddListeningPort("unix:" + socket, grpc::InsecureServerCredentials());
   }
-  if (!config.tcp_address().empty()) builder.AddListeningPort(config.tcp_address(), grpc::InsecureServerCredentials());
+  if (!config.tcp_address().empty()) builder.AddListeningPort(config.tcp_address(), tcp_credentials, &s->tcp_port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes()));
   builder.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes()));
   // Detect dead peers on TCP too (unix sockets report the close at once).
@@ -92,7 +132,10 @@ absl::StatusOr<std::unique_ptr<KvTierServer>> KvTierServer::Start(const kvtier::
   }
   if (!socket.empty() && ::chmod(socket.c_str(), 0660) != 0)
     KVTIER_LOG(kWarning, "socket_chmod_failed") << "path=" << socket << " errno=" << std::strerror(errno);
+  if (!config.tcp_address().empty() && s->tcp_port_ == 0)
+    return absl::UnavailableError(absl::StrCat("cannot listen on tcp_address ", config.tcp_address()));
   KVTIER_LOG(kInfo, "listening") << "socket=" << socket << " tcp=" << config.tcp_address()
+                                 << " tls=" << (config.tls_cert_file().empty() ? "off" : "on")
                                  << " device=" << s->device_name_ << " gpu_pool_bytes=" << options.gpu_pool_bytes
                                  << " host_tier_bytes=" << options.host_tier_bytes;
   return s;
@@ -102,6 +145,8 @@ void KvTierServer::Shutdown() {
   if (shut_down_) return;
   shut_down_ = true;
   if (!server_) return;  // Start failed before the server was built (e.g. the SSD tier did not open)
+  if (service_) service_->StopBackgroundWork();  // answers callers waiting on prefetches: no call stays open
+  if (!server_) return;  // Start failed before the server ran
   // Stop accepting, let in-flight calls finish for up to 5 s, then cancel the rest (Attach streams).
   server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   server_->Wait();

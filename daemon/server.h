@@ -28,6 +28,8 @@ class KvTierServer {
   BlockStore& store() { return *store_; }
   // The bound metrics port (useful with metrics_address "host:0"); 0 when metrics are off.
   int metrics_port() const { return metrics_ ? metrics_->port() : 0; }
+  // The bound TCP port (useful with tcp_address "host:0"); 0 without a TCP listener.
+  int tcp_port() const { return tcp_port_; }
 
  private:
   KvTierServer() = default;
@@ -36,10 +38,12 @@ class KvTierServer {
   std::string device_name_;
   std::unique_ptr<BlockStore> store_;
   std::unique_ptr<SessionRegistry> sessions_;
+  std::unique_ptr<FdBroker> fd_broker_;  // GetPoolHandle's descriptor socket (unix socket_path only)
   std::unique_ptr<KvTierService> service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<MetricsServer> metrics_;  // declared last: stops before what it reads is destroyed
   bool shut_down_ = false;
+  int tcp_port_ = 0;
 };
 
 }  // namespace kvtier

@@ -49,28 +49,49 @@ class KvTierService::AttachReactor final : public grpc::ServerWriteReactor<v1::S
 };
 
 KvTierService::KvTierService(const v1::DaemonConfig& config, BlockStore* store, SessionRegistry* sessions)
-    : config_(config), store_(store), sessions_(sessions) {}
+    : config_(config),
+      store_(store),
+      sessions_(sessions),
+      prefetcher_(std::make_unique<Prefetcher>(store, sessions)) {
+  SetMessageAllocatorFor_Lookup(&lookup_alloc_);
+  SetMessageAllocatorFor_Commit(&commit_alloc_);
+  SetMessageAllocatorFor_Allocate(&allocate_alloc_);
+  SetMessageAllocatorFor_Release(&release_alloc_);
+}
+
+void KvTierService::StopBackgroundWork() { prefetcher_->Stop(); }
 
 grpc::ServerWriteReactor<v1::SessionEvent>* KvTierService::Attach(grpc::CallbackServerContext* ctx,
                                                                   const v1::AttachRequest* req) {
   std::string tenant = req->tenant().empty() ? "default" : req->tenant();
   std::string salt = tenant;
-  bool admin = config_.admin_token().empty() || req->token() == config_.admin_token();
-  if (config_.tenants_size() > 0) {
+  const bool admin_token_ok = !config_.admin_token().empty() && req->token() == config_.admin_token();
+  bool admin = config_.admin_token().empty() || admin_token_ok;
+  // Credentials: a token of the tenant token file names its tenant; else the admin token; else the
+  // config's tenant list (when there is one). With neither file nor list, auth is off.
+  bool refused = false;
+  const TokenGrant* grant = nullptr;
+  if (tokens_ != nullptr)
+    if (auto it = tokens_->find(req->token()); it != tokens_->end()) grant = &it->second;
+  if (grant != nullptr) {
+    refused = !req->tenant().empty() && req->tenant() != grant->tenant;
+    tenant = salt = grant->tenant;
+  } else if (!admin_token_ok && (tokens_ != nullptr || config_.tenants_size() > 0)) {
     const v1::Tenant* found = nullptr;
     for (const auto& t : config_.tenants())
       if (t.name() == tenant) found = &t;
-    const bool admin_token_ok = !config_.admin_token().empty() && req->token() == config_.admin_token();
-    if (found == nullptr || (!found->token().empty() && found->token() != req->token() && !admin_token_ok)) {
-      class Refuse final : public grpc::ServerWriteReactor<v1::SessionEvent> {
-       public:
-        Refuse() { Finish({grpc::StatusCode::PERMISSION_DENIED, "unknown tenant or bad credentials"}); }
-        void OnDone() override { delete this; }
-      };
-      KVTIER_LOG(kWarning, "attach_refused") << "tenant=" << tenant << " peer=" << ctx->peer();
-      return new Refuse();
-    }
-    if (!found->salt().empty()) salt = found->salt();
+    refused = found == nullptr || (!found->token().empty() && found->token() != req->token());
+  }
+  for (const auto& t : config_.tenants())
+    if (t.name() == tenant && !t.salt().empty()) salt = t.salt();
+  if (refused) {
+    class Refuse final : public grpc::ServerWriteReactor<v1::SessionEvent> {
+     public:
+      Refuse() { Finish({grpc::StatusCode::UNAUTHENTICATED, "unknown tenant or bad credentials"}); }
+      void OnDone() override { delete this; }
+    };
+    KVTIER_LOG(kWarning, "attach_refused") << "tenant=" << tenant << " peer=" << ctx->peer();
+    return new Refuse();
   }
   Session s = sessions_->Open(std::move(tenant), std::move(salt), admin, req->client_name(), req->pid());
   return new AttachReactor(sessions_, std::move(s), config_.lease_ms());

@@ -6,9 +6,15 @@
 #include <memory>
 #include <optional>
 
+#include "absl/functional/function_ref.h"
+
 #include "kvtier/v1/config.pb.h"
 #include "kvtier/v1/kvtier.grpc.pb.h"
+#include "daemon/arena_allocator.h"
+#include "daemon/fd_broker.h"
+#include "daemon/prefetcher.h"
 #include "daemon/session_registry.h"
+#include "daemon/token_file.h"
 #include "tiering/block_store.h"
 
 namespace kvtier {
@@ -66,7 +72,27 @@ class KvTierService final : public kvtier::v1::KvTier::CallbackService {
 
   // The static scales of the config's default policy, applied to every RegisterLayout (set before serving).
   void SetDefaultStaticScales(std::optional<StaticScalesPolicy> policy) { default_static_ = std::move(policy); }
+  // Flush, Drain (service_admin.cc); Prefetch, GetPrefetch (service_prefetch.cc).
+  grpc::ServerUnaryReactor* Flush(grpc::CallbackServerContext* ctx, const kvtier::v1::FlushRequest* req,
+                                  kvtier::v1::FlushResponse* resp) override;
+  grpc::ServerUnaryReactor* Drain(grpc::CallbackServerContext* ctx, const kvtier::v1::DrainRequest* req,
+                                  kvtier::v1::DrainResponse* resp) override;
+  grpc::ServerUnaryReactor* Prefetch(grpc::CallbackServerContext* ctx, const kvtier::v1::PrefetchRequest* req,
+                                     kvtier::v1::PrefetchResponse* resp) override;
+  grpc::ServerUnaryReactor* GetPrefetch(grpc::CallbackServerContext* ctx, const kvtier::v1::GetPrefetchRequest* req,
+                                        kvtier::v1::GetPrefetchResponse* resp) override;
 
+  // GetPoolHandle (service_pool.cc).
+  grpc::ServerUnaryReactor* GetPoolHandle(grpc::CallbackServerContext* ctx,
+                                          const kvtier::v1::GetPoolHandleRequest* req,
+                                          kvtier::v1::GetPoolHandleResponse* resp) override;
+
+  // Ends background work (prefetches; their waiting callers are answered) before the server shuts down.
+  void StopBackgroundWork();
+  // Where GetPoolHandle's descriptors are handed out (null: pool handles are unavailable).
+  void set_fd_broker(FdBroker* broker) { fd_broker_ = broker; }
+  // The tenant token file's table (null: no token file). Set before the server starts.
+  void set_tokens(std::shared_ptr<const TokenTable> tokens) { tokens_ = std::move(tokens); }
 
  private:
   class AttachReactor;
@@ -77,11 +103,22 @@ class KvTierService final : public kvtier::v1::KvTier::CallbackService {
   // handler gave it (closes the race between a call in flight and the lease ending).
   template <class Fn>
   grpc::ServerUnaryReactor* WithSession(grpc::CallbackServerContext* ctx, uint64_t id, bool need_admin, Fn&& fn);
+  // The same for handlers defined in other files (the template lives in service_handlers.cc).
+  grpc::ServerUnaryReactor* WithSessionFn(grpc::CallbackServerContext* ctx, uint64_t id, bool need_admin,
+                                          absl::FunctionRef<grpc::Status(const Session&)> fn);
 
   const kvtier::v1::DaemonConfig config_;
   BlockStore* store_;
   SessionRegistry* sessions_;
   std::optional<StaticScalesPolicy> default_static_;
+  std::unique_ptr<Prefetcher> prefetcher_;
+  FdBroker* fd_broker_ = nullptr;
+  std::shared_ptr<const TokenTable> tokens_;
+  // Arena-allocated messages for the hot per-request calls.
+  ArenaMessageAllocator<kvtier::v1::LookupRequest, kvtier::v1::LookupResponse> lookup_alloc_;
+  ArenaMessageAllocator<kvtier::v1::CommitRequest, kvtier::v1::CommitResponse> commit_alloc_;
+  ArenaMessageAllocator<kvtier::v1::AllocateRequest, kvtier::v1::AllocateResponse> allocate_alloc_;
+  ArenaMessageAllocator<kvtier::v1::ReleaseRequest, kvtier::v1::ReleaseResponse> release_alloc_;
 };
 
 }  // namespace kvtier

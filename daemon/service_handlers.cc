@@ -44,11 +44,16 @@ grpc::ServerUnaryReactor* KvTierService::WithSession(grpc::CallbackServerContext
   grpc::Status status = ResolveSession(id, need_admin, &session);
   if (status.ok()) {
     status = fn(session);
-    if (!sessions_->Find(id)) store_->ReleaseSession(id);
+    if (!sessions_->Contains(id)) store_->ReleaseSession(id);
   }
   grpc::ServerUnaryReactor* r = ctx->DefaultReactor();
   r->Finish(status);
   return r;
+}
+
+grpc::ServerUnaryReactor* KvTierService::WithSessionFn(grpc::CallbackServerContext* ctx, uint64_t id, bool need_admin,
+                                                       absl::FunctionRef<grpc::Status(const Session&)> fn) {
+  return WithSession(ctx, id, need_admin, fn);
 }
 
 grpc::ServerUnaryReactor* KvTierService::RegisterLayout(grpc::CallbackServerContext* ctx,
@@ -156,7 +161,7 @@ grpc::ServerUnaryReactor* KvTierService::Lookup(grpc::CallbackServerContext* ctx
   return WithSession(ctx, req->session_id(), false, [&](const Session& s) -> grpc::Status {
     if (req->tokens_size() > kMaxLookupTokens)
       return Invalid(absl::StrCat(req->tokens_size(), " tokens; the limit is ", kMaxLookupTokens));
-    std::vector<int32_t> tokens(req->tokens().begin(), req->tokens().end());
+    const std::span<const int32_t> tokens(req->tokens().data(), req->tokens_size());
     auto out = store_->Lookup(s.id, s.salt, req->layout_id(), tokens, req->pin() || req->promote(), req->promote());
     if (!out.ok()) return ToGrpc(out.status());
     for (const auto& b : out->blocks) {

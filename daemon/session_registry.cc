@@ -43,6 +43,11 @@ std::optional<Session> SessionRegistry::Find(SessionId id) const {
   return it->second;
 }
 
+bool SessionRegistry::Contains(SessionId id) const {
+  MutexLock lock(&mu_);
+  return sessions_.contains(id);
+}
+
 std::vector<Session> SessionRegistry::List() const {
   MutexLock lock(&mu_);
   std::vector<Session> out;

@@ -36,6 +36,7 @@ class SessionRegistry {
   // Ends a session and releases what it holds; no-op if already closed.
   void Close(SessionId id);
   std::optional<Session> Find(SessionId id) const;
+  bool Contains(SessionId id) const;
   std::vector<Session> List() const;
   size_t size() const;
 

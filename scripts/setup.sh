@@ -12,6 +12,8 @@ apt_packages=(
   libgtest-dev libgmock-dev libbenchmark-dev libcivetweb-dev libsystemd-dev
   # deployment checks (tests/deploy): systemd-analyze, linters, offline Kubernetes manifest validation
   systemd yamllint shellcheck python3-yaml python3-kubernetes
+  # daemon auth test: self-signed TLS certificates; perf for bench/daemon profiles
+  openssl linux-perf
 )
 # kubectl renders the kustomize overlays; take Debian's unless one is installed already.
 command -v kubectl >/dev/null || apt_packages+=(kubernetes-client)

@@ -41,6 +41,11 @@ BlockStore::~BlockStore() {
     MutexLock lock(&mu_);
     stopping_ = true;
   }
+  {
+    std::lock_guard<std::mutex> lock(mover_mu_);
+    mover_stop_ = true;
+  }
+  mover_cv_.notify_all();
   mover_.join();
   MutexLock lock(&mu_);
   entries_.clear();  // host records return their memory before host_ dies
@@ -125,8 +130,10 @@ void BlockStore::FreeBlockLocked(Entry& e, bool dropped, std::vector<BlockKey>* 
     clean_copies_.erase(e.id);
   } else if (e.tier == Tier::kHost) {
     host_blocks_.erase(e.id);
-  } else if (e.tier == Tier::kSsd) {
-    ssd_blocks_.erase(e.id);
+  }
+  if (e.ssd_copy) ssd_copies_.erase(e.id);
+  if (e.tier == Tier::kSsd || e.ssd_copy) {
+    if (e.tier == Tier::kSsd) ssd_blocks_.erase(e.id);
     if (ssd_keys != nullptr) {
       ssd_keys->push_back(e.key);
     } else if (ssd_ != nullptr) {
@@ -153,6 +160,11 @@ absl::StatusOr<std::vector<AllocatedBlock>> BlockStore::Allocate(SessionId sessi
     return absl::InvalidArgumentError(absl::StrCat("count=", count, " outside [1, ", options_.max_blocks_per_call, "]"));
   const Layout* layout = layouts_.Find(layout_id);
   if (layout == nullptr) return absl::NotFoundError(absl::StrCat("unknown layout_id=", layout_id));
+  // Page-table entries are made before taking the table lock (malloc is not cheap under contention).
+  std::vector<std::unique_ptr<Entry>> fresh(count);
+  for (auto& e : fresh) e = std::make_unique<Entry>();
+  std::vector<AllocatedBlock> out;
+  out.reserve(count);
   MutexLock lock(&mu_);
   const uint64_t need = ResidentBytes(*layout) * static_cast<uint64_t>(count);
   PageArena* arena = ArenaLocked(*layout);
@@ -160,9 +172,8 @@ absl::StatusOr<std::vector<AllocatedBlock>> BlockStore::Allocate(SessionId sessi
   if (!MakeGpuRoomLocked(need) || arena->free_slots() < count)
     return absl::ResourceExhaustedError(absl::StrCat("GPU pool full: need ", need, " bytes, used ", gpu_used_,
                                                      " of ", gpu_limit_, " and nothing evictable"));
-  std::vector<AllocatedBlock> out;
   for (int i = 0; i < count; ++i) {
-    auto e = std::make_unique<Entry>();
+    std::unique_ptr<Entry> e = std::move(fresh[i]);
     e->id = next_id_++;
     e->layout = layout;
     e->layout_id = layout->id;
@@ -176,7 +187,7 @@ absl::StatusOr<std::vector<AllocatedBlock>> BlockStore::Allocate(SessionId sessi
     entries_.emplace(e->id, std::move(e));
   }
   gpu_used_ += need;
-  if (gpu_used_ > gpu_limit_ * options_.gpu_high_watermark) mover_kick_ = true;
+  if (gpu_used_ > gpu_limit_ * options_.gpu_high_watermark) KickMover();
   return out;
 }
 
@@ -416,53 +427,9 @@ absl::StatusOr<LookupOutcome> BlockStore::Lookup(SessionId session, std::string_
   if (pin || promote)
     for (Entry* e : hits) Pin(session, *e);
   if (promote) {
-    // Hits are pinned, so only promotions (this call's or a concurrent lookup's of the same prefix) move
-    // them. Work on ids: a block that fails its checksum is dropped and its Entry freed.
     std::vector<BlockId> ids;
     for (Entry* e : hits) ids.push_back(e->id);
-    absl::flat_hash_set<BlockId> failed;
-    for (int round = 0; round < 3; ++round) {
-      std::vector<Entry*> live;
-      for (BlockId id : ids)
-        if (Entry* e = FindLocked(id)) live.push_back(e);  // a block dropped as corrupt is gone
-      if (!WaitNotMoving(live)) continue;  // one was dropped: look again
-      std::vector<Entry*> from_ssd, from_host;
-      for (Entry* e : live) {
-        if (e->tier == Tier::kSsd) from_ssd.push_back(e);
-        if (e->tier == Tier::kHost) from_host.push_back(e);
-      }
-      if (from_ssd.empty() && from_host.empty()) break;
-      // Host-resident hits go up first (freeing host room), then SSD hits as host room allows.
-      for (BlockId id : PageInLocked(std::move(from_host))) failed.insert(id);
-      std::vector<Entry*> pending = std::move(from_ssd);
-      while (!pending.empty() && failed.empty()) {
-        std::vector<Entry*> deferred;
-        std::vector<BlockId> asked;
-        for (Entry* e : pending) asked.push_back(e->id);
-        for (BlockId id : PromoteFromSsdLocked(std::move(pending), &deferred)) failed.insert(id);
-        std::vector<Entry*> now_host;
-        absl::flat_hash_set<BlockId> later;
-        for (Entry* e : deferred) later.insert(e->id);
-        for (BlockId id : asked)
-          if (Entry* e = FindLocked(id); e != nullptr && e->tier == Tier::kHost && !later.contains(id))
-            now_host.push_back(e);
-        if (now_host.empty() && !deferred.empty()) {  // no host room at all: the prefix ends here
-          for (Entry* e : deferred) failed.insert(e->id);
-          break;
-        }
-        for (BlockId id : PageInLocked(std::move(now_host))) failed.insert(id);
-        pending = std::move(deferred);
-      }
-      if (!failed.empty()) break;
-    }
-    // The prefix ends before the first block that could not be brought in; blocks past the cut are
-    // unpinned again (dropped ones are gone, with their pins).
-    size_t keep = 0;
-    while (keep < ids.size() && !failed.contains(ids[keep]) && FindLocked(ids[keep]) != nullptr &&
-           FindLocked(ids[keep])->tier == Tier::kGpu)
-      ++keep;
-    for (size_t i = keep; i < ids.size(); ++i)
-      if (Entry* e = FindLocked(ids[i])) Unpin(session, *e);
+    const size_t keep = PromotePinnedLocked(session, ids);
     hits.clear();
     for (size_t i = 0; i < keep; ++i) hits.push_back(FindLocked(ids[i]));
   }
@@ -474,6 +441,55 @@ absl::StatusOr<LookupOutcome> BlockStore::Lookup(SessionId session, std::string_
   out.matched_tokens = static_cast<int32_t>(hits.size()) * bs;
   counters_.lookup_blocks_hit += hits.size();
   return out;
+}
+
+size_t BlockStore::PromotePinnedLocked(SessionId session, std::span<const BlockId> ids) {
+  // The blocks are pinned, so only promotions (this call's or a concurrent one's of the same prefix) move
+  // them. Work on ids: a block that fails its checksum is dropped and its Entry freed.
+  absl::flat_hash_set<BlockId> failed;
+  for (int round = 0; round < 3; ++round) {
+    std::vector<Entry*> live;
+    for (BlockId id : ids)
+      if (Entry* e = FindLocked(id)) live.push_back(e);  // a block dropped as corrupt is gone
+    if (!WaitNotMoving(live)) continue;  // one was dropped: look again
+    std::vector<Entry*> from_ssd, from_host;
+    for (Entry* e : live) {
+      if (e->tier == Tier::kSsd) from_ssd.push_back(e);
+      if (e->tier == Tier::kHost) from_host.push_back(e);
+    }
+    if (from_ssd.empty() && from_host.empty()) break;
+    // Host-resident blocks go up first (freeing host room), then SSD ones as host room allows.
+    for (BlockId id : PageInLocked(std::move(from_host))) failed.insert(id);
+    std::vector<Entry*> pending = std::move(from_ssd);
+    while (!pending.empty() && failed.empty()) {
+      std::vector<Entry*> deferred;
+      std::vector<BlockId> asked;
+      for (Entry* e : pending) asked.push_back(e->id);
+      for (BlockId id : PromoteFromSsdLocked(std::move(pending), &deferred)) failed.insert(id);
+      std::vector<Entry*> now_host;
+      absl::flat_hash_set<BlockId> later;
+      for (Entry* e : deferred) later.insert(e->id);
+      for (BlockId id : asked)
+        if (Entry* e = FindLocked(id); e != nullptr && e->tier == Tier::kHost && !later.contains(id))
+          now_host.push_back(e);
+      if (now_host.empty() && !deferred.empty()) {  // no host room at all: the prefix ends here
+        for (Entry* e : deferred) failed.insert(e->id);
+        break;
+      }
+      for (BlockId id : PageInLocked(std::move(now_host))) failed.insert(id);
+      pending = std::move(deferred);
+    }
+    if (!failed.empty()) break;
+  }
+  // The prefix ends before the first block that could not be brought in; blocks past the cut are
+  // unpinned again (dropped ones are gone, with their pins).
+  size_t keep = 0;
+  while (keep < ids.size() && !failed.contains(ids[keep]) && FindLocked(ids[keep]) != nullptr &&
+         FindLocked(ids[keep])->tier == Tier::kGpu)
+    ++keep;
+  for (size_t i = keep; i < ids.size(); ++i)
+    if (Entry* e = FindLocked(ids[i])) Unpin(session, *e);
+  return keep;
 }
 
 absl::Status BlockStore::Release(SessionId session, std::span<const BlockId> ids) {

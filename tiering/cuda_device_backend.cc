@@ -259,6 +259,21 @@ class CudaDeviceBackend final : public DeviceBackend {
     return pool->Export();
   }
 
+  absl::StatusOr<PoolExport> ExportPool(const PageArena& arena) const override {
+    auto g = Export(arena);
+    if (!g.ok()) return g.status();
+    PoolExport e;
+    e.kind = g->kind == GpuPoolExport::Kind::kVmmPosixFd ? PoolExport::Kind::kCudaVmm : PoolExport::Kind::kCudaIpc;
+    e.device = g->device;
+    e.reserved_bytes = g->reserved_bytes;
+    e.granularity = g->granularity;
+    for (const auto& c : g->chunks) e.chunks.push_back({c.offset, c.bytes, c.fd});  // the fds move over
+    if (e.kind == PoolExport::Kind::kCudaIpc)
+      e.ipc_handle.assign(reinterpret_cast<const char*>(&g->ipc), sizeof(g->ipc));
+    e.params_offset = arena.params() ? static_cast<uint64_t>(arena.params() - arena.data()) : 0;
+    return e;
+  }
+
  private:
   // Launches one chunk's conversion between a page set on the device and the compact staging.
   using LaunchFn = std::function<KernelStatus(const DevicePageSet& in, const DevicePageSet& out, uint32_t num_pages,

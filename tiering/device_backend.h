@@ -21,6 +21,7 @@
 #include "absl/status/statusor.h"
 #include "tiering/layout.h"
 #include "tiering/page_arena.h"
+#include "tiering/pool_export.h"
 
 namespace kvtier {
 
@@ -58,6 +59,12 @@ class DeviceBackend {
                               std::span<const int32_t> slots, std::span<const uint8_t* const> records) = 0;
   // Paged attention over resident pages of the arena (the caller keeps them in place).
   virtual absl::Status Attend(const Layout& layout, const PageArena& arena, const AttendBatch& batch) = 0;
+  // What another process needs to map `arena` (fresh descriptors, owned by the result). The default:
+  // this backend cannot export.
+  virtual absl::StatusOr<PoolExport> ExportPool(const PageArena& arena) const {
+    (void)arena;
+    return absl::FailedPreconditionError("this device backend cannot export its pool");
+  }
 };
 
 // The host device: arenas in (lazily committed) host memory, CPU kernels with `threads` workers.

@@ -1,6 +1,9 @@
 // The host device: GPU-tier pages live in anonymous host memory and are converted by the CPU
 // transcode path of kernels/.
+#include <fcntl.h>
+#include <cerrno>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <vector>
 
@@ -10,6 +13,8 @@
 #include "kernels/transcode.h"
 #include "tiering/device_backend.h"
 #include "tiering/kernel_status.h"
+#include "tiering/sync.h"
+#include "absl/container/flat_hash_map.h"
 
 namespace kvtier {
 namespace {
@@ -26,13 +31,47 @@ class HostDeviceBackend final : public DeviceBackend {
     const uint64_t param_bytes = uint64_t{layout.resident.param_bytes()} * static_cast<uint64_t>(num_slots);
     const uint64_t total = data_bytes + param_bytes;
     if (num_slots <= 0 || total == 0) return absl::InvalidArgumentError("arena with no slots");
-    // MAP_NORESERVE: slots that are never written cost no memory.
-    void* mem = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (mem == MAP_FAILED) return absl::ResourceExhaustedError(absl::StrCat("mmap of ", total, " bytes failed"));
+    // A memfd, so that engines can map the same pages (ExportPool); sparse: slots that are never written
+    // cost no memory.
+    const int fd = memfd_create("kvtier-arena", MFD_CLOEXEC);
+    if (fd < 0) return absl::ResourceExhaustedError(absl::StrCat("memfd_create failed: errno ", errno));
+    if (ftruncate(fd, static_cast<off_t>(total)) != 0) {
+      close(fd);
+      return absl::ResourceExhaustedError(absl::StrCat("ftruncate of the arena memfd to ", total, " bytes failed"));
+    }
+    void* mem = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+    if (mem == MAP_FAILED) {
+      close(fd);
+      return absl::ResourceExhaustedError(absl::StrCat("mmap of ", total, " bytes failed"));
+    }
     auto* base = static_cast<uint8_t*>(mem);
+    {
+      MutexLock lock(&mu_);
+      memfds_[base] = {fd, total};
+    }
     return std::make_unique<PageArena>(base, param_bytes ? base + data_bytes : nullptr, layout.resident.page_bytes(),
-                                       layout.resident.param_bytes(), num_slots,
-                                       [mem, total] { munmap(mem, total); });
+                                       layout.resident.param_bytes(), num_slots, [this, mem, total, fd, base] {
+                                         {
+                                           MutexLock lock(&mu_);
+                                           memfds_.erase(base);
+                                         }
+                                         munmap(mem, total);
+                                         close(fd);
+                                       });
+  }
+
+  absl::StatusOr<PoolExport> ExportPool(const PageArena& arena) const override {
+    MutexLock lock(&mu_);
+    auto it = memfds_.find(arena.data());
+    if (it == memfds_.end()) return absl::FailedPreconditionError("not an arena of this host device");
+    const int fd = fcntl(it->second.first, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) return absl::ResourceExhaustedError(absl::StrCat("dup of the arena memfd failed: errno ", errno));
+    PoolExport e;
+    e.kind = PoolExport::Kind::kHostMemfd;
+    e.reserved_bytes = it->second.second;
+    e.chunks.push_back({0, it->second.second, fd});
+    e.params_offset = arena.params() ? static_cast<uint64_t>(arena.params() - arena.data()) : 0;
+    return e;
   }
 
   absl::Status WriteActivations(const Layout& layout, PageArena& arena, std::span<const int32_t> slots,
@@ -110,6 +149,8 @@ class HostDeviceBackend final : public DeviceBackend {
   }
 
   int threads_;
+  mutable Mutex mu_;
+  absl::flat_hash_map<const uint8_t*, std::pair<int, uint64_t>> memfds_ ABSL_GUARDED_BY(mu_);  // base -> (fd, bytes)
 };
 
 }  // namespace
@@ -118,6 +159,13 @@ bool AttendBatch::IsDecode() const {
   for (size_t i = 0; i + 1 < q_indptr.size(); ++i)
     if (q_indptr[i + 1] - q_indptr[i] != 1) return false;
   return true;
+}
+
+void ClosePoolExport(PoolExport& e) {
+  for (auto& c : e.chunks) {
+    if (c.fd >= 0) close(c.fd);
+    c.fd = -1;
+  }
 }
 
 std::unique_ptr<DeviceBackend> MakeHostDeviceBackend(int threads) {

@@ -67,10 +67,10 @@ TEST_F(ServiceTest, UnknownTenantOrBadTokenCannotAttach) {
   o.target = "unix:" + config_.socket_path();
   o.tenant = "alpha";
   o.token = "wrong";
-  EXPECT_EQ(Client::Connect(o).status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(Client::Connect(o).status().code(), absl::StatusCode::kUnauthenticated);
   o.tenant = "gamma";
   o.token = "alpha-token";
-  EXPECT_EQ(Client::Connect(o).status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(Client::Connect(o).status().code(), absl::StatusCode::kUnauthenticated);
 }
 
 TEST_F(ServiceTest, BadLayoutsAreRejected) {
