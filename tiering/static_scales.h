@@ -53,19 +53,19 @@ uint64_t StaticScaleSetId(const StaticScaleSet& set);
 
 struct StaticScalesPolicy {
   std::shared_ptr<const StaticScaleSet> set;
-  Format format = Format::kInt8;              // int8, fp8_e4m3 or fp8_e5m2
-  std::vector<std::string> include = {"*"};   // layer patterns (precision_policy.h forms; globs over names)
-  std::vector<std::string> exclude;           // exclude wins
+  Format format = Format::kInt8;             // int8, fp8_e4m3 or fp8_e5m2
+  std::vector<std::string> include = {"*"};  // layer patterns (precision_policy.h forms; globs over names)
+  std::vector<std::string> exclude;          // exclude wins
 };
 
 struct StaticScalePlan {
   std::shared_ptr<const StaticScaleSet> set;
   Format format = Format::kInt8;
   std::vector<std::string> include, exclude;
-  std::vector<bool> static_layers;               // [num_layers]: quantized with static scales
-  std::vector<std::string> unmatched_patterns;   // "include 'x'" / "exclude 'y'": matched no layer
-  std::vector<float> table;                      // per-format scales, [num_segments * head_dim]
-  std::atomic<uint64_t> clipped{0};              // values clipped by the static scales (page-outs)
+  std::vector<bool> static_layers;              // [num_layers]: quantized with static scales
+  std::vector<std::string> unmatched_patterns;  // "include 'x'" / "exclude 'y'": matched no layer
+  std::vector<float> table;                     // per-format scales, [num_segments * head_dim]
+  std::atomic<uint64_t> clipped{0};             // values clipped by the static scales (page-outs)
 
   int num_static_layers() const;
   // Canonical text for the layout id.

@@ -78,9 +78,10 @@ class StaticScalesTest : public ::testing::Test {
     return c.ok() ? std::move(*c) : nullptr;
   }
   absl::StatusOr<WrittenPrompt> Write(uint64_t layout_id, const std::vector<int32_t>& prompt) {
-    return WritePromptKv(*engine_, layout_id, kShape, layout_.activation_page_bytes(), prompt, [&](int b, uint8_t* page) {
-      testing::FillActivationPage(act_, Format::kFp16, testing::BlockSeed(prompt, kShape.block_size, b), page);
-    });
+    return WritePromptKv(
+        *engine_, layout_id, kShape, layout_.activation_page_bytes(), prompt, [&](int b, uint8_t* page) {
+          testing::FillActivationPage(act_, Format::kFp16, testing::BlockSeed(prompt, kShape.block_size, b), page);
+        });
   }
   // Calibrates on one workload and returns the exported file.
   std::string Calibrate() {
@@ -149,7 +150,7 @@ TEST_F(StaticScalesTest, CalibrateExportLoadAndServeWithinTheBound) {
     testing::CheckStaticScalePage(act_, **set, static_layers, testing::BlockSeed(prompt, kShape.block_size, b),
                                   reinterpret_cast<const uint8_t*>(read->pages[b].data()), &check);
   EXPECT_EQ(check.bad, 0);
-  EXPECT_GT(check.clipped, 0);  // the second workload exceeds the calibrated range in places
+  EXPECT_GT(check.clipped, 0);         // the second workload exceeds the calibrated range in places
   EXPECT_GT(check.worst_ratio, 0.5f);  // really quantized
   EXPECT_LE(check.worst_ratio, 1.001f);
   auto stats = admin_->Stats();
