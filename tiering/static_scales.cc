@@ -116,9 +116,10 @@ absl::StatusOr<std::unique_ptr<StaticScalePlan>> ResolveStaticScales(const Stati
   return plan;
 }
 
-void Calibrator::Start(uint64_t layout_id) {
+void Calibrator::Start(uint64_t layout_id, uint64_t session) {
   MutexLock lock(&mu_);
   target_ = layout_id;
+  target_session_ = session;
   stats_.clear();
   active_.store(true, std::memory_order_relaxed);
 }
@@ -128,12 +129,19 @@ bool Calibrator::Stop() {
   return active_.exchange(false, std::memory_order_relaxed);
 }
 
-void Calibrator::Observe(uint64_t layout_id, const PageGeometry& activation, std::span<const uint8_t* const> pages) {
+void Calibrator::Observe(uint64_t layout_id, uint64_t session, const PageGeometry& activation,
+                         std::span<const uint8_t* const> pages) {
   if (!active()) return;
+  {
+    MutexLock lock(&mu_);
+    if ((target_ != 0 && target_ != layout_id) || (target_session_ != 0 && target_session_ != session)) return;
+  }
   CalibrationStats local(activation.shape());  // collected outside the lock, merged under it
   if (!local.AddPages(activation, pages).ok()) return;
   MutexLock lock(&mu_);
-  if (!active_.load(std::memory_order_relaxed) || (target_ != 0 && target_ != layout_id)) return;
+  if (!active_.load(std::memory_order_relaxed) || (target_ != 0 && target_ != layout_id) ||
+      (target_session_ != 0 && target_session_ != session))
+    return;
   auto it = stats_.find(layout_id);
   if (it == stats_.end())
     stats_.emplace(layout_id, std::move(local));

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <numeric>
@@ -219,6 +220,19 @@ TEST_F(StaticScalesTest, CalibrationStateErrors) {
   EXPECT_EQ(admin_->StopCalibration().status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(admin_->ExportCalibration(0).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(admin_->StartCalibration(777).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(admin_->StartCalibration(0, 12345).code(), absl::StatusCode::kNotFound);  // unknown session
+  // Session mode: only the engine's writes count, not another session's.
+  ASSERT_TRUE(admin_->StartCalibration(0, engine_->session_id()).ok());
+  auto other = Connect("");
+  ASSERT_NE(other, nullptr);
+  ASSERT_TRUE(WritePromptKv(*other, layout_.layout_id(), kShape, layout_.activation_page_bytes(), Prompt(300, 16 * 3),
+                            [&](int, uint8_t* page) { std::memset(page, 0, layout_.activation_page_bytes()); })
+                  .ok());
+  ASSERT_TRUE(Write(layout_.layout_id(), Prompt(400, 16 * 1)).ok());
+  auto session_stop = admin_->StopCalibration();
+  ASSERT_TRUE(session_stop.ok());
+  ASSERT_EQ(session_stop->layouts_size(), 1);
+  EXPECT_EQ(session_stop->layouts(0).token_count(), 16u);
   ASSERT_TRUE(admin_->StartCalibration(0).ok());
   EXPECT_TRUE(admin_->Stats()->calibrating());
   // A layout calibrated while another was registered: only the one written to has statistics.
