@@ -194,10 +194,11 @@ absl::StatusOr<v1::SetTierLimitsResponse> Client::SetTierLimits(const v1::TierLi
   return Call<v1::SetTierLimitsResponse>(*stub_, &v1::KvTier::Stub::SetTierLimits, req);
 }
 
-absl::Status Client::StartCalibration(uint64_t layout_id) {
+absl::Status Client::StartCalibration(uint64_t layout_id, uint64_t target_session_id) {
   v1::StartCalibrationRequest req;
   req.set_session_id(session_id_);
   req.set_layout_id(layout_id);
+  req.set_target_session_id(target_session_id);
   return Call<v1::StartCalibrationResponse>(*stub_, &v1::KvTier::Stub::StartCalibration, req).status();
 }
 

@@ -64,7 +64,7 @@ class Client {
   absl::StatusOr<kvtier::v1::ListSessionsResponse> ListSessions();
   absl::StatusOr<kvtier::v1::SetTierLimitsResponse> SetTierLimits(const kvtier::v1::TierLimits& limits);
   // Calibration and static scales (admin; docs/calibration.md).
-  absl::Status StartCalibration(uint64_t layout_id);
+  absl::Status StartCalibration(uint64_t layout_id, uint64_t target_session_id = 0);
   absl::StatusOr<kvtier::v1::StopCalibrationResponse> StopCalibration();
   absl::StatusOr<kvtier::v1::ExportCalibrationResponse> ExportCalibration(uint64_t layout_id);
   absl::StatusOr<kvtier::v1::LoadStaticScalesResponse> LoadStaticScales(uint64_t layout_id, std::string scales_file,

@@ -7,7 +7,8 @@
 //   evict [--tier=gpu|host] [--max=N]  page unpinned blocks down from a tier (0 = all)
 //   sessions                     live sessions: tenant, client, pid, pins
 //   lookup --layout=ID --tokens=1,2,3,...  longest cached prefix of a token list and where it lives
-//   calibrate start [--layout=ID]   calibration mode: collect per-channel K/V statistics (0/none: all layouts)
+//   calibrate start [--layout=ID] [--session=ID]  calibration mode: collect per-channel K/V statistics of
+//                                   the KV written (to one layout / by one session; default: all)
 //   calibrate stop                  stop collecting (statistics are kept for export)
 //   calibrate export FILE [--layout=ID]  write the statistics as a scales file (docs/calibration.md)
 //   scales load FILE --layout=ID [--include=P,..] [--exclude=P,..] [--format=int8|fp8_e4m3|fp8_e5m2]
@@ -97,8 +98,10 @@ int Calibrate(Client& client, const CliArgs& args, bool json) {
   const std::string sub = args.positional.size() > 1 ? args.positional[1] : "";
   const auto layout = static_cast<uint64_t>(args.GetInt("layout", 0));
   if (sub == "start") {
-    if (absl::Status st = client.StartCalibration(layout); !st.ok()) return Fail(st);
-    std::printf("calibrating %s\n", layout ? absl::StrCat("layout ", layout).c_str() : "every layout");
+    const auto session = static_cast<uint64_t>(args.GetInt("session", 0));
+    if (absl::Status st = client.StartCalibration(layout, session); !st.ok()) return Fail(st);
+    std::printf("calibrating %s, %s\n", layout ? absl::StrCat("layout ", layout).c_str() : "every layout",
+                session ? absl::StrCat("writes of session ", session).c_str() : "writes of every session");
     return 0;
   }
   if (sub == "stop") {
@@ -172,7 +175,8 @@ int Run(const CliArgs& args) {
   if (args.positional.empty() || args.Has("help")) {
     std::printf("usage: kvtierctl [--socket=PATH] [--token=T] [--json] status | tiers get | "
                 "tiers set [--gpu=BYTES] [--host=BYTES] [--ssd=BYTES] | evict [--tier=gpu|host] [--max=N] | "
-                "sessions | lookup --layout=ID --tokens=T1,T2,... | calibrate start [--layout=ID] | calibrate stop | "
+                "sessions | lookup --layout=ID --tokens=T1,T2,... | calibrate start [--layout=ID] [--session=ID] | "
+                "calibrate stop | "
                 "calibrate export FILE [--layout=ID] | scales load FILE --layout=ID [--include=P,..] [--exclude=P,..] "
                 "[--format=F]\n");
                 "sessions | lookup --layout=ID --tokens=T1,T2,... | flush [--tier=ssd|host] | "

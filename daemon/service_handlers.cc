@@ -330,8 +330,11 @@ grpc::ServerUnaryReactor* KvTierService::StartCalibration(grpc::CallbackServerCo
   return WithSession(ctx, req->session_id(), true, [&](const Session&) -> grpc::Status {
     if (req->layout_id() != 0 && store_->layouts().Find(req->layout_id()) == nullptr)
       return {grpc::StatusCode::NOT_FOUND, absl::StrCat("unknown layout_id ", req->layout_id())};
-    store_->calibrator().Start(req->layout_id());
-    KVTIER_LOG(kInfo, "calibration") << "action=start layout=" << req->layout_id();
+    if (req->target_session_id() != 0 && !sessions_->Find(req->target_session_id()))
+      return {grpc::StatusCode::NOT_FOUND, absl::StrCat("unknown or expired target_session_id ", req->target_session_id())};
+    store_->calibrator().Start(req->layout_id(), req->target_session_id());
+    KVTIER_LOG(kInfo, "calibration") << "action=start layout=" << req->layout_id()
+                                     << " session=" << req->target_session_id();
     return grpc::Status::OK;
   });
 }

@@ -116,8 +116,8 @@ absl::StatusOr<std::shared_ptr<const StaticScaleSet>> ParseStaticScalesFile(std:
   if (!parser.ParseFromString(std::string(text), &f))
     return absl::InvalidArgumentError(absl::StrCat(where, "does not parse: ", collector.errors));
   if (f.version() != kStaticScalesVersion)
-    return absl::InvalidArgumentError(absl::StrCat(where, "unknown version ", f.version(), " (this kvtierd reads version ",
-                                                   kStaticScalesVersion, ")"));
+    return absl::InvalidArgumentError(absl::StrCat(where, "unknown version ", f.version(),
+                                                   " (this kvtierd reads version ", kStaticScalesVersion, ")"));
   if (f.dtype() != "int8")
     return absl::InvalidArgumentError(absl::StrCat(where, "dtype '", f.dtype(), "' is not int8"));
   if (!f.scope().empty() && f.scope() != "per_channel")

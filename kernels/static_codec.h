@@ -10,10 +10,14 @@ namespace kvtier {
 // The largest code magnitude of a static-scale format: the clip limit of x * (1/s).
 template <Format F>
 KVTIER_HD constexpr float StaticLimit() {
-  if constexpr (F == Format::kInt8) return 127.0f;
-  else if constexpr (F == Format::kFp8E4m3) return Fp8E4m3::kMaxFiniteValue;
-  else if constexpr (F == Format::kFp8E5m2) return Fp8E5m2::kMaxFiniteValue;
-  else return 0.0f;
+  if constexpr (F == Format::kInt8)
+    return 127.0f;
+  else if constexpr (F == Format::kFp8E4m3)
+    return Fp8E4m3::kMaxFiniteValue;
+  else if constexpr (F == Format::kFp8E5m2)
+    return Fp8E5m2::kMaxFiniteValue;
+  else
+    return 0.0f;
 }
 
 template <Format F>

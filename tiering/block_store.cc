@@ -222,7 +222,7 @@ absl::Status BlockStore::Write(SessionId session, std::span<const BlockId> ids, 
   }
   mu_.Unlock();
   absl::Status st = device_->WriteActivations(layout, *arena, slots, src);
-  if (st.ok() && calibrator_.active()) calibrator_.Observe(layout.id, layout.activation_geometry, src);
+  if (st.ok() && calibrator_.active()) calibrator_.Observe(layout.id, session, layout.activation_geometry, src);
   mu_.Lock();
   for (Entry* e : blocks) e->moving = false;
   return st;

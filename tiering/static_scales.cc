@@ -23,18 +23,20 @@ absl::Status ValidateStaticScaleSet(const StaticScaleSet& s) {
   if (s.method != "minmax")
     return absl::InvalidArgumentError(absl::StrCat("static scales: unknown method '", s.method, "' (minmax)"));
   if (!s.symmetric)
-    return absl::InvalidArgumentError("static scales: asymmetric scales are not supported (kvtier's int8 is symmetric)");
+    return absl::InvalidArgumentError(
+        "static scales: asymmetric scales are not supported (kvtier's int8 is symmetric)");
   const size_t want = static_cast<size_t>(s.num_layers) * 2 * s.num_kv_heads * s.head_dim;
   if (s.scales.size() != want)
-    return absl::InvalidArgumentError(absl::StrCat("static scales: ", s.scales.size(), " scales, the shape needs ", want));
+    return absl::InvalidArgumentError(
+        absl::StrCat("static scales: ", s.scales.size(), " scales, the shape needs ", want));
   for (int l = 0; l < s.num_layers; ++l)
     for (Operand op : {Operand::kKey, Operand::kValue})
       for (int h = 0; h < s.num_kv_heads; ++h)
         for (int c = 0; c < s.head_dim; ++c) {
           const float v = s.scales[s.Index(l, op, h, c)];
           if (!std::isfinite(v) || !(v > 0.0f))
-            return absl::InvalidArgumentError(absl::StrCat("static scales: layer ", l, " ", OperandName(op), " head ", h,
-                                                           " channel ", c, ": scale ", v,
+            return absl::InvalidArgumentError(absl::StrCat("static scales: layer ", l, " ", OperandName(op), " head ",
+                                                           h, " channel ", c, ": scale ", v,
                                                            " is not a positive finite number"));
         }
   return absl::OkStatus();
@@ -54,8 +56,8 @@ int StaticScalePlan::num_static_layers() const {
 }
 
 std::string StaticScalePlan::Fingerprint() const {
-  return absl::StrCat("static:", absl::Hex(set->id, absl::kZeroPad16), ":", std::string(GetFormatInfo(format).name), ":in=",
-                      absl::StrJoin(include, ","), ":ex=", absl::StrJoin(exclude, ","));
+  return absl::StrCat("static:", absl::Hex(set->id, absl::kZeroPad16), ":", std::string(GetFormatInfo(format).name),
+                      ":in=", absl::StrJoin(include, ","), ":ex=", absl::StrJoin(exclude, ","));
 }
 
 absl::StatusOr<std::unique_ptr<StaticScalePlan>> ResolveStaticScales(const StaticScalesPolicy& policy,
@@ -64,13 +66,14 @@ absl::StatusOr<std::unique_ptr<StaticScalePlan>> ResolveStaticScales(const Stati
   if (!policy.set) return absl::InvalidArgumentError("static scales: no scale set");
   const StaticScaleSet& set = *policy.set;
   if (policy.format != Format::kInt8 && policy.format != Format::kFp8E4m3 && policy.format != Format::kFp8E5m2)
-    return absl::InvalidArgumentError(absl::StrCat("static scales: format ", std::string(GetFormatInfo(policy.format).name),
+    return absl::InvalidArgumentError(absl::StrCat("static scales: format ",
+                                                   std::string(GetFormatInfo(policy.format).name),
                                                    " cannot use static scales (int8, fp8_e4m3, fp8_e5m2)"));
   if (set.num_layers != shape.num_layers || set.num_kv_heads != shape.num_kv_heads || set.head_dim != shape.head_dim)
-    return absl::InvalidArgumentError(absl::StrCat(
-        "static scales were calibrated for another layout: ", set.num_layers, " layers x ", set.num_kv_heads,
-        " kv heads x head_dim ", set.head_dim, " (layout ", set.calibrated_layout_id, "), this layout is ",
-        shape.num_layers, " x ", shape.num_kv_heads, " x ", shape.head_dim));
+    return absl::InvalidArgumentError(
+        absl::StrCat("static scales were calibrated for another layout: ", set.num_layers, " layers x ",
+                     set.num_kv_heads, " kv heads x head_dim ", set.head_dim, " (layout ", set.calibrated_layout_id,
+                     "), this layout is ", shape.num_layers, " x ", shape.num_kv_heads, " x ", shape.head_dim));
   if (!set.layer_names.empty() && !names.empty())
     for (int l = 0; l < shape.num_layers; ++l)
       if (set.layer_names[l] != names[l])
@@ -113,9 +116,10 @@ absl::StatusOr<std::unique_ptr<StaticScalePlan>> ResolveStaticScales(const Stati
   return plan;
 }
 
-void Calibrator::Start(uint64_t layout_id) {
+void Calibrator::Start(uint64_t layout_id, uint64_t session) {
   MutexLock lock(&mu_);
   target_ = layout_id;
+  target_session_ = session;
   stats_.clear();
   active_.store(true, std::memory_order_relaxed);
 }
@@ -125,12 +129,19 @@ bool Calibrator::Stop() {
   return active_.exchange(false, std::memory_order_relaxed);
 }
 
-void Calibrator::Observe(uint64_t layout_id, const PageGeometry& activation, std::span<const uint8_t* const> pages) {
+void Calibrator::Observe(uint64_t layout_id, uint64_t session, const PageGeometry& activation,
+                         std::span<const uint8_t* const> pages) {
   if (!active()) return;
+  {
+    MutexLock lock(&mu_);
+    if ((target_ != 0 && target_ != layout_id) || (target_session_ != 0 && target_session_ != session)) return;
+  }
   CalibrationStats local(activation.shape());  // collected outside the lock, merged under it
   if (!local.AddPages(activation, pages).ok()) return;
   MutexLock lock(&mu_);
-  if (!active_.load(std::memory_order_relaxed) || (target_ != 0 && target_ != layout_id)) return;
+  if (!active_.load(std::memory_order_relaxed) || (target_ != 0 && target_ != layout_id) ||
+      (target_session_ != 0 && target_session_ != session))
+    return;
   auto it = stats_.find(layout_id);
   if (it == stats_.end())
     stats_.emplace(layout_id, std::move(local));

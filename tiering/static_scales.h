@@ -53,19 +53,19 @@ uint64_t StaticScaleSetId(const StaticScaleSet& set);
 
 struct StaticScalesPolicy {
   std::shared_ptr<const StaticScaleSet> set;
-  Format format = Format::kInt8;              // int8, fp8_e4m3 or fp8_e5m2
-  std::vector<std::string> include = {"*"};   // layer patterns (precision_policy.h forms; globs over names)
-  std::vector<std::string> exclude;           // exclude wins
+  Format format = Format::kInt8;             // int8, fp8_e4m3 or fp8_e5m2
+  std::vector<std::string> include = {"*"};  // layer patterns (precision_policy.h forms; globs over names)
+  std::vector<std::string> exclude;          // exclude wins
 };
 
 struct StaticScalePlan {
   std::shared_ptr<const StaticScaleSet> set;
   Format format = Format::kInt8;
   std::vector<std::string> include, exclude;
-  std::vector<bool> static_layers;               // [num_layers]: quantized with static scales
-  std::vector<std::string> unmatched_patterns;   // "include 'x'" / "exclude 'y'": matched no layer
-  std::vector<float> table;                      // per-format scales, [num_segments * head_dim]
-  std::atomic<uint64_t> clipped{0};              // values clipped by the static scales (page-outs)
+  std::vector<bool> static_layers;              // [num_layers]: quantized with static scales
+  std::vector<std::string> unmatched_patterns;  // "include 'x'" / "exclude 'y'": matched no layer
+  std::vector<float> table;                     // per-format scales, [num_segments * head_dim]
+  std::atomic<uint64_t> clipped{0};             // values clipped by the static scales (page-outs)
 
   int num_static_layers() const;
   // Canonical text for the layout id.
@@ -83,13 +83,14 @@ absl::StatusOr<std::unique_ptr<StaticScalePlan>> ResolveStaticScales(const Stati
 class Calibrator {
  public:
   // Starts (or restarts, clearing earlier statistics) calibration of `layout_id`, or of every layout
-  // when 0.
-  void Start(uint64_t layout_id);
+  // when 0, for the writes of session `session` only, or of every session when 0.
+  void Start(uint64_t layout_id, uint64_t session = 0);
   // Stops collecting; statistics stay for export. Returns false if nothing was being calibrated.
   bool Stop();
   bool active() const { return active_.load(std::memory_order_relaxed); }
   // Adds activation pages written to a layout (ignored unless that layout is being calibrated).
-  void Observe(uint64_t layout_id, const PageGeometry& activation, std::span<const uint8_t* const> pages);
+  void Observe(uint64_t layout_id, uint64_t session, const PageGeometry& activation,
+               std::span<const uint8_t* const> pages);
   // The statistics of one layout; NotFound if it has none. layout_id 0: the only calibrated layout
   // (FailedPrecondition when there are several).
   absl::StatusOr<std::pair<uint64_t, CalibrationStats>> Snapshot(uint64_t layout_id) const;
@@ -100,7 +101,8 @@ class Calibrator {
  private:
   std::atomic<bool> active_{false};
   mutable Mutex mu_;
-  uint64_t target_ ABSL_GUARDED_BY(mu_) = 0;  // 0: every layout
+  uint64_t target_ ABSL_GUARDED_BY(mu_) = 0;          // 0: every layout
+  uint64_t target_session_ ABSL_GUARDED_BY(mu_) = 0;  // 0: every session
   absl::flat_hash_map<uint64_t, CalibrationStats> stats_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -190,7 +190,8 @@ Scores Evaluate(const Config& cfg, int tokens) {
       const Head cal = MakeWorkload(model, cfg.calibration_tokens, 777 + 13 * h);
       scales = Calibrate(cal, cfg.calibration_tokens);
       const float limit = StaticCodeLimit(cfg.k.format);  // fp8: the same range over the fp8 code range
-      for (float& x : scales) x = cfg.k.format == Format::kInt8 ? HalfToFloat(FloatToHalfRoundUp(x)) : x * 127.0f / limit;
+      for (float& x : scales)
+        x = cfg.k.format == Format::kInt8 ? HalfToFloat(FloatToHalfRoundUp(x)) : x * 127.0f / limit;
     }
     Matrix kq(eval.k.size()), vq(eval.v.size());
     std::vector<uint8_t> mid(dst.page_bytes()), params(dst.param_bytes() + 16), back(fp16.page_bytes());
@@ -235,7 +236,8 @@ int main() {
   using namespace kvtier;
   const SegmentCodec e4m3{Format::kFp8E4m3, Grouping::kPerSegment, 0};
   const SegmentCodec i8c{Format::kInt8, Grouping::kPerChannel, 0}, i8t{Format::kInt8, Grouping::kPerToken, 0};
-  const SegmentCodec s8{Format::kInt8, Grouping::kStaticChannel, 0}, sfp8{Format::kFp8E4m3, Grouping::kStaticChannel, 0};
+  const SegmentCodec s8{Format::kInt8, Grouping::kStaticChannel, 0},
+      sfp8{Format::kFp8E4m3, Grouping::kStaticChannel, 0};
   std::vector<Config> configs = {
       {"fp16", {Format::kFp16, Grouping::kNone, 0}, {Format::kFp16, Grouping::kNone, 0}},
       {"fp8_e4m3 (dynamic, per block)", e4m3, e4m3},
@@ -243,13 +245,15 @@ int main() {
       {"int8 dynamic per block (K per-channel, V per-channel)", i8c, i8c},
   };
   for (int cal : {256, 1024, 4096}) {
-    configs.push_back({"int8 static per-channel (calibrated on " + std::to_string(cal) + " tokens)", s8, s8, true, cal});
+    configs.push_back(
+        {"int8 static per-channel (calibrated on " + std::to_string(cal) + " tokens)", s8, s8, true, cal});
   }
   configs.push_back({"fp8_e4m3 static per-channel (calibrated on 4096 tokens)", sfp8, sfp8, true, 4096});
   std::printf("{\n  \"generator\": \"bench/quality/static_scales_quality.cc\",\n");
-  std::printf("  \"shape\": {\"head_dim\": %d, \"block\": %d, \"kv_heads\": %d, \"query_heads_per_kv\": %d, "
-              "\"query_scale\": %.2f},\n",
-              kDim, kBlock, kKvHeads, kGroup, kQueryScale);
+  std::printf(
+      "  \"shape\": {\"head_dim\": %d, \"block\": %d, \"kv_heads\": %d, \"query_heads_per_kv\": %d, "
+      "\"query_scale\": %.2f},\n",
+      kDim, kBlock, kKvHeads, kGroup, kQueryScale);
   std::printf("  \"results\": [\n");
   bool first = true;
   for (bool gaussian : {false, true}) {

@@ -1,6 +1,4 @@
 // CUDA static-scale transcode: host side (table upload, checks) and the kernel.
-#include "kernels/cuda/static_transcode_cuda.h"
-
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -8,6 +6,7 @@
 #include <vector>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/static_transcode_cuda.h"
 #include "kernels/precision_policy.h"
 #include "kernels/segment.h"
 #include "kernels/static_codec.h"
@@ -25,7 +24,7 @@ struct StaticSegment {
   uint32_t copy_params;  // equal codecs: parameter bytes to copy
   uint8_t src_format;
   uint8_t dst_format;
-  uint8_t copy;          // equal codecs: copy the codes
+  uint8_t copy;  // equal codecs: copy the codes
   uint8_t pad;
 };
 
@@ -41,15 +40,18 @@ constexpr int kThreads = 256;
 
 __device__ __forceinline__ float DecodeAt(uint8_t format, const uint8_t* data, int i, float scale) {
   switch (static_cast<Format>(format)) {
-    case Format::kFp16: return FormatTraits<Format::kFp16>::Decode(LoadCode<Format::kFp16>(data, i), QParams{});
-    case Format::kBf16: return FormatTraits<Format::kBf16>::Decode(LoadCode<Format::kBf16>(data, i), QParams{});
+    case Format::kFp16:
+      return FormatTraits<Format::kFp16>::Decode(LoadCode<Format::kFp16>(data, i), QParams{});
+    case Format::kBf16:
+      return FormatTraits<Format::kBf16>::Decode(LoadCode<Format::kBf16>(data, i), QParams{});
     case Format::kInt8:
       return FormatTraits<Format::kInt8>::Decode(LoadCode<Format::kInt8>(data, i), StaticParams(scale));
     case Format::kFp8E4m3:
       return FormatTraits<Format::kFp8E4m3>::Decode(LoadCode<Format::kFp8E4m3>(data, i), StaticParams(scale));
     case Format::kFp8E5m2:
       return FormatTraits<Format::kFp8E5m2>::Decode(LoadCode<Format::kFp8E5m2>(data, i), StaticParams(scale));
-    default: return 0.0f;  // refused on the host
+    default:
+      return 0.0f;  // refused on the host
   }
 }
 
@@ -62,18 +64,26 @@ __device__ __forceinline__ uint32_t EncodeStatic(float x, float scale, uint8_t* 
 
 __device__ __forceinline__ uint32_t EncodeAt(uint8_t format, float x, float scale, uint8_t* data, int i) {
   switch (static_cast<Format>(format)) {
-    case Format::kFp16: StoreCode<Format::kFp16>(data, i, FormatTraits<Format::kFp16>::Encode(x, QParams{})); return 0;
-    case Format::kBf16: StoreCode<Format::kBf16>(data, i, FormatTraits<Format::kBf16>::Encode(x, QParams{})); return 0;
-    case Format::kInt8: return EncodeStatic<Format::kInt8>(x, scale, data, i);
-    case Format::kFp8E4m3: return EncodeStatic<Format::kFp8E4m3>(x, scale, data, i);
-    case Format::kFp8E5m2: return EncodeStatic<Format::kFp8E5m2>(x, scale, data, i);
-    default: return 0;
+    case Format::kFp16:
+      StoreCode<Format::kFp16>(data, i, FormatTraits<Format::kFp16>::Encode(x, QParams{}));
+      return 0;
+    case Format::kBf16:
+      StoreCode<Format::kBf16>(data, i, FormatTraits<Format::kBf16>::Encode(x, QParams{}));
+      return 0;
+    case Format::kInt8:
+      return EncodeStatic<Format::kInt8>(x, scale, data, i);
+    case Format::kFp8E4m3:
+      return EncodeStatic<Format::kFp8E4m3>(x, scale, data, i);
+    case Format::kFp8E5m2:
+      return EncodeStatic<Format::kFp8E5m2>(x, scale, data, i);
+    default:
+      return 0;
   }
 }
 
 __global__ void __launch_bounds__(kThreads)
-    StaticTranscodeKernel(const StaticSegment* segments, int num_segments, const float* scales, int tokens, int channels, PageSetK in,
-                          PageSetK out, unsigned long long* clipped) {
+    StaticTranscodeKernel(const StaticSegment* segments, int num_segments, const float* scales, int tokens,
+                          int channels, PageSetK in, PageSetK out, unsigned long long* clipped) {
   const uint32_t page = blockIdx.x;
   const uint64_t in_slot = in.slots ? in.slots[page] : page;
   const uint64_t out_slot = out.slots ? out.slots[page] : page;
@@ -133,10 +143,16 @@ KernelOr<CudaStaticTranscode> CudaStaticTranscode::Create(const PageGeometry& sr
     if (!copy && (!PassThroughOrStatic(a.codec) || !PassThroughOrStatic(b.codec)))
       return InvalidArgument("CUDA static transcode converts only between fp16/bf16 and static-scale segments (" +
                              CodecSpecString(a.codec) + " -> " + CodecSpecString(b.codec) + ")");
-    table[s] = {a.data_offset, b.data_offset, a.param_offset, b.param_offset, copy ? a.data_bytes : 0u,
+    table[s] = {a.data_offset,
+                b.data_offset,
+                a.param_offset,
+                b.param_offset,
+                copy ? a.data_bytes : 0u,
                 copy ? a.param_bytes : 0u,
-                static_cast<uint8_t>(a.codec.format), static_cast<uint8_t>(b.codec.format),
-                static_cast<uint8_t>(copy), 0};
+                static_cast<uint8_t>(a.codec.format),
+                static_cast<uint8_t>(b.codec.format),
+                static_cast<uint8_t>(copy),
+                0};
   }
   CudaStaticTranscode plan(src, dst);
   KVTIER_CUDA_RETURN_IF_ERROR(cudaMalloc(&plan.device_table_, table.size() * sizeof(StaticSegment)));
@@ -149,7 +165,10 @@ KernelOr<CudaStaticTranscode> CudaStaticTranscode::Create(const PageGeometry& sr
 }
 
 CudaStaticTranscode::CudaStaticTranscode(CudaStaticTranscode&& o) noexcept
-    : src_(std::move(o.src_)), dst_(std::move(o.dst_)), device_table_(o.device_table_), device_scales_(o.device_scales_) {
+    : src_(std::move(o.src_)),
+      dst_(std::move(o.dst_)),
+      device_table_(o.device_table_),
+      device_scales_(o.device_scales_) {
   o.device_table_ = nullptr;
   o.device_scales_ = nullptr;
 }
@@ -184,8 +203,8 @@ KernelStatus CudaStaticTranscode::Launch(const DevicePageSet& in, const DevicePa
   if (num_pages > 0x7fffffffu) return InvalidArgument("CUDA static transcode: too many pages for one launch");
   const dim3 grid(num_pages, static_cast<unsigned>(std::min(src_.num_segments(), 65535)));
   StaticTranscodeKernel<<<grid, kThreads, 0, stream>>>(
-      static_cast<const StaticSegment*>(device_table_), src_.num_segments(), device_scales_, src_.dims().tokens, src_.dims().channels,
-      PageSetK{in.data, in.data_stride, in.params, in.params_stride, in.slots},
+      static_cast<const StaticSegment*>(device_table_), src_.num_segments(), device_scales_, src_.dims().tokens,
+      src_.dims().channels, PageSetK{in.data, in.data_stride, in.params, in.params_stride, in.slots},
       PageSetK{out.data, out.data_stride, out.params, out.params_stride, out.slots}, clipped);
   return CudaStatus(cudaGetLastError(), "StaticTranscodeKernel launch");
 }

@@ -44,7 +44,7 @@ class CudaStaticTranscode {
   CudaStaticTranscode(PageGeometry src, PageGeometry dst) : src_(std::move(src)), dst_(std::move(dst)) {}
   void Free();
   PageGeometry src_, dst_;
-  void* device_table_ = nullptr;   // StaticSegment[num_segments], owned
+  void* device_table_ = nullptr;    // StaticSegment[num_segments], owned
   float* device_scales_ = nullptr;  // [num_segments * head_dim], owned
 };
 

@@ -18,9 +18,9 @@ namespace kvtier::testing {
 
 struct StaticScaleCheck {
   int64_t values = 0;
-  int64_t clipped = 0;     // values beyond the calibrated range (expected to be clipped)
-  int64_t bad = 0;         // values outside the stated bound
-  float worst_ratio = 0;   // max (|error| - fp16 output rounding) / (s/2) over unclipped static values
+  int64_t clipped = 0;    // values beyond the calibrated range (expected to be clipped)
+  int64_t bad = 0;        // values outside the stated bound
+  float worst_ratio = 0;  // max (|error| - fp16 output rounding) / (s/2) over unclipped static values
 };
 
 inline void CheckStaticScalePage(const PageGeometry& act, const StaticScaleSet& set,
@@ -46,7 +46,8 @@ inline void CheckStaticScalePage(const PageGeometry& act, const StaticScaleSet& 
             const float inv = 1.0f / sc;
             if (std::fabs(x * inv) > 127.0f) {
               ++r->clipped;
-              r->bad += std::fabs(std::fabs(got) - 127.0f * sc) > 127.0f * sc / 1024 || std::signbit(got) != std::signbit(x);
+              r->bad +=
+                  std::fabs(std::fabs(got) - 127.0f * sc) > 127.0f * sc / 1024 || std::signbit(got) != std::signbit(x);
               continue;
             }
             const float err = std::fabs(got - x);

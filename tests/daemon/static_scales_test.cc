@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <numeric>
@@ -78,9 +79,10 @@ class StaticScalesTest : public ::testing::Test {
     return c.ok() ? std::move(*c) : nullptr;
   }
   absl::StatusOr<WrittenPrompt> Write(uint64_t layout_id, const std::vector<int32_t>& prompt) {
-    return WritePromptKv(*engine_, layout_id, kShape, layout_.activation_page_bytes(), prompt, [&](int b, uint8_t* page) {
-      testing::FillActivationPage(act_, Format::kFp16, testing::BlockSeed(prompt, kShape.block_size, b), page);
-    });
+    return WritePromptKv(
+        *engine_, layout_id, kShape, layout_.activation_page_bytes(), prompt, [&](int b, uint8_t* page) {
+          testing::FillActivationPage(act_, Format::kFp16, testing::BlockSeed(prompt, kShape.block_size, b), page);
+        });
   }
   // Calibrates on one workload and returns the exported file.
   std::string Calibrate() {
@@ -149,7 +151,7 @@ TEST_F(StaticScalesTest, CalibrateExportLoadAndServeWithinTheBound) {
     testing::CheckStaticScalePage(act_, **set, static_layers, testing::BlockSeed(prompt, kShape.block_size, b),
                                   reinterpret_cast<const uint8_t*>(read->pages[b].data()), &check);
   EXPECT_EQ(check.bad, 0);
-  EXPECT_GT(check.clipped, 0);  // the second workload exceeds the calibrated range in places
+  EXPECT_GT(check.clipped, 0);         // the second workload exceeds the calibrated range in places
   EXPECT_GT(check.worst_ratio, 0.5f);  // really quantized
   EXPECT_LE(check.worst_ratio, 1.001f);
   auto stats = admin_->Stats();
@@ -218,6 +220,19 @@ TEST_F(StaticScalesTest, CalibrationStateErrors) {
   EXPECT_EQ(admin_->StopCalibration().status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(admin_->ExportCalibration(0).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(admin_->StartCalibration(777).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(admin_->StartCalibration(0, 12345).code(), absl::StatusCode::kNotFound);  // unknown session
+  // Session mode: only the engine's writes count, not another session's.
+  ASSERT_TRUE(admin_->StartCalibration(0, engine_->session_id()).ok());
+  auto other = Connect("");
+  ASSERT_NE(other, nullptr);
+  ASSERT_TRUE(WritePromptKv(*other, layout_.layout_id(), kShape, layout_.activation_page_bytes(), Prompt(300, 16 * 3),
+                            [&](int, uint8_t* page) { std::memset(page, 0, layout_.activation_page_bytes()); })
+                  .ok());
+  ASSERT_TRUE(Write(layout_.layout_id(), Prompt(400, 16 * 1)).ok());
+  auto session_stop = admin_->StopCalibration();
+  ASSERT_TRUE(session_stop.ok());
+  ASSERT_EQ(session_stop->layouts_size(), 1);
+  EXPECT_EQ(session_stop->layouts(0).token_count(), 16u);
   ASSERT_TRUE(admin_->StartCalibration(0).ok());
   EXPECT_TRUE(admin_->Stats()->calibrating());
   // A layout calibrated while another was registered: only the one written to has statistics.

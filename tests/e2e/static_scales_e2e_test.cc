@@ -48,9 +48,8 @@ std::string ReadFile(const std::filesystem::path& p) {
 class StaticScalesE2e : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           ("kvtier-e2e-static-" + std::to_string(getpid()) + "-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    dir_ = std::filesystem::temp_directory_path() / ("kvtier-e2e-static-" + std::to_string(getpid()) + "-" +
+                                                     ::testing::UnitTest::GetInstance()->current_test_info()->name());
     std::filesystem::remove_all(dir_);
     std::filesystem::create_directories(dir_);
     socket_ = (dir_ / "kvtierd.sock").string();
@@ -98,23 +97,26 @@ class StaticScalesE2e : public ::testing::Test {
     layout_ = *reg;
   }
   void WriteWorkload(const std::vector<int32_t>& prompt) {
-    auto w = WritePromptKv(*engine_, layout_.layout_id(), kShape, layout_.activation_page_bytes(), prompt,
-                           [&](int b, uint8_t* page) {
-                             testing::FillActivationPage(act_, Format::kFp16,
-                                                         testing::BlockSeed(prompt, kShape.block_size, b), page);
-                           });
+    auto w = WritePromptKv(
+        *engine_, layout_.layout_id(), kShape, layout_.activation_page_bytes(), prompt, [&](int b, uint8_t* page) {
+          testing::FillActivationPage(act_, Format::kFp16, testing::BlockSeed(prompt, kShape.block_size, b), page);
+        });
     ASSERT_TRUE(w.ok()) << w.status();
     ASSERT_TRUE(engine_->Release(w->block_ids).ok());
   }
   std::vector<std::string> TierFlags() const {
-    return {"--socket_path=" + socket_, "--lease_ms=2000", "--ssd_dir=" + (dir_ / "ssd").string(),
-            "--limits.gpu_pool_bytes=67108864", "--limits.host_tier_bytes=67108864",
+    return {"--socket_path=" + socket_,
+            "--lease_ms=2000",
+            "--ssd_dir=" + (dir_ / "ssd").string(),
+            "--limits.gpu_pool_bytes=67108864",
+            "--limits.host_tier_bytes=67108864",
             "--limits.ssd_tier_bytes=67108864"};
   }
   std::string Config(const std::filesystem::path& scales) const {
-    return absl::StrCat("default_policy {\n  resident_key { format: \"fp16\" }\n  resident_value { format: \"fp16\" }\n",
-                        "  static_scales {\n    file: \"", scales.string(), "\"\n",
-                        "    exclude: \"model.layers.0.self_attn\"\n  }\n}\n");
+    return absl::StrCat(
+        "default_policy {\n  resident_key { format: \"fp16\" }\n  resident_value { format: \"fp16\" }\n",
+        "  static_scales {\n    file: \"", scales.string(), "\"\n",
+        "    exclude: \"model.layers.0.self_attn\"\n  }\n}\n");
   }
 
   std::filesystem::path dir_;

@@ -40,7 +40,8 @@ class StaticTranscodeCuda : public ::testing::TestWithParam<std::tuple<Format, F
 TEST_P(StaticTranscodeCuda, MatchesTheCpuReference) {
   SKIP_WITHOUT_GPU();
   const auto [act, f] = GetParam();
-  const PageGeometry plain = *PageGeometry::Uniform(kShape, DefaultCodec(act, Operand::kKey), DefaultCodec(act, Operand::kValue));
+  const PageGeometry plain =
+      *PageGeometry::Uniform(kShape, DefaultCodec(act, Operand::kKey), DefaultCodec(act, Operand::kValue));
   const PageGeometry st = *PageGeometry::Create(kShape, [&](int layer, Operand, int) {
     return layer == 0 ? DefaultCodec(act, Operand::kKey) : SegmentCodec{f, Grouping::kStaticChannel, 0};
   });
@@ -81,11 +82,13 @@ TEST_P(StaticTranscodeCuda, MatchesTheCpuReference) {
   ASSERT_TRUE(in_plan.ok()) << in_plan.status().message();
   const auto* dev_slots = reinterpret_cast<const uint32_t*>(slot_buf.get());
   auto* dev_clips = reinterpret_cast<unsigned long long*>(clips.get());
-  ASSERT_TRUE(out_plan->Launch({pool.get(), plain.page_bytes(), nullptr, 0, dev_slots},
-                               {staging.get(), st.page_bytes(), nullptr, 0, nullptr}, kPages, dev_clips, nullptr)
+  ASSERT_TRUE(out_plan
+                  ->Launch({pool.get(), plain.page_bytes(), nullptr, 0, dev_slots},
+                           {staging.get(), st.page_bytes(), nullptr, 0, nullptr}, kPages, dev_clips, nullptr)
                   .ok());
-  ASSERT_TRUE(in_plan->Launch({staging.get(), st.page_bytes(), nullptr, 0, nullptr},
-                              {pool2.get(), plain.page_bytes(), nullptr, 0, dev_slots}, kPages, nullptr, nullptr)
+  ASSERT_TRUE(in_plan
+                  ->Launch({staging.get(), st.page_bytes(), nullptr, 0, nullptr},
+                           {pool2.get(), plain.page_bytes(), nullptr, 0, dev_slots}, kPages, nullptr, nullptr)
                   .ok());
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   std::vector<uint8_t> got(want.size()), got_pool(pool_host.size());

@@ -41,7 +41,8 @@ PageGeometry StaticGeometry(Format f) {
 std::vector<float> Scales(const PageGeometry& g, float absmax, Format f = Format::kInt8) {
   std::vector<float> s(static_cast<size_t>(g.num_segments()) * kShape.head_dim);
   const float limit = StaticCodeLimit(f);
-  for (size_t i = 0; i < s.size(); ++i) s[i] = HalfToFloat(FloatToHalfRoundUp(absmax * (1.0f + (i % 7) * 0.1f) / limit));
+  for (size_t i = 0; i < s.size(); ++i)
+    s[i] = HalfToFloat(FloatToHalfRoundUp(absmax * (1.0f + (i % 7) * 0.1f) / limit));
   return s;
 }
 
@@ -147,7 +148,7 @@ TEST_P(StaticTranscode, RoundTripWithinBoundAndClipsCountedExactly) {
         continue;
       }
       // int8: half a step; fp8: the format's relative bound (docs/formats.md); plus the fp16 output rounding.
-      const float bound = f == Format::kInt8 ? sc / 2
+      const float bound = f == Format::kInt8      ? sc / 2
                           : f == Format::kFp8E4m3 ? std::fmax(std::fabs(x) / 16, sc / 1024)
                                                   : std::fmax(std::fabs(x) / 8, sc / 131072);
       ASSERT_LE(std::fabs(x - y), bound + std::fabs(y) / 2048 + 1e-7f) << "segment " << s << " value " << i;
@@ -157,8 +158,7 @@ TEST_P(StaticTranscode, RoundTripWithinBoundAndClipsCountedExactly) {
   EXPECT_GT(clips, 0u);
 }
 
-INSTANTIATE_TEST_SUITE_P(Formats, StaticTranscode,
-                         ::testing::Values(Format::kInt8, Format::kFp8E4m3, Format::kFp8E5m2),
+INSTANTIATE_TEST_SUITE_P(Formats, StaticTranscode, ::testing::Values(Format::kInt8, Format::kFp8E4m3, Format::kFp8E5m2),
                          [](const auto& info) { return std::string(GetFormatInfo(info.param).name); });
 
 TEST(StaticTranscodeChecks, BadScaleTablesAreRejectedAndNothingIsWritten) {
@@ -224,7 +224,8 @@ TEST(Calibration, CollectsPerChannelMinMaxAndSymmetricScales) {
   for (Page* p : {&a, &b})
     for (int t = 0; t < kShape.block_size; ++t) {
       const uint16_t z = 0;
-      std::memcpy(&p->data[fp16.segment(static_cast<int>(zero_seg)).data_offset + 2 * (t * kShape.head_dim + 3)], &z, 2);
+      std::memcpy(&p->data[fp16.segment(static_cast<int>(zero_seg)).data_offset + 2 * (t * kShape.head_dim + 3)], &z,
+                  2);
     }
   const std::vector<const uint8_t*> pages{a.data.data(), b.data.data()};
   ASSERT_TRUE(stats.AddPages(fp16, pages).ok());

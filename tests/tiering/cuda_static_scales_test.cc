@@ -27,7 +27,8 @@ TEST(CudaStaticScales, PageOutAndPageInMatchTheHostDevice) {
     set->num_kv_heads = kShape.num_kv_heads;
     set->head_dim = kShape.head_dim;
     set->scales.resize(static_cast<size_t>(kShape.num_layers) * 2 * kShape.num_kv_heads * kShape.head_dim);
-    for (size_t i = 0; i < set->scales.size(); ++i) set->scales[i] = (2.0f + (i % 11) * 0.3f) / 127.0f;  // outliers clip
+    for (size_t i = 0; i < set->scales.size(); ++i)
+      set->scales[i] = (2.0f + (i % 11) * 0.3f) / 127.0f;  // outliers clip
     set->id = StaticScaleSetId(*set);
     LayoutRegistry reg;
     LayoutSpec spec;
@@ -53,7 +54,8 @@ TEST(CudaStaticScales, PageOutAndPageInMatchTheHostDevice) {
     ASSERT_TRUE((*cuda)->WriteActivations(layout, **ca, slots, src).ok());
     ASSERT_TRUE(host->WriteActivations(layout, **ha, slots, src).ok());
     const uint64_t rb = layout.offload_record_bytes();
-    std::vector<std::vector<uint8_t>> crec(kPages, std::vector<uint8_t>(rb, 0x11)), hrec(kPages, std::vector<uint8_t>(rb, 0x22));
+    std::vector<std::vector<uint8_t>> crec(kPages, std::vector<uint8_t>(rb, 0x11)),
+        hrec(kPages, std::vector<uint8_t>(rb, 0x22));
     std::vector<uint8_t*> cp, hp;
     for (int i = 0; i < kPages; ++i) cp.push_back(crec[i].data()), hp.push_back(hrec[i].data());
     ASSERT_TRUE(host->PageOut(layout, layout.offload, **ha, slots, hp).ok());

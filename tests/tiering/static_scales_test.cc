@@ -190,27 +190,32 @@ TEST(CalibratorTest, CollectsOnlyWhileOnAndOnlyTheTargetLayout) {
   testing::FillActivationPage(act, Format::kFp16, 5, page.data());
   const std::vector<const uint8_t*> pages{page.data()};
   Calibrator c;
-  c.Observe(1, act, pages);  // off: ignored
+  c.Observe(1, 100, act, pages);  // off: ignored
   EXPECT_FALSE(c.Snapshot(0).ok());
   c.Start(7);
   EXPECT_TRUE(c.active());
-  c.Observe(1, act, pages);  // another layout
-  c.Observe(7, act, pages);
-  c.Observe(7, act, pages);
+  c.Observe(1, 100, act, pages);  // another layout
+  c.Observe(7, 100, act, pages);
+  c.Observe(7, 101, act, pages);
   EXPECT_TRUE(c.Stop());
   EXPECT_FALSE(c.Stop());
-  c.Observe(7, act, pages);  // stopped
+  c.Observe(7, 100, act, pages);  // stopped
   auto snap = c.Snapshot(0);
   ASSERT_TRUE(snap.ok());
   EXPECT_EQ(snap->first, 7u);
   EXPECT_EQ(snap->second.tokens(), 2u * kShape.block_size);
   EXPECT_EQ(c.Snapshot(1).status().code(), absl::StatusCode::kNotFound);
   c.Start(0);  // every layout; restarting clears
-  c.Observe(1, act, pages);
-  c.Observe(2, act, pages);
+  c.Observe(1, 100, act, pages);
+  c.Observe(2, 100, act, pages);
   EXPECT_EQ(c.Snapshot(0).status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(c.Snapshot(2)->second.tokens(), 1u * kShape.block_size);
   EXPECT_EQ(c.Layouts().size(), 2u);
+  c.Start(0, 100);  // one session's writes only
+  c.Observe(1, 100, act, pages);
+  c.Observe(1, 101, act, pages);
+  c.Observe(1, 100, act, pages);
+  EXPECT_EQ(c.Snapshot(1)->second.tokens(), 2u * kShape.block_size);
 }
 
 }  // namespace
