@@ -218,7 +218,14 @@ struct FormatTraits<Format::kInt8> {
     return FromScaleBits(b);
   }
   static KVTIER_HD uint32_t Encode(float x, const QParams& p) {
+#if defined(__CUDA_ARCH__)
+    // The same code in 4 instructions: cvt.rni maps NaN to 0 and saturates +-Inf, and clamping to the
+    // integer bounds after rounding equals rounding after clamping to them. (x - 0 == x for every x.)
+    const int c = __float2int_rn((x - p.offset) * p.inv_scale);
+    return static_cast<uint8_t>(static_cast<int8_t>(c < -127 ? -127 : (c > 127 ? 127 : c)));
+#else
     return static_cast<uint8_t>(static_cast<int8_t>(RoundToInt(Clamp(Scaled(x, p), -127.0f, 127.0f))));
+#endif
   }
   static KVTIER_HD float Decode(uint32_t c, const QParams& p) {
     return static_cast<float>(static_cast<int8_t>(static_cast<uint8_t>(c))) * p.scale;
@@ -257,7 +264,12 @@ struct FormatTraits<Format::kInt4> {
     return FromBits(b[0], b[1]);
   }
   static KVTIER_HD uint32_t Encode(float x, const QParams& p) {
+#if defined(__CUDA_ARCH__)
+    const int c = __float2int_rn((x - p.offset) * p.inv_scale);  // as int8: NaN -> 0, then clamp
+    return static_cast<uint32_t>(c < 0 ? 0 : (c > 15 ? 15 : c));
+#else
     return static_cast<uint32_t>(RoundToInt(Clamp(Scaled(x, p), 0.0f, 15.0f)));
+#endif
   }
   static KVTIER_HD float Decode(uint32_t c, const QParams& p) {
     return fmaf(static_cast<float>(c & 0xfu), p.scale, p.offset);

@@ -79,6 +79,13 @@ double MedianMs(int reps, Fn&& launch) {
   return ms[ms.size() / 2];
 }
 
+// K int8 per-channel, V fp4_e2m1 (16 channels per E4M3 scale) offloaded.
+PrecisionPolicy K8VFp4() {
+  PrecisionPolicy p = PrecisionPolicy::K8V4();
+  p.offload_value = DefaultCodec(Format::kFp4E2m1, Operand::kValue);
+  return p;
+}
+
 struct Result {
   std::string name, direction;
   uint64_t bytes;  // read + written
@@ -132,7 +139,9 @@ int main(int argc, char** argv) {
                         {"fp8_e4m3", PrecisionPolicy::Uniform(Format::kFp16, Format::kFp8E4m3)},
                         {"int8", PrecisionPolicy::Uniform(Format::kFp16, Format::kInt8)},
                         {"int4", PrecisionPolicy::Uniform(Format::kFp16, Format::kInt4)},
-                        {"k8v4", PrecisionPolicy::K8V4()}};
+                        {"k8v4", PrecisionPolicy::K8V4()},
+                        {"fp4_e2m1", PrecisionPolicy::Uniform(Format::kFp16, Format::kFp4E2m1)},
+                        {"k8v_fp4", K8VFp4()}};
   std::vector<Result> results;
   for (const Case& c : cases) {
     auto resolved = Resolve(c.policy, kLlama3_8B);

@@ -71,6 +71,8 @@ class CudaTranscodePlan {
   PageGeometry src_, dst_;
   void* device_table_ = nullptr;  // SegmentPlan[num_segments], owned
   uint8_t path_ = 0;              // cuda_transcode::Path: which kernel instance serves this pair
+  int32_t smem_groups_ = 0;       // shared-memory sizing (cuda_transcode::Params)
+  int32_t smem_floats_per_warp_ = 0;
 };
 
 // Page-out: pages at `pool_slots` (device array [num_pages]) of the pool (plan.src() geometry) into a
