@@ -95,7 +95,13 @@ struct GroupStats {
 // -0 becomes +0; everything else is unchanged.
 KVTIER_HD float ZeroToPositive(float x) { return x == 0.0f ? 0.0f : x; }
 
-KVTIER_HD float InverseOrZero(float scale) { return scale > 0.0f ? 1.0f / scale : 0.0f; }
+KVTIER_HD float InverseOrZero(float scale) {
+#if defined(__CUDA_ARCH__)
+  return scale > 0.0f ? __frcp_rn(scale) : 0.0f;  // the correctly rounded reciprocal, as 1.0f / scale
+#else
+  return scale > 0.0f ? 1.0f / scale : 0.0f;
+#endif
+}
 
 // min(max(y, lo), hi) for a non-NaN y. Host: selects, so that loops over it vectorise (fminf/fmaxf do
 // not without -ffast-math); device: fmin/fmax instructions. The two may differ only in the sign of a
@@ -312,7 +318,13 @@ struct FormatTraits<Format::kFp4E2m1> {
     memcpy(&g, src, 4);
     return g;
   }
-  static KVTIER_HD uint32_t Encode(float x, const QParams& p) { return Fp4E2m1::Encode(Scaled(x, p)); }
+  static KVTIER_HD uint32_t Encode(float x, const QParams& p) {
+#if defined(__CUDA_ARCH__)
+    return Fp4E2m1::Encode((x - p.offset) * p.inv_scale);  // the encoder maps NaN to 0 itself
+#else
+    return Fp4E2m1::Encode(Scaled(x, p));
+#endif
+  }
   static KVTIER_HD float Decode(uint32_t c, const QParams& p) { return Fp4E2m1::Decode(c) * p.scale; }
 };
 

@@ -62,8 +62,12 @@ struct Fp4E2m1 {
     const uint32_t clamped = abs_bits < 0x40c00000u ? abs_bits : 0x40c00000u;  // min(|y|, 6), Inf too
     const uint32_t normal = ((clamped + 0x1fffffu + ((clamped >> 22) & 1u)) >> 22) - 252u;
     // |y| < 1: multiples of 0.5, round to nearest even of 2|y| in [0, 2] (0.25 -> 0, 0.75 -> 2 = 1.0).
+#if defined(__CUDA_ARCH__)
+    const uint32_t sub = static_cast<uint32_t>(__float2int_rn(fabsf(y) * 2.0f));  // used only when |y| < 1
+#else
     const float two_a = BitsToFloat(abs_bits < 0x3f800000u ? abs_bits : 0u) * 2.0f;
     const uint32_t sub = static_cast<uint32_t>(rintf(two_a));  // round to nearest even (exact steps)
+#endif
     const uint32_t mag = abs_bits >= 0x3f800000u ? normal : sub;
     return (((bits >> 28) & 8u) | mag) * not_nan;
   }

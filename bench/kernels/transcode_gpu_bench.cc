@@ -8,7 +8,7 @@
 // 512 MiB); the copy moves bytes / 2 from one buffer to another, also far larger than L2. Prints one JSON object on
 // stdout and a table on stderr.
 //
-//   transcode_gpu_bench [--pages N] [--reps N]
+//   transcode_gpu_bench [--pages N] [--reps N] [--only CASE]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -99,9 +99,11 @@ int main(int argc, char** argv) {
   using namespace kvtier;
   uint32_t pages = 256;
   int reps = 50;
+  std::string only;  // run just this case (e.g. for a profiler)
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--pages")) pages = static_cast<uint32_t>(std::atoi(argv[i + 1]));
     if (!std::strcmp(argv[i], "--reps")) reps = std::atoi(argv[i + 1]);
+    if (!std::strcmp(argv[i], "--only")) only = argv[i + 1];
   }
   const GpuInfo& gpu = ProbeGpu();
   if (!gpu.available) {
@@ -144,6 +146,7 @@ int main(int argc, char** argv) {
                         {"k8v_fp4", K8VFp4()}};
   std::vector<Result> results;
   for (const Case& c : cases) {
+    if (!only.empty() && only != c.name) continue;
     auto resolved = Resolve(c.policy, kLlama3_8B);
     BENCH_OK(resolved.status());
     const PageGeometry& packed = resolved->offload;

@@ -94,6 +94,12 @@ struct Warp {
   int c0;         // first channel of this lane's vectors
   int per_lane;   // vectors per lane in the segment
   int tokens, channels;
+  // Group geometry without divisions (every group size is a power of two on the GPU path), per side:
+  //   per-channel: token group of vector n = n >> tg_shift (vectors of one token group are consecutive
+  //                in n: 32 / R tokens per step, and 32 / R divides the group's tokens);
+  //   per-token:   group of vector n = g_base + n * g_step.
+  int src_tg_shift, src_g_base, src_g_step;
+  int dst_tg_shift, dst_g_base, dst_g_step;
   __device__ int Token(int n) const { return (n * 32 + lane) >> row_shift; }
   __device__ int Vector(int n) const { return n * 32 + lane; }
 };
@@ -193,6 +199,24 @@ struct SrcState {
   VecParams pc;
 };
 
+// fp4 sources decode through Fp4E2m1::DecodeWordToHalf2Scaled: code -> fp16 holding value * 2^-14
+// (exact), times S * 2^14 (exact while no overflow) = value * S with the same single rounding as
+// Decode(code) * S. Taken when the segment scale keeps every S * 2^14 finite (G < 1e30), else the
+// traits' decode.
+template <Format F>
+__device__ __forceinline__ bool Fp4HalfPath(const SrcState<F>& s) {
+  if constexpr (F == Format::kFp4E2m1) return s.seg_scale < 1e30f;
+  else return false;
+}
+
+template <Format F>
+__device__ __forceinline__ void ScaleForHalfPath(const SrcState<F>& s, VecParams& vp) {
+  if (Fp4HalfPath<F>(s)) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) vp.scale[j] *= 16384.0f;
+  }
+}
+
 template <Format F>
 __device__ __forceinline__ void InitSrc(const Warp& w, SrcState<F>& s) {
   if constexpr (F == kSmemF32) {
@@ -204,6 +228,7 @@ __device__ __forceinline__ void InitSrc(const Warp& w, SrcState<F>& s) {
       const QParams q = LoadOne<F>(w.src_params, s.seg_scale);
 #pragma unroll
       for (int j = 0; j < 8; ++j) s.pc.scale[j] = q.scale, s.pc.offset[j] = q.offset;
+      ScaleForHalfPath<F>(s, s.pc);
     }
   }
 }
@@ -232,16 +257,30 @@ __device__ __forceinline__ void DecodeVec(const Warp& w, int n, const uint32_t (
     using T = FormatTraits<F>;
     const auto grouping = static_cast<Grouping>(w.seg.src_grouping);
     if (grouping == Grouping::kPerChannel) {
-      const int tg = w.Token(n) / w.seg.src_group;  // warp-uniform (see Phase1)
+      const int tg = n >> w.src_tg_shift;  // warp-uniform
       if (tg != s.cached_tg) {
         LoadEight<F>(w.src_params + (tg * w.channels + w.c0) * T::kParamBytes, s.seg_scale, s.pc);
+        ScaleForHalfPath<F>(s, s.pc);
         s.cached_tg = tg;
       }
     } else if (grouping == Grouping::kPerToken) {
-      const int g = w.Token(n) * (w.channels / w.seg.src_group) + w.c0 / w.seg.src_group;
+      const int g = w.src_g_base + n * w.src_g_step;
       const QParams q = LoadOne<F>(w.src_params + g * T::kParamBytes, s.seg_scale);
 #pragma unroll
       for (int j = 0; j < 8; ++j) s.pc.scale[j] = q.scale, s.pc.offset[j] = q.offset;
+      ScaleForHalfPath<F>(s, s.pc);
+    }
+    if constexpr (F == Format::kFp4E2m1) {
+      if (Fp4HalfPath<F>(s)) {
+        uint32_t h2[4];
+        Fp4E2m1::DecodeWordToHalf2Scaled(raw[0], h2);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&h2[k]));
+          x[2 * k] = f.x * s.pc.scale[2 * k], x[2 * k + 1] = f.y * s.pc.scale[2 * k + 1];
+        }
+        return;
+      }
     }
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
@@ -310,8 +349,8 @@ __device__ __forceinline__ bool Phase1(const Warp& w, SrcState<S>& ss, uint32_t 
   bool inf = false;
   Acc<D> ch[8];  // per-channel / per-segment accumulators
   // Per-channel: token group of vector n is n * (32 / R) / tpg (warp-uniform: 32 / R divides tpg).
-  const int vecs_per_tg = grouping == Grouping::kPerChannel ? w.seg.dst_group * w.R / 32 : 0;
-  const int group_lanes = w.seg.dst_group / 8;  // per-token
+  const int tg_mask = (1 << w.dst_tg_shift) - 1;  // per-channel: vectors of a token group, minus 1
+  const int group_lanes = w.seg.dst_group / 8;       // per-token
   for (int base = 0; base < w.per_lane; base += kVecs) {
 #pragma unroll
     for (int i = 0; i < kVecs; ++i)
@@ -328,19 +367,19 @@ __device__ __forceinline__ bool Phase1(const Warp& w, SrcState<S>& ss, uint32_t 
         for (int j = 0; j < 8; ++j) a.template Add<kExact>(x[j]);
         for (int m = 1; m < group_lanes; m <<= 1) a.ShuffleMerge(m);
         inf |= a.Infinite();
-        if ((w.c0 / 8) % group_lanes == 0)
-          WriteStats<D>(w, w.Token(n) * (w.channels / w.seg.dst_group) + w.c0 / w.seg.dst_group, a);
+        if (((w.c0 >> 3) & (group_lanes - 1)) == 0)  // the group's first lane
+          WriteStats<D>(w, w.dst_g_base + n * w.dst_g_step, a);
       } else {
 #pragma unroll
         for (int j = 0; j < 8; ++j) ch[j].template Add<kExact>(x[j]);
-        if (grouping == Grouping::kPerChannel && (n + 1) % vecs_per_tg == 0) {  // token group complete
+        if (grouping == Grouping::kPerChannel && ((n + 1) & tg_mask) == 0) {  // token group complete
 #pragma unroll
           for (int j = 0; j < 8; ++j) {
             for (int m = w.R; m < 32; m <<= 1) ch[j].ShuffleMerge(m);
             inf |= ch[j].Infinite();
           }
           if (w.lane < w.R) {
-            const int g0 = (n / vecs_per_tg) * w.channels + w.c0;
+            const int g0 = (n >> w.dst_tg_shift) * w.channels + w.c0;
 #pragma unroll
             for (int j = 0; j < 8; ++j) WriteStats<D>(w, g0 + j, ch[j]);
           }
@@ -380,19 +419,35 @@ __device__ __forceinline__ void Phase2(const Warp& w) {
     if (w.lane == 0)
       *reinterpret_cast<float*>(w.dst_params + SegmentScaleOffset<D>(c, dims)) = seg_scale;
   }
-  for (int g = w.lane; g < groups; g += 32) {
-    Acc<D> a;
-    a.hi = w.sm_b[g];
-    if constexpr (!kSymmetric<D>) a.lo = w.sm_a[g];
-    const QParams q = MakeGroupParams<D>(a.Stats(), seg_scale);
-    uint32_t word = 0;
-    T::StoreParams(reinterpret_cast<uint8_t*>(&word), q);
-    uint8_t* p = w.dst_params + g * T::kParamBytes;
-    if constexpr (T::kParamBytes == 1) *p = static_cast<uint8_t>(word);
-    if constexpr (T::kParamBytes == 2) *reinterpret_cast<uint16_t*>(p) = static_cast<uint16_t>(word);
-    if constexpr (T::kParamBytes == 4) *reinterpret_cast<uint32_t*>(p) = word;
-    w.sm_a[g] = q.inv_scale;
-    w.sm_b[g] = q.offset;
+  // Four groups per lane per step, loads first: their long dependent chains (division, fp16/E4M3
+  // rounding, reciprocal) interleave.
+  constexpr int kU = 4;
+  for (int g0 = w.lane; g0 < groups; g0 += 32 * kU) {
+    Acc<D> a[kU];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int g = g0 + 32 * u;
+      if (g < groups) {
+        a[u].hi = w.sm_b[g];
+        if constexpr (!kSymmetric<D>) a[u].lo = w.sm_a[g];
+      }
+    }
+    QParams q[kU];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) q[u] = MakeGroupParams<D>(a[u].Stats(), seg_scale);
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int g = g0 + 32 * u;
+      if (g >= groups) break;
+      uint32_t word = 0;
+      T::StoreParams(reinterpret_cast<uint8_t*>(&word), q[u]);
+      uint8_t* p = w.dst_params + g * T::kParamBytes;
+      if constexpr (T::kParamBytes == 1) *p = static_cast<uint8_t>(word);
+      if constexpr (T::kParamBytes == 2) *reinterpret_cast<uint16_t*>(p) = static_cast<uint16_t>(word);
+      if constexpr (T::kParamBytes == 4) *reinterpret_cast<uint32_t*>(p) = word;
+      w.sm_a[g] = q[u].inv_scale;
+      w.sm_b[g] = q[u].offset;
+    }
   }
   __syncwarp();
 }
@@ -415,7 +470,7 @@ __device__ __forceinline__ void EncodeVec(const Warp& w, int n, const float (&x)
   } else {
     const auto grouping = static_cast<Grouping>(w.seg.dst_grouping);
     if (grouping == Grouping::kPerChannel) {
-      const int tg = w.Token(n) / w.seg.dst_group;
+      const int tg = n >> w.dst_tg_shift;
       if (tg != ds.cached_tg) {
         const float4* a = reinterpret_cast<const float4*>(w.sm_a + tg * w.channels + w.c0);
         const float4 a0 = a[0], a1 = a[1];
@@ -431,7 +486,7 @@ __device__ __forceinline__ void EncodeVec(const Warp& w, int n, const float (&x)
       }
     } else {
       const int g = grouping == Grouping::kPerToken
-                        ? w.Token(n) * (w.channels / w.seg.dst_group) + w.c0 / w.seg.dst_group
+                        ? w.dst_g_base + n * w.dst_g_step
                         : 0;
       const float inv = w.sm_a[g];
       const float off = kSymmetric<D> ? 0.0f : w.sm_b[g];
@@ -463,7 +518,8 @@ __device__ __forceinline__ void TranscodeSegment(const Warp& w) {
   }
   DstState<D> ds;
   for (int base = 0; base < w.per_lane; base += kVecs) {
-    if (!(kStats && w.per_lane <= kVecs)) {  // one chunk with statistics: still in registers
+    if (!(kStats && w.per_lane <= kVecs)) {  // one chunk with statistics: still in registers (measured
+                                              // faster than re-reading it from L2, despite some spills)
 #pragma unroll
       for (int i = 0; i < kVecs; ++i)
         if (base + i < w.per_lane) LoadRaw<S>(w.src, w.Vector(base + i), raw[i]);
@@ -533,6 +589,17 @@ __device__ __forceinline__ bool SetUp(const Params& p, Warp& w) {
   w.row_shift = __ffs(w.R) - 1;
   w.c0 = (w.lane & (w.R - 1)) * 8;
   w.per_lane = p.tokens * p.channels / (8 * 32);
+  const int log_steps = 5 - w.row_shift;  // log2(32 / R): tokens per step of n
+  const int log_d = w.row_shift + 3;
+  auto geometry = [&](uint8_t grouping, int group, int& tg_shift, int& g_base, int& g_step) {
+    const int log_g = __ffs(group) - 1;  // group: a power of two
+    tg_shift = static_cast<Grouping>(grouping) == Grouping::kPerChannel ? log_g - log_steps : 0;
+    // per token: group of (token, c0) = (token << (log_d - log_g)) + (c0 >> log_g), token = n * 32 / R + lane / R
+    g_step = 1 << (log_steps + log_d - log_g);
+    g_base = ((w.lane >> w.row_shift) << (log_d - log_g)) + (w.c0 >> log_g);
+  };
+  geometry(w.seg.src_grouping, w.seg.src_group, w.src_tg_shift, w.src_g_base, w.src_g_step);
+  geometry(w.seg.dst_grouping, w.seg.dst_group, w.dst_tg_shift, w.dst_g_base, w.dst_g_step);
   return true;
 }
 
