@@ -48,8 +48,8 @@ KernelStatus CheckPageSet(const DevicePageSet& s, const PageGeometry& g, const c
 KernelOr<CudaTranscodePlan> CudaTranscodePlan::Create(const PageGeometry& src, const PageGeometry& dst) {
   KVTIER_RETURN_IF_KERNEL_ERROR(CheckTranscodable(src, dst));
   const int channels = src.shape().head_dim;
-  if (channels != 64 && channels != 128 && channels != 256)
-    return InvalidArgument("CUDA transcode supports head_dim 64, 128 and 256, not " + std::to_string(channels) +
+  if (channels != 64 && channels != 96 && channels != 128 && channels != 256)
+    return InvalidArgument("CUDA transcode supports head_dim 64, 96, 128 and 256, not " + std::to_string(channels) +
                            "; use TranscodePagesCpu");
   // Entries sorted by codec pair, so that neighbouring warps run the same code path.
   std::vector<int> order(src.num_segments());

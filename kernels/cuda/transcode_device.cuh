@@ -5,9 +5,11 @@
 //
 // Lane layout: a segment is tokens x channels values, seen as vectors of 8 consecutive channels of one
 // token (16 bytes of fp16, 8 of an 8-bit format, 4 of a 4-bit one). R = channels / 8 vectors make a token
-// row; vector n of lane l is v = n * 32 + l: token v / R, channels c0 = (l % R) * 8 .. c0 + 7 (constant
-// per lane because 32 % R == 0). A lane holds up to kVecs vectors at once (raw words in registers, all
-// loads in flight together); larger segments are processed in chunks and re-read (from L2) by phase 3.
+// row; the warp covers rps = floor(32 / R) rows per step with A = rps * R active lanes (32 for head_dim
+// 64/128/256; 24 for head_dim 96, whose lanes 24..31 only take part in shuffles). Vector n of active
+// lane l is v = n * A + l: token n * rps + l / R, channels c0 = (l % R) * 8 .. c0 + 7 (constant per lane).
+// A lane holds up to kVecs vectors at once (raw words in registers, all loads in flight together); larger
+// segments are processed in chunks and re-read (from L2) by phase 3.
 //
 //   phase 1 (destination quantized): per-group statistics. Symmetric formats need only the absolute
 //           maximum (one fmaxf per value), int4 min and max. NaN is ignored by fmaxf/fminf; +-Inf would
@@ -90,7 +92,11 @@ struct Warp {
   SegmentPlan seg;
   int lane;
   int R;          // vectors per token row
-  int row_shift;  // log2(R)
+  int rps;        // token rows per step of n (32 / R rounded down)
+  int active;     // lanes that own vectors: rps * R
+  bool on;        // this lane owns vectors (lane < active)
+  int lane_row;   // l / R (0 for idle lanes, so that their index arithmetic stays in bounds)
+  bool group_first;  // per-token destination: first lane of its group
   int c0;         // first channel of this lane's vectors
   int per_lane;   // vectors per lane in the segment
   int tokens, channels;
@@ -100,8 +106,8 @@ struct Warp {
   //   per-token:   group of vector n = g_base + n * g_step.
   int src_tg_shift, src_g_base, src_g_step;
   int dst_tg_shift, dst_g_base, dst_g_step;
-  __device__ int Token(int n) const { return (n * 32 + lane) >> row_shift; }
-  __device__ int Vector(int n) const { return n * 32 + lane; }
+  __device__ int Token(int n) const { return n * rps + lane_row; }
+  __device__ int Vector(int n) const { return n * active + lane; }
 };
 
 // ---- raw vectors -------------------------------------------------------------------------------------
@@ -238,7 +244,7 @@ template <Format F>
 __device__ __forceinline__ void DecodeVec(const Warp& w, int n, const uint32_t (&raw)[4], SrcState<F>& s,
                                           float (&x)[8]) {
   if constexpr (F == kSmemF32) {
-    const float4* v = reinterpret_cast<const float4*>(w.vals + w.Vector(n) * 8);
+    const float4* v = reinterpret_cast<const float4*>(w.vals + (w.on ? w.Vector(n) : 0) * 8);
     const float4 a = v[0], b = v[1];
     x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
   } else if constexpr (F == Format::kFp16) {
@@ -323,6 +329,12 @@ struct Acc {
     if constexpr (!kSymmetric<D>) o.lo = __shfl_xor_sync(kFullMask, lo, mask);
     Merge(o);
   }
+  __device__ __forceinline__ void MergeFrom(int src_lane, const Acc& mine) {  // mine: the value shuffled
+    Acc o;
+    o.hi = __shfl_sync(kFullMask, mine.hi, src_lane);
+    if constexpr (!kSymmetric<D>) o.lo = __shfl_sync(kFullMask, mine.lo, src_lane);
+    Merge(o);
+  }
   __device__ __forceinline__ bool Infinite() const {
     return hi == __builtin_inff() || (!kSymmetric<D> && lo == -__builtin_inff());
   }
@@ -354,7 +366,7 @@ __device__ __forceinline__ bool Phase1(const Warp& w, SrcState<S>& ss, uint32_t 
   for (int base = 0; base < w.per_lane; base += kVecs) {
 #pragma unroll
     for (int i = 0; i < kVecs; ++i)
-      if (base + i < w.per_lane) LoadRaw<S>(w.src, w.Vector(base + i), raw[i]);
+      if (base + i < w.per_lane && w.on) LoadRaw<S>(w.src, w.Vector(base + i), raw[i]);
 #pragma unroll
     for (int i = 0; i < kVecs; ++i) {
       const int n = base + i;
@@ -365,18 +377,30 @@ __device__ __forceinline__ bool Phase1(const Warp& w, SrcState<S>& ss, uint32_t 
         Acc<D> a;
 #pragma unroll
         for (int j = 0; j < 8; ++j) a.template Add<kExact>(x[j]);
-        for (int m = 1; m < group_lanes; m <<= 1) a.ShuffleMerge(m);
-        inf |= a.Infinite();
-        if (((w.c0 >> 3) & (group_lanes - 1)) == 0)  // the group's first lane
+        if ((group_lanes & (group_lanes - 1)) == 0) {  // aligned power-of-two blocks of lanes
+          for (int m = 1; m < group_lanes; m <<= 1) a.ShuffleMerge(m);
+        } else {  // head_dim 96, groups of 48 or 96 channels: the first lane gathers the others
+          const Acc<D> mine = a;
+          for (int k = 1; k < group_lanes; ++k) a.MergeFrom(w.lane + k < 32 ? w.lane + k : w.lane, mine);
+        }
+        if (w.on && w.group_first) {
+          inf |= a.Infinite();
           WriteStats<D>(w, w.dst_g_base + n * w.dst_g_step, a);
+        }
       } else {
 #pragma unroll
         for (int j = 0; j < 8; ++j) ch[j].template Add<kExact>(x[j]);
         if (grouping == Grouping::kPerChannel && ((n + 1) & tg_mask) == 0) {  // token group complete
 #pragma unroll
           for (int j = 0; j < 8; ++j) {
-            for (int m = w.R; m < 32; m <<= 1) ch[j].ShuffleMerge(m);
-            inf |= ch[j].Infinite();
+            // All-reduce over the rps lanes holding these channels (l, l + R, ...): rotation by k * R
+            // within the active lanes (rps is 1, 2 or 4); idle lanes merge with themselves.
+            for (int k = 1; k < w.rps; k <<= 1) {
+              int src = w.lane + k * w.R;
+              src = src >= w.active ? src - w.active : src;
+              ch[j].MergeFrom(w.on ? src : w.lane, ch[j]);
+            }
+            inf |= w.on && ch[j].Infinite();
           }
           if (w.lane < w.R) {
             const int g0 = (n >> w.dst_tg_shift) * w.channels + w.c0;
@@ -392,6 +416,7 @@ __device__ __forceinline__ bool Phase1(const Warp& w, SrcState<S>& ss, uint32_t 
   if (grouping == Grouping::kPerSegment) {
 #pragma unroll
     for (int j = 1; j < 8; ++j) ch[0].Merge(ch[j]);
+    if (!w.on) ch[0] = Acc<D>{};  // idle lanes hold no values
     for (int m = 1; m < 32; m <<= 1) ch[0].ShuffleMerge(m);
     inf |= ch[0].Infinite();
     if (w.lane == 0) WriteStats<D>(w, 0, ch[0]);
@@ -434,7 +459,8 @@ __device__ __forceinline__ void Phase2(const Warp& w) {
     }
     QParams q[kU];
 #pragma unroll
-    for (int u = 0; u < kU; ++u) q[u] = MakeGroupParams<D>(a[u].Stats(), seg_scale);
+    for (int u = 0; u < kU; ++u)
+      if (g0 - w.lane + 32 * u < groups) q[u] = MakeGroupParams<D>(a[u].Stats(), seg_scale);  // warp-uniform
 #pragma unroll
     for (int u = 0; u < kU; ++u) {
       const int g = g0 + 32 * u;
@@ -501,7 +527,7 @@ __device__ __forceinline__ void EncodeVec(const Warp& w, int n, const float (&x)
       codes[j] = T::Encode(x[j], q);
     }
   }
-  StoreCodes<D>(w.dst, w.Vector(n), codes);
+  if (w.on) StoreCodes<D>(w.dst, w.Vector(n), codes);
 }
 
 // ---- one segment -------------------------------------------------------------------------------------
@@ -522,7 +548,7 @@ __device__ __forceinline__ void TranscodeSegment(const Warp& w) {
                                               // faster than re-reading it from L2, despite some spills)
 #pragma unroll
       for (int i = 0; i < kVecs; ++i)
-        if (base + i < w.per_lane) LoadRaw<S>(w.src, w.Vector(base + i), raw[i]);
+        if (base + i < w.per_lane && w.on) LoadRaw<S>(w.src, w.Vector(base + i), raw[i]);
     }
 #pragma unroll
     for (int i = 0; i < kVecs; ++i) {
@@ -586,20 +612,24 @@ __device__ __forceinline__ bool SetUp(const Params& p, Warp& w) {
   w.tokens = p.tokens;
   w.channels = p.channels;
   w.R = p.channels / 8;
-  w.row_shift = __ffs(w.R) - 1;
-  w.c0 = (w.lane & (w.R - 1)) * 8;
-  w.per_lane = p.tokens * p.channels / (8 * 32);
-  const int log_steps = 5 - w.row_shift;  // log2(32 / R): tokens per step of n
-  const int log_d = w.row_shift + 3;
+  w.rps = 32 / w.R;
+  w.active = w.rps * w.R;
+  w.on = w.lane < w.active;
+  const int l = w.on ? w.lane : 0;
+  w.lane_row = l / w.R;
+  w.c0 = (l % w.R) * 8;
+  w.per_lane = p.tokens / w.rps;
+  // Per channel: a token group of tpg tokens is tpg / rps consecutive n (a power of two). Per token:
+  // group of (token, c0) = token * (channels / gs) + c0 / gs, token = n * rps + lane_row.
   auto geometry = [&](uint8_t grouping, int group, int& tg_shift, int& g_base, int& g_step) {
-    const int log_g = __ffs(group) - 1;  // group: a power of two
-    tg_shift = static_cast<Grouping>(grouping) == Grouping::kPerChannel ? log_g - log_steps : 0;
-    // per token: group of (token, c0) = (token << (log_d - log_g)) + (c0 >> log_g), token = n * 32 / R + lane / R
-    g_step = 1 << (log_steps + log_d - log_g);
-    g_base = ((w.lane >> w.row_shift) << (log_d - log_g)) + (w.c0 >> log_g);
+    tg_shift = static_cast<Grouping>(grouping) == Grouping::kPerChannel ? __ffs(group / w.rps) - 1 : 0;
+    const int per_row = w.channels / group;
+    g_step = w.rps * per_row;
+    g_base = w.lane_row * per_row + w.c0 / group;
   };
   geometry(w.seg.src_grouping, w.seg.src_group, w.src_tg_shift, w.src_g_base, w.src_g_step);
   geometry(w.seg.dst_grouping, w.seg.dst_group, w.dst_tg_shift, w.dst_g_base, w.dst_g_step);
+  w.group_first = (w.c0 / 8) % (w.seg.dst_group / 8) == 0;
   return true;
 }
 
@@ -641,16 +671,18 @@ __device__ __forceinline__ void TranscodeWarpGeneric(const Params& p) {
     for (int base = 0; base < w.per_lane; base += kVecs) {
 #pragma unroll
       for (int i = 0; i < kVecs; ++i)
-        if (base + i < w.per_lane) LoadRaw<S>(w.src, w.Vector(base + i), raw[i]);
+        if (base + i < w.per_lane && w.on) LoadRaw<S>(w.src, w.Vector(base + i), raw[i]);
 #pragma unroll
       for (int i = 0; i < kVecs; ++i) {
         const int n = base + i;
         if (n >= w.per_lane) break;
         float x[8];
         DecodeVec<S>(w, n, raw[i], ss, x);
-        float4* v = reinterpret_cast<float4*>(w.vals + w.Vector(n) * 8);
-        v[0] = make_float4(x[0], x[1], x[2], x[3]);
-        v[1] = make_float4(x[4], x[5], x[6], x[7]);
+        if (w.on) {
+          float4* v = reinterpret_cast<float4*>(w.vals + w.Vector(n) * 8);
+          v[0] = make_float4(x[0], x[1], x[2], x[3]);
+          v[1] = make_float4(x[4], x[5], x[6], x[7]);
+        }
       }
     }
   });
