@@ -83,7 +83,9 @@ KernelOr<CudaTranscodePlan> CudaTranscodePlan::Create(const PageGeometry& src, c
     return true;
   };
   using cuda_transcode::Path;
-  const Path path = all_are(src, Format::kFp16)   ? Path::kFromFp16
+  // head_dim 96 (12 vectors per token row, 24 active lanes) runs on the generic kernel only.
+  const Path path = channels == 96                ? Path::kGeneric
+                    : all_are(src, Format::kFp16) ? Path::kFromFp16
                     : all_are(src, Format::kBf16) ? Path::kFromBf16
                     : all_are(dst, Format::kFp16) ? Path::kToFp16
                     : all_are(dst, Format::kBf16) ? Path::kToBf16

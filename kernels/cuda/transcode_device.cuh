@@ -6,7 +6,8 @@
 // Lane layout: a segment is tokens x channels values, seen as vectors of 8 consecutive channels of one
 // token (16 bytes of fp16, 8 of an 8-bit format, 4 of a 4-bit one). R = channels / 8 vectors make a token
 // row; the warp covers rps = floor(32 / R) rows per step with A = rps * R active lanes (32 for head_dim
-// 64/128/256; 24 for head_dim 96, whose lanes 24..31 only take part in shuffles). Vector n of active
+// 64/128/256; 24 for head_dim 96, whose lanes 24..31 only take part in shuffles: head_dim 96 runs on the
+// generic kernel only, so that the page-out/page-in kernels compile with A = 32 folded in). Vector n of active
 // lane l is v = n * A + l: token n * rps + l / R, channels c0 = (l % R) * 8 .. c0 + 7 (constant per lane).
 // A lane holds up to kVecs vectors at once (raw words in registers, all loads in flight together); larger
 // segments are processed in chunks and re-read (from L2) by phase 3.
@@ -459,8 +460,7 @@ __device__ __forceinline__ void Phase2(const Warp& w) {
     }
     QParams q[kU];
 #pragma unroll
-    for (int u = 0; u < kU; ++u)
-      if (g0 - w.lane + 32 * u < groups) q[u] = MakeGroupParams<D>(a[u].Stats(), seg_scale);  // warp-uniform
+    for (int u = 0; u < kU; ++u) q[u] = MakeGroupParams<D>(a[u].Stats(), seg_scale);
 #pragma unroll
     for (int u = 0; u < kU; ++u) {
       const int g = g0 + 32 * u;
@@ -590,7 +590,9 @@ __device__ __forceinline__ void SegmentBytes(uint8_t format, uint8_t grouping, u
 }
 
 // The warp's segment: pointers and lane geometry. Returns false when the warp has no segment.
-template <int kWarps>
+// kAnyHeadDim: head_dim 96 possible (only the generic kernel; the host sends 96 there). Otherwise all 32
+// lanes are active and the compiler folds the idle-lane guards away.
+template <int kWarps, bool kAnyHeadDim>
 __device__ __forceinline__ bool SetUp(const Params& p, Warp& w) {
   extern __shared__ float4 smem_raw[];
   const int warp = static_cast<int>(threadIdx.x / 32);
@@ -612,24 +614,32 @@ __device__ __forceinline__ bool SetUp(const Params& p, Warp& w) {
   w.tokens = p.tokens;
   w.channels = p.channels;
   w.R = p.channels / 8;
-  w.rps = 32 / w.R;
-  w.active = w.rps * w.R;
-  w.on = w.lane < w.active;
+  w.rps = kAnyHeadDim ? 32 / w.R : 32 >> (__ffs(w.R) - 1);
+  w.active = kAnyHeadDim ? w.rps * w.R : 32;
+  w.on = kAnyHeadDim ? w.lane < w.active : true;
   const int l = w.on ? w.lane : 0;
-  w.lane_row = l / w.R;
-  w.c0 = (l % w.R) * 8;
-  w.per_lane = p.tokens / w.rps;
+  w.lane_row = kAnyHeadDim ? l / w.R : l >> (__ffs(w.R) - 1);
+  w.c0 = (kAnyHeadDim ? l % w.R : l & (w.R - 1)) * 8;
+  w.per_lane = kAnyHeadDim ? p.tokens / w.rps : p.tokens >> (__ffs(w.rps) - 1);
   // Per channel: a token group of tpg tokens is tpg / rps consecutive n (a power of two). Per token:
   // group of (token, c0) = token * (channels / gs) + c0 / gs, token = n * rps + lane_row.
   auto geometry = [&](uint8_t grouping, int group, int& tg_shift, int& g_base, int& g_step) {
-    tg_shift = static_cast<Grouping>(grouping) == Grouping::kPerChannel ? __ffs(group / w.rps) - 1 : 0;
-    const int per_row = w.channels / group;
-    g_step = w.rps * per_row;
-    g_base = w.lane_row * per_row + w.c0 / group;
+    if constexpr (kAnyHeadDim) {
+      tg_shift = static_cast<Grouping>(grouping) == Grouping::kPerChannel ? __ffs(group / w.rps) - 1 : 0;
+      const int per_row = w.channels / group;
+      g_step = w.rps * per_row;
+      g_base = w.lane_row * per_row + w.c0 / group;
+    } else {  // head_dim 64/128/256: every group size is a power of two, so shifts
+      const int log_g = __ffs(group) - 1, log_rps = __ffs(w.rps) - 1, log_d = __ffs(w.channels) - 1;
+      tg_shift = static_cast<Grouping>(grouping) == Grouping::kPerChannel ? log_g - log_rps : 0;
+      g_step = 1 << (log_rps + log_d - log_g);
+      g_base = (w.lane_row << (log_d - log_g)) + (w.c0 >> log_g);
+    }
   };
   geometry(w.seg.src_grouping, w.seg.src_group, w.src_tg_shift, w.src_g_base, w.src_g_step);
   geometry(w.seg.dst_grouping, w.seg.dst_group, w.dst_tg_shift, w.dst_g_base, w.dst_g_step);
-  w.group_first = (w.c0 / 8) % (w.seg.dst_group / 8) == 0;
+  w.group_first = kAnyHeadDim ? (w.c0 / 8) % (w.seg.dst_group / 8) == 0
+                              : ((w.c0 >> 3) & ((w.seg.dst_group >> 3) - 1)) == 0;
   return true;
 }
 
@@ -650,7 +660,7 @@ __device__ __forceinline__ bool CopyIfSame(const Warp& w) {
 template <unsigned kSrc, unsigned kDst>
 __device__ __forceinline__ void TranscodeWarp(const Params& p) {
   Warp w;
-  if (!SetUp<kWarpsPerCta>(p, w)) return;  // whole warps leave; the kernel has no block-level barrier
+  if (!SetUp<kWarpsPerCta, false>(p, w)) return;  // whole warps leave; the kernel has no block-level barrier
   if (CopyIfSame<kSrc | kDst>(w)) return;
   With<kSrc>(w.seg.src_format, [&](auto st) {
     With<kDst>(w.seg.dst_format, [&](auto dt) { TranscodeSegment<decltype(st)::kFormat, decltype(dt)::kFormat>(w); });
@@ -661,7 +671,7 @@ __device__ __forceinline__ void TranscodeWarp(const Params& p) {
 // encode from there. 7 decoders + 7 encoders.
 __device__ __forceinline__ void TranscodeWarpGeneric(const Params& p) {
   Warp w;
-  if (!SetUp<1>(p, w)) return;
+  if (!SetUp<1, true>(p, w)) return;
   if (CopyIfSame<kAllFormats>(w)) return;
   With<kAllFormats>(w.seg.src_format, [&](auto st) {
     constexpr Format S = decltype(st)::kFormat;
