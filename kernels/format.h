@@ -381,4 +381,8 @@ std::string_view GroupingName(Grouping g);
 // groups of 16 tokens and V of 16 channels), fp8 per segment, pass-through formats without parameters.
 SegmentCodec DefaultCodec(Format f, Operand op);
 
+// The format's default group_size for a grouping (per_token: V's default, e.g. 32 for int4; per_channel:
+// K's, 16 for fp4_e2m1 and 0 otherwise); use it when a config names a grouping without a group size.
+uint16_t DefaultGroupSize(Format f, Grouping g);
+
 }  // namespace kvtier
