@@ -302,7 +302,7 @@ struct FormatTraits<Format::kFp4E2m1> {
   static KVTIER_HD QParams FromCode(uint32_t code, float g) {
     QParams p;
     p.code = code;
-    p.scale = Fp8E4m3::Decode(static_cast<uint8_t>(code)) * g;
+    p.scale = E4m3Value(code) * g;
     p.inv_scale = InverseOrZero(p.scale);
     return p;
   }
