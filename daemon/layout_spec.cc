@@ -14,6 +14,7 @@ absl::StatusOr<SegmentCodec> ToSegmentCodec(const kvtier::v1::CodecSpec& spec, O
     const auto g = ParseGrouping(spec.grouping());
     if (!g) return absl::InvalidArgumentError(absl::StrCat("unknown grouping '", spec.grouping(), "'"));
     codec.grouping = *g;
+    codec.group_size = DefaultGroupSize(*format, *g);  // e.g. int4 V per_channel: whole block, not 32
   }
   if (spec.group_size() > 1024) return absl::InvalidArgumentError("group_size above 1024");
   if (spec.group_size() != 0) codec.group_size = static_cast<uint16_t>(spec.group_size());

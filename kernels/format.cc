@@ -42,4 +42,9 @@ SegmentCodec DefaultCodec(Format f, Operand op) {
   return {};
 }
 
+uint16_t DefaultGroupSize(Format f, Grouping g) {
+  const SegmentCodec def = DefaultCodec(f, g == Grouping::kPerToken ? Operand::kValue : Operand::kKey);
+  return def.grouping == g ? def.group_size : 0;
+}
+
 }  // namespace kvtier

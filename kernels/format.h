@@ -98,7 +98,13 @@ struct GroupStats {
 // -0 becomes +0; everything else is unchanged.
 KVTIER_HD float ZeroToPositive(float x) { return x == 0.0f ? 0.0f : x; }
 
-KVTIER_HD float InverseOrZero(float scale) { return scale > 0.0f ? 1.0f / scale : 0.0f; }
+KVTIER_HD float InverseOrZero(float scale) {
+#if defined(__CUDA_ARCH__)
+  return scale > 0.0f ? __frcp_rn(scale) : 0.0f;  // the correctly rounded reciprocal, as 1.0f / scale
+#else
+  return scale > 0.0f ? 1.0f / scale : 0.0f;
+#endif
+}
 
 // min(max(y, lo), hi) for a non-NaN y. Host: selects, so that loops over it vectorise (fminf/fmaxf do
 // not without -ffast-math); device: fmin/fmax instructions. The two may differ only in the sign of a
@@ -221,7 +227,14 @@ struct FormatTraits<Format::kInt8> {
     return FromScaleBits(b);
   }
   static KVTIER_HD uint32_t Encode(float x, const QParams& p) {
+#if defined(__CUDA_ARCH__)
+    // The same code in 4 instructions: cvt.rni maps NaN to 0 and saturates +-Inf, and clamping to the
+    // integer bounds after rounding equals rounding after clamping to them. (x - 0 == x for every x.)
+    const int c = __float2int_rn((x - p.offset) * p.inv_scale);
+    return static_cast<uint8_t>(static_cast<int8_t>(c < -127 ? -127 : (c > 127 ? 127 : c)));
+#else
     return static_cast<uint8_t>(static_cast<int8_t>(RoundToInt(Clamp(Scaled(x, p), -127.0f, 127.0f))));
+#endif
   }
   static KVTIER_HD float Decode(uint32_t c, const QParams& p) {
     return static_cast<float>(static_cast<int8_t>(static_cast<uint8_t>(c))) * p.scale;
@@ -260,7 +273,12 @@ struct FormatTraits<Format::kInt4> {
     return FromBits(b[0], b[1]);
   }
   static KVTIER_HD uint32_t Encode(float x, const QParams& p) {
+#if defined(__CUDA_ARCH__)
+    const int c = __float2int_rn((x - p.offset) * p.inv_scale);  // as int8: NaN -> 0, then clamp
+    return static_cast<uint32_t>(c < 0 ? 0 : (c > 15 ? 15 : c));
+#else
     return static_cast<uint32_t>(RoundToInt(Clamp(Scaled(x, p), 0.0f, 15.0f)));
+#endif
   }
   static KVTIER_HD float Decode(uint32_t c, const QParams& p) {
     return fmaf(static_cast<float>(c & 0xfu), p.scale, p.offset);
@@ -287,7 +305,7 @@ struct FormatTraits<Format::kFp4E2m1> {
   static KVTIER_HD QParams FromCode(uint32_t code, float g) {
     QParams p;
     p.code = code;
-    p.scale = Fp8E4m3::Decode(static_cast<uint8_t>(code)) * g;
+    p.scale = E4m3Value(code) * g;
     p.inv_scale = InverseOrZero(p.scale);
     return p;
   }
@@ -303,7 +321,13 @@ struct FormatTraits<Format::kFp4E2m1> {
     memcpy(&g, src, 4);
     return g;
   }
-  static KVTIER_HD uint32_t Encode(float x, const QParams& p) { return Fp4E2m1::Encode(Scaled(x, p)); }
+  static KVTIER_HD uint32_t Encode(float x, const QParams& p) {
+#if defined(__CUDA_ARCH__)
+    return Fp4E2m1::Encode((x - p.offset) * p.inv_scale);  // the encoder maps NaN to 0 itself
+#else
+    return Fp4E2m1::Encode(Scaled(x, p));
+#endif
+  }
   static KVTIER_HD float Decode(uint32_t c, const QParams& p) { return Fp4E2m1::Decode(c) * p.scale; }
 };
 
@@ -359,5 +383,9 @@ std::string_view GroupingName(Grouping g);
 // The default codec of a format for K or V: K per-channel, V per-token (int4 V in groups of 32, fp4 K in
 // groups of 16 tokens and V of 16 channels), fp8 per segment, pass-through formats without parameters.
 SegmentCodec DefaultCodec(Format f, Operand op);
+
+// The format's default group_size for a grouping (per_token: V's default, e.g. 32 for int4; per_channel:
+// K's, 16 for fp4_e2m1 and 0 otherwise); use it when a config names a grouping without a group size.
+uint16_t DefaultGroupSize(Format f, Grouping g);
 
 }  // namespace kvtier

@@ -34,8 +34,9 @@ struct Fp4E2m1 {
     const uint32_t e = m >> 1;
     // Built on the bit pattern: normal values are 2^(e-1) * (1 + man/2) -> fp32 exponent e - 1 + 127.
     const uint32_t normal_bits = ((e + 126u) << 23) | ((m & 1u) << 22);
-    const uint32_t sub_bits = (m & 1u) ? 0x3f000000u : 0u;  // 0.5 or 0
-    const uint32_t bits = (e != 0 ? normal_bits : sub_bits) | ((code & 8u) << 28);
+    const uint32_t sub_bits = 0x3f000000u & (0u - (m & 1u));  // 0.5 or 0
+    const uint32_t is_normal = 0u - static_cast<uint32_t>(e != 0);  // masks, not selects: host loops vectorise
+    const uint32_t bits = (normal_bits & is_normal) | (sub_bits & ~is_normal) | ((code & 8u) << 28);
     return BitsToFloat(bits);
   }
 
@@ -56,19 +57,56 @@ struct Fp4E2m1 {
   static KVTIER_HD uint32_t Encode(float y) {
     const uint32_t bits = FloatToBits(y);
     const uint32_t abs_bits = bits & 0x7fffffffu;
+#if defined(__CUDA_ARCH__)
     const uint32_t not_nan = static_cast<uint32_t>(abs_bits <= 0x7f800000u);
     // |y| >= 1: round the fp32 pattern to 1 mantissa bit (ties to even), rebias exponent 127 -> 1.
     // (abs_bits >> 22) of 1.0 is 254 = code 2 + 252.
     const uint32_t clamped = abs_bits < 0x40c00000u ? abs_bits : 0x40c00000u;  // min(|y|, 6), Inf too
     const uint32_t normal = ((clamped + 0x1fffffu + ((clamped >> 22) & 1u)) >> 22) - 252u;
     // |y| < 1: multiples of 0.5, round to nearest even of 2|y| in [0, 2] (0.25 -> 0, 0.75 -> 2 = 1.0).
-    const float two_a = BitsToFloat(abs_bits < 0x3f800000u ? abs_bits : 0u) * 2.0f;
-    const uint32_t sub = static_cast<uint32_t>(rintf(two_a));  // round to nearest even (exact steps)
+    const uint32_t sub = static_cast<uint32_t>(__float2int_rn(fabsf(y) * 2.0f));  // used only when |y| < 1
     const uint32_t mag = abs_bits >= 0x3f800000u ? normal : sub;
     return (((bits >> 28) & 8u) | mag) * not_nan;
+#else
+    // The same steps with masks instead of selects (GCC then vectorises the host loops).
+    const uint32_t not_nan = 0u - static_cast<uint32_t>(abs_bits <= 0x7f800000u);
+    const uint32_t big = 0u - static_cast<uint32_t>(abs_bits >= 0x40c00000u);
+    const uint32_t clamped = (abs_bits & ~big) | (0x40c00000u & big);
+    const uint32_t normal = ((clamped + 0x1fffffu + ((clamped >> 22) & 1u)) >> 22) - 252u;
+    const uint32_t is_sub = 0u - static_cast<uint32_t>(abs_bits < 0x3f800000u);
+    const float two_a = BitsToFloat(abs_bits & is_sub) * 2.0f;
+    // round to nearest even (exact steps); via int32 so that AVX2 can convert vectors
+    const uint32_t sub = static_cast<uint32_t>(static_cast<int32_t>(rintf(two_a)));
+    const uint32_t mag = (sub & is_sub) | (normal & ~is_sub);
+    return (((bits >> 28) & 8u) | mag) & not_nan;
+#endif
   }
-
 };
+
+#if !defined(__CUDA_ARCH__)
+// Host: the value of an E4M3 byte from a table built once from Fp8E4m3::Decode (the software decoder
+// branches; fp4 derives and reads one scale byte per 16 values).
+inline float E4m3ValueHost(uint32_t code) {
+  struct Table {
+    float v[256];
+    Table() {
+      for (int c = 0; c < 256; ++c) v[c] = Fp8E4m3::Decode(static_cast<uint8_t>(c));
+    }
+  };
+  static const Table table;
+  return table.v[code & 0xffu];
+}
+#endif
+
+// Value of an E4M3 byte (any of the 256 codes): the hardware conversion on the device, the table above
+// on the host; equal to Fp8E4m3::Decode.
+KVTIER_HD float E4m3Value(uint32_t code) {
+#if defined(__CUDA_ARCH__)
+  return Fp8E4m3::Decode(static_cast<uint8_t>(code));
+#else
+  return E4m3ValueHost(code);
+#endif
+}
 
 // E4M3 code (positive, 0x00..0x7e) of the smallest E4M3 value >= t, for 0 <= t <= 448 (larger t and NaN
 // give 448, the largest finite value). Used for fp4 group scales: rounding UP means that the scaled
@@ -76,7 +114,7 @@ struct Fp4E2m1 {
 KVTIER_HD uint32_t E4m3CodeRoundUp(float t) {
   if (!(t < 448.0f)) return 0x7eu;
   const uint32_t c = Fp8E4m3::Encode(t);  // nearest, ties to even: at most one step below t
-  return Fp8E4m3::Decode(static_cast<uint8_t>(c)) < t ? c + 1u : c;
+  return E4m3Value(c) < t ? c + 1u : c;
 }
 
 }  // namespace kvtier

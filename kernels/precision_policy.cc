@@ -264,9 +264,7 @@ KernelOr<SegmentCodec> MakeCodec(std::string_view format, std::string_view group
       return InvalidArgument("unknown grouping '" + std::string(grouping) +
                              "' (none, per_segment, per_channel, per_token)");
     codec.grouping = *g;
-    // The format's default group size for that grouping (per_token: V's, per_channel: K's).
-    const SegmentCodec def = DefaultCodec(*f, *g == Grouping::kPerToken ? Operand::kValue : Operand::kKey);
-    codec.group_size = def.grouping == *g ? def.group_size : 0;
+    codec.group_size = DefaultGroupSize(*f, *g);
   }
   if (group_size != 0) {
     if (codec.grouping != Grouping::kPerToken && !(codec.grouping == Grouping::kPerChannel && *f == Format::kFp4E2m1))

@@ -99,7 +99,8 @@ void Register() {
   const Case cases[] = {{"int8", PrecisionPolicy::Uniform(Format::kFp16, Format::kInt8)},
                         {"int4", PrecisionPolicy::Uniform(Format::kFp16, Format::kInt4)},
                         {"fp8_e4m3", PrecisionPolicy::Uniform(Format::kFp16, Format::kFp8E4m3)},
-                        {"k8v4", PrecisionPolicy::K8V4()}};
+                        {"k8v4", PrecisionPolicy::K8V4()},
+                        {"fp4_e2m1", PrecisionPolicy::Uniform(Format::kFp16, Format::kFp4E2m1)}};
   for (const Case& c : cases)
     for (int dir : {0, 1})
       for (CpuPath path : {CpuPath::kBest, CpuPath::kPortable}) {

@@ -8,7 +8,7 @@
 // 512 MiB); the copy moves bytes / 2 from one buffer to another, also far larger than L2. Prints one JSON object on
 // stdout and a table on stderr.
 //
-//   transcode_gpu_bench [--pages N] [--reps N]
+//   transcode_gpu_bench [--pages N] [--reps N] [--only CASE]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -79,6 +79,13 @@ double MedianMs(int reps, Fn&& launch) {
   return ms[ms.size() / 2];
 }
 
+// K int8 per-channel, V fp4_e2m1 (16 channels per E4M3 scale) offloaded.
+PrecisionPolicy K8VFp4() {
+  PrecisionPolicy p = PrecisionPolicy::K8V4();
+  p.offload_value = DefaultCodec(Format::kFp4E2m1, Operand::kValue);
+  return p;
+}
+
 struct Result {
   std::string name, direction;
   uint64_t bytes;  // read + written
@@ -92,9 +99,11 @@ int main(int argc, char** argv) {
   using namespace kvtier;
   uint32_t pages = 256;
   int reps = 50;
+  std::string only;  // run just this case (e.g. for a profiler)
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--pages")) pages = static_cast<uint32_t>(std::atoi(argv[i + 1]));
     if (!std::strcmp(argv[i], "--reps")) reps = std::atoi(argv[i + 1]);
+    if (!std::strcmp(argv[i], "--only")) only = argv[i + 1];
   }
   const GpuInfo& gpu = ProbeGpu();
   if (!gpu.available) {
@@ -132,9 +141,12 @@ int main(int argc, char** argv) {
                         {"fp8_e4m3", PrecisionPolicy::Uniform(Format::kFp16, Format::kFp8E4m3)},
                         {"int8", PrecisionPolicy::Uniform(Format::kFp16, Format::kInt8)},
                         {"int4", PrecisionPolicy::Uniform(Format::kFp16, Format::kInt4)},
-                        {"k8v4", PrecisionPolicy::K8V4()}};
+                        {"k8v4", PrecisionPolicy::K8V4()},
+                        {"fp4_e2m1", PrecisionPolicy::Uniform(Format::kFp16, Format::kFp4E2m1)},
+                        {"k8v_fp4", K8VFp4()}};
   std::vector<Result> results;
   for (const Case& c : cases) {
+    if (!only.empty() && only != c.name) continue;
     auto resolved = Resolve(c.policy, kLlama3_8B);
     BENCH_OK(resolved.status());
     const PageGeometry& packed = resolved->offload;

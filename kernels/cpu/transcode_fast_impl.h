@@ -69,9 +69,14 @@ static void DecodeSegment(const SegmentCodec& c, SegmentDims d, const uint8_t* d
     const float seg_scale = LoadSegmentScale<F>(c, d, params);
     float scale[1024], offset[1024];
     for (int g = 0; g < groups; ++g) {
-      const QParams p = LoadGroupParams<F>(params + g * T::kParamBytes, seg_scale);
-      scale[g] = p.scale;
-      offset[g] = p.offset;
+      if constexpr (kTwoLevel<F>) {  // the scale only (LoadParams would also divide for 1/scale)
+        scale[g] = E4m3Value(params[g]) * seg_scale;
+        offset[g] = 0.0f;
+      } else {
+        const QParams p = LoadGroupParams<F>(params + g * T::kParamBytes, seg_scale);
+        scale[g] = p.scale;
+        offset[g] = p.offset;
+      }
     }
     float lut[256];  // fp8: decode(code) of every code, from the traits (scale 1)
     if constexpr (F == Format::kFp8E4m3 || F == Format::kFp8E5m2)

@@ -18,6 +18,12 @@ namespace {
 
 bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// SegmentPlan's group field: per-token channels per group, per-channel tokens per group, else head_dim.
+int GroupField(const SegmentCodec& c, SegmentDims d) {
+  if (c.grouping == Grouping::kPerChannel) return TokensPerGroup(c, d.tokens);
+  return ChannelsPerGroup(c, d.channels);
+}
+
 cuda_transcode::PageSet ToKernel(const DevicePageSet& s) {
   return {s.data, s.data_stride, s.params, s.params_stride, s.slots};
 }
@@ -42,12 +48,9 @@ KernelStatus CheckPageSet(const DevicePageSet& s, const PageGeometry& g, const c
 KernelOr<CudaTranscodePlan> CudaTranscodePlan::Create(const PageGeometry& src, const PageGeometry& dst) {
   KVTIER_RETURN_IF_KERNEL_ERROR(CheckTranscodable(src, dst));
   const int channels = src.shape().head_dim;
-  if (channels != 64 && channels != 128 && channels != 256)
-    return InvalidArgument("CUDA transcode supports head_dim 64, 128 and 256, not " + std::to_string(channels) +
+  if (channels != 64 && channels != 96 && channels != 128 && channels != 256)
+    return InvalidArgument("CUDA transcode supports head_dim 64, 96, 128 and 256, not " + std::to_string(channels) +
                            "; use TranscodePagesCpu");
-  for (int s = 0; s < src.num_segments(); ++s)
-    if (src.segment(s).codec.format == Format::kFp4E2m1 || dst.segment(s).codec.format == Format::kFp4E2m1)
-      return InvalidArgument("CUDA transcode does not handle fp4_e2m1 yet; use TranscodePagesCpu");
   // Entries sorted by codec pair, so that neighbouring warps run the same code path.
   std::vector<int> order(src.num_segments());
   std::iota(order.begin(), order.end(), 0);
@@ -69,18 +72,31 @@ KernelOr<CudaTranscodePlan> CudaTranscodePlan::Create(const PageGeometry& src, c
                 static_cast<uint8_t>(a.codec.grouping),
                 static_cast<uint8_t>(b.codec.format),
                 static_cast<uint8_t>(b.codec.grouping),
-                static_cast<uint16_t>(ChannelsPerGroup(a.codec, channels)),
-                static_cast<uint16_t>(ChannelsPerGroup(b.codec, channels))};
+                static_cast<uint16_t>(GroupField(a.codec, src.dims())),
+                static_cast<uint16_t>(GroupField(b.codec, dst.dims()))};
   }
   CudaTranscodePlan plan(src, dst);
-  bool src_plain = true, dst_plain = true;
-  for (int s = 0; s < src.num_segments(); ++s) {
-    src_plain = src_plain && !IsQuantized(src.segment(s).codec.format);
-    dst_plain = dst_plain && !IsQuantized(dst.segment(s).codec.format);
-  }
-  plan.path_ = static_cast<uint8_t>(src_plain   ? cuda_transcode::Path::kFromPassThrough
-                                    : dst_plain ? cuda_transcode::Path::kToPassThrough
-                                                : cuda_transcode::Path::kGeneric);
+  // The kernel instance: all sources fp16 (or all bf16): page-out; all destinations fp16 (bf16): page-in.
+  auto all_are = [](const PageGeometry& g, Format f) {
+    for (int s = 0; s < g.num_segments(); ++s)
+      if (g.segment(s).codec.format != f) return false;
+    return true;
+  };
+  using cuda_transcode::Path;
+  // head_dim 96 (12 vectors per token row, 24 active lanes) runs on the generic kernel only.
+  const Path path = channels == 96                ? Path::kGeneric
+                    : all_are(src, Format::kFp16) ? Path::kFromFp16
+                    : all_are(src, Format::kBf16) ? Path::kFromBf16
+                    : all_are(dst, Format::kFp16) ? Path::kToFp16
+                    : all_are(dst, Format::kBf16) ? Path::kToBf16
+                                                  : Path::kGeneric;
+  plan.path_ = static_cast<uint8_t>(path);
+  // Shared memory per warp: statistics / parameters of the largest destination segment (a multiple of 4
+  // floats so that every warp's slice stays 16-byte aligned), plus the decoded segment on the generic path.
+  int groups = 0;
+  for (int s = 0; s < dst.num_segments(); ++s) groups = std::max(groups, NumGroups(dst.segment(s).codec, dst.dims()));
+  plan.smem_groups_ = (groups + 3) / 4 * 4;
+  plan.smem_floats_per_warp_ = 2 * plan.smem_groups_ + (path == Path::kGeneric ? src.dims().tokens * channels : 0);
   const size_t bytes = table.size() * sizeof(table[0]);
   KVTIER_CUDA_RETURN_IF_ERROR(cudaMalloc(&plan.device_table_, bytes));
   KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpy(plan.device_table_, table.data(), bytes, cudaMemcpyHostToDevice));
@@ -91,7 +107,9 @@ CudaTranscodePlan::CudaTranscodePlan(CudaTranscodePlan&& other) noexcept
     : src_(std::move(other.src_)),
       dst_(std::move(other.dst_)),
       device_table_(std::exchange(other.device_table_, nullptr)),
-      path_(other.path_) {}
+      path_(other.path_),
+      smem_groups_(other.smem_groups_),
+      smem_floats_per_warp_(other.smem_floats_per_warp_) {}
 
 CudaTranscodePlan& CudaTranscodePlan::operator=(CudaTranscodePlan&& other) noexcept {
   if (this != &other) {
@@ -100,6 +118,8 @@ CudaTranscodePlan& CudaTranscodePlan::operator=(CudaTranscodePlan&& other) noexc
     dst_ = std::move(other.dst_);
     device_table_ = std::exchange(other.device_table_, nullptr);
     path_ = other.path_;
+    smem_groups_ = other.smem_groups_;
+    smem_floats_per_warp_ = other.smem_floats_per_warp_;
   }
   return *this;
 }
@@ -121,6 +141,8 @@ KernelStatus CudaTranscodePlan::Launch(const DevicePageSet& in, const DevicePage
   p.tokens = src_.shape().block_size;
   p.channels = src_.shape().head_dim;
   p.num_pages = num_pages;
+  p.smem_groups = smem_groups_;
+  p.smem_floats_per_warp = smem_floats_per_warp_;
   p.in = ToKernel(in);
   p.out = ToKernel(out);
   KVTIER_CUDA_RETURN_IF_ERROR(cuda_transcode::LaunchTranscode(p, static_cast<cuda_transcode::Path>(path_), stream));

@@ -12,16 +12,16 @@
 // Work split: one warp per segment (a layer's K or V of one head), 4 warps per CTA, grid (pages,
 // segments/4); the segment table is sorted by codec pair so that warps resident together run the same
 // path. A lane owns 8 consecutive channels and reads/writes them with one 16-byte access (fp16) per token
-// row; per-channel and per-segment statistics are reduced in registers and with warp shuffles, per-token
-// groups with shuffles among the lanes of the group. The per-element math is FormatTraits'
-// (kernels/format.h). Three kernel instances: fp16/bf16 sources (page-out), fp16/bf16 destinations
-// (page-in), anything else (quantized to quantized).
+// row (head_dim 96: 24 lanes cover two rows, 8 lanes idle). Statistics are reduced in registers and with
+// warp shuffles, then each group's parameters are derived ONCE by one lane (32 groups per step) and
+// exchanged through shared memory; see transcode_device.cuh. The per-element math is FormatTraits'
+// (kernels/format.h). Kernel instances: fp16 or bf16 sources (page-out), fp16 or bf16 destinations
+// (page-in), anything else (generic: the segment decoded into shared memory first).
 //
-// Measured (bench/results/transcode_gpu_h200.md): pass-through at 92 % of a device copy, quantized
-// formats at 44-74 % (page-out) and 56-69 % (page-in): instruction/latency-bound, see the profile there.
+// Measured: bench/results/transcode_gpu_h200.md.
 //
-// Supported on the GPU: head_dim 64, 128, 256 (a lane's channels must not straddle token rows; head_dim
-// 96 pages are transcoded by the CPU path), every format and grouping, fp16 and bf16 pass-through.
+// Supported on the GPU: head_dim 64, 96, 128, 256, block 16/32/64, every format and grouping (fp4_e2m1
+// included), fp16 and bf16 pass-through.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -71,6 +71,8 @@ class CudaTranscodePlan {
   PageGeometry src_, dst_;
   void* device_table_ = nullptr;  // SegmentPlan[num_segments], owned
   uint8_t path_ = 0;              // cuda_transcode::Path: which kernel instance serves this pair
+  int32_t smem_groups_ = 0;       // shared-memory sizing (cuda_transcode::Params)
+  int32_t smem_floats_per_warp_ = 0;
 };
 
 // Page-out: pages at `pool_slots` (device array [num_pages]) of the pool (plan.src() geometry) into a

@@ -347,6 +347,14 @@ TEST(Fp4Block, CodecValidationAndSpecs) {
   EXPECT_FALSE(ParseCodecSpec("fp4_e2m1:per_token:32", Operand::kValue).ok());
   EXPECT_FALSE(ParseCodecSpec("fp4_e2m1:per_segment", Operand::kValue).ok());
   EXPECT_FALSE(ParseCodecSpec("int8:per_channel:16", Operand::kKey).ok());
+  // A grouping named without a size takes that grouping's default, whatever the operand's default was.
+  auto i4c = ParseCodecSpec("int4:per_channel", Operand::kValue);
+  ASSERT_TRUE(i4c.ok()) << i4c.status().ToString();
+  EXPECT_EQ(*i4c, (SegmentCodec{Format::kInt4, Grouping::kPerChannel, 0}));
+  EXPECT_EQ(DefaultGroupSize(Format::kInt4, Grouping::kPerToken), 32);
+  EXPECT_EQ(DefaultGroupSize(Format::kInt4, Grouping::kPerChannel), 0);
+  EXPECT_EQ(DefaultGroupSize(Format::kFp4E2m1, Grouping::kPerChannel), 16);
+  EXPECT_EQ(DefaultGroupSize(Format::kFp4E2m1, Grouping::kPerToken), 16);
   for (const char* spec : {"fp4_e2m1:per_channel:16", "fp4_e2m1:per_token:16"}) {
     auto c = ParseCodecSpec(spec, Operand::kKey);
     ASSERT_TRUE(c.ok());

@@ -203,6 +203,8 @@ void CheckRoundTrip(const PageGeometry& plain, Format dtype, const PageGeometry&
   }
 }
 
+void CheckQuantizedToQuantized(const LayoutShape& shape, Format from, Format to, uint32_t seed);
+
 PageGeometry Uniform(const LayoutShape& shape, SegmentCodec k, SegmentCodec v) {
   auto g = PageGeometry::Uniform(shape, k, v);
   EXPECT_TRUE(g.ok()) << g.status().ToString();
@@ -257,7 +259,41 @@ TEST(TranscodeCuda, OtherShapesIncludingMultiChunkSegments) {
     CheckRoundTrip(fp16, Format::kFp16, k8v4->offload, 3, 60);
     CheckRoundTrip(fp16, Format::kFp16, Plain(shape, Format::kFp8E5m2), 2, 61);
     CheckRoundTrip(fp16, Format::kFp16, Plain(shape, Format::kInt4), 2, 62);
+    // fp4: K groups of 16 tokens (several per block at block 32/64), two-level scales.
+    CheckRoundTrip(fp16, Format::kFp16, Plain(shape, Format::kFp4E2m1), 2, 63);
   }
+}
+
+// head_dim 96: 12 vectors per token row, 24 active lanes; per-token groups of 48 and 96 channels span
+// 6 and 12 lanes (not a power of two).
+TEST(TranscodeCuda, HeadDim96EveryFormatAndGrouping) {
+  SKIP_WITHOUT_GPU();
+  for (LayoutShape shape : {LayoutShape{2, 3, 96, 16}, LayoutShape{1, 2, 96, 32}, LayoutShape{1, 2, 96, 64}}) {
+    SCOPED_TRACE("96D x " + std::to_string(shape.block_size) + "T");
+    const PageGeometry fp16 = Plain(shape, Format::kFp16);
+    for (int f = 0; f < kNumFormats; ++f) {
+      SCOPED_TRACE(std::string(GetFormatInfo(static_cast<Format>(f)).name));
+      CheckRoundTrip(fp16, Format::kFp16, Plain(shape, static_cast<Format>(f)), 2, 100 + f);
+    }
+    for (Format f : {Format::kInt8, Format::kInt4})
+      for (uint16_t g : {uint16_t{0}, uint16_t{16}, uint16_t{32}, uint16_t{48}}) {
+        const SegmentCodec c{f, Grouping::kPerToken, g};
+        SCOPED_TRACE(CodecSpecString(c));
+        CheckRoundTrip(fp16, Format::kFp16, Uniform(shape, DefaultCodec(f, Operand::kKey), c), 2, 110 + g);
+      }
+    CheckRoundTrip(Plain(shape, Format::kBf16), Format::kBf16, Plain(shape, Format::kFp4E2m1), 2, 120);
+  }
+  CheckQuantizedToQuantized(LayoutShape{1, 2, 96, 16}, Format::kFp4E2m1, Format::kInt8, 121);
+}
+
+TEST(TranscodeCuda, Fp4FromBf16AndK8VFp4) {
+  SKIP_WITHOUT_GPU();
+  const PageGeometry bf16 = Plain(kSmallLlama, Format::kBf16);
+  CheckRoundTrip(bf16, Format::kBf16, Plain(kSmallLlama, Format::kFp4E2m1), 3, 90);
+  const PageGeometry k8vfp4 =
+      Uniform(kSmallLlama, DefaultCodec(Format::kInt8, Operand::kKey), DefaultCodec(Format::kFp4E2m1, Operand::kValue));
+  CheckRoundTrip(Plain(kSmallLlama, Format::kFp16), Format::kFp16, k8vfp4, 3, 91);
+  CheckRoundTrip(bf16, Format::kBf16, k8vfp4, 2, 92);
 }
 
 TEST(TranscodeCuda, MixedPolicyWithPassThroughLayersAndHeads) {
@@ -273,40 +309,50 @@ TEST(TranscodeCuda, MixedPolicyWithPassThroughLayersAndHeads) {
   CheckRoundTrip(r->resident, Format::kFp16, r->offload, 4, 70);
 }
 
-TEST(TranscodeCuda, QuantizedToQuantizedUsesTheGenericKernel) {
-  SKIP_WITHOUT_GPU();
-  // int8 pages (made by the reference) re-encoded as int4 and fp8 on the GPU.
-  const PageGeometry fp16 = Plain(kSmallLlama, Format::kFp16);
-  const PageGeometry int8 = Plain(kSmallLlama, Format::kInt8);
-  const PageGeometry int4 = Plain(kSmallLlama, Format::kInt4);
+// Pages of `from` (made by the reference from random fp16 pages) re-encoded as `to` on the GPU.
+void CheckQuantizedToQuantized(const LayoutShape& shape, Format from, Format to, uint32_t seed) {
+  SCOPED_TRACE(std::string(GetFormatInfo(from).name) + " -> " + std::string(GetFormatInfo(to).name) + ", " +
+               std::to_string(shape.head_dim) + "D x " + std::to_string(shape.block_size) + "T");
+  const PageGeometry fp16 = Plain(shape, Format::kFp16);
+  const PageGeometry a_geo = Plain(shape, from);
+  const PageGeometry b_geo = Plain(shape, to);
   const int n = 3;
   Pages src;
   for (int i = 0; i < n; ++i) {
-    const auto p = RandomPlainPage(fp16, Format::kFp16, 80 + i, i == 0);
+    const auto p = RandomPlainPage(fp16, Format::kFp16, seed + i, i == 0);
     src.data.insert(src.data.end(), p.begin(), p.end());
   }
-  const Pages q8 = RefTranscode(fp16, src, int8, n);
-  const Pages want = RefTranscode(int8, q8, int4, n);
-  auto plan = CudaTranscodePlan::Create(int8, int4);
+  const Pages qa = RefTranscode(fp16, src, a_geo, n);
+  const Pages want = RefTranscode(a_geo, qa, b_geo, n);
+  auto plan = CudaTranscodePlan::Create(a_geo, b_geo);
   ASSERT_TRUE(plan.ok());
-  DeviceBuffer a(q8.data.size()), ap(q8.params.size()), b(want.data.size()), bp(want.params.size());
-  a.Upload(q8.data);
-  ap.Upload(q8.params);
-  const DevicePageSet in{a.get(), int8.page_bytes(), ap.get(), int8.param_bytes(), nullptr};
-  const DevicePageSet out{b.get(), int4.page_bytes(), bp.get(), int4.param_bytes(), nullptr};
+  DeviceBuffer a(qa.data.size()), ap(qa.params.size()), b(want.data.size()), bp(want.params.size());
+  a.Upload(qa.data);
+  ap.Upload(qa.params);
+  const DevicePageSet in{a.get(), a_geo.page_bytes(), ap.get(), a_geo.param_bytes(), nullptr};
+  const DevicePageSet out{b.get(), b_geo.page_bytes(), bp.get(), b_geo.param_bytes(), nullptr};
   ASSERT_TRUE(plan->Launch(in, out, n, nullptr).ok());
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  EXPECT_EQ(FirstDifference(b.Download().data(), want.data.data(), want.data.size(), int4, false), "");
-  EXPECT_EQ(FirstDifference(bp.Download().data(), want.params.data(), want.params.size(), int4, true), "");
+  EXPECT_EQ(FirstDifference(b.Download().data(), want.data.data(), want.data.size(), b_geo, false), "");
+  EXPECT_EQ(FirstDifference(bp.Download().data(), want.params.data(), want.params.size(), b_geo, true), "");
+}
+
+TEST(TranscodeCuda, QuantizedToQuantizedUsesTheGenericKernel) {
+  SKIP_WITHOUT_GPU();
+  CheckQuantizedToQuantized(kSmallLlama, Format::kInt8, Format::kInt4, 80);
+  CheckQuantizedToQuantized(kSmallLlama, Format::kInt8, Format::kFp4E2m1, 81);
+  CheckQuantizedToQuantized(kSmallLlama, Format::kFp4E2m1, Format::kFp8E4m3, 82);
+  // 64 x 256 segments: 64 KiB of decoded values in shared memory (above the 48 KiB default).
+  CheckQuantizedToQuantized(LayoutShape{1, 2, 256, 64}, Format::kFp4E2m1, Format::kInt4, 83);
+  CheckQuantizedToQuantized(LayoutShape{1, 2, 64, 32}, Format::kInt4, Format::kFp4E2m1, 84);
 }
 
 TEST(TranscodeCuda, RejectsUnsupportedShapesAndBadBuffers) {
   SKIP_WITHOUT_GPU();
   const LayoutShape d96{2, 2, 96, 16};
-  auto plan96 = CudaTranscodePlan::Create(Plain(d96, Format::kFp16), Plain(d96, Format::kInt8));
-  ASSERT_FALSE(plan96.ok());
-  EXPECT_NE(plan96.status().message().find("head_dim"), std::string::npos);
-  EXPECT_FALSE(CudaTranscodePlan::Create(Plain(kSmallLlama, Format::kFp16), Plain(d96, Format::kInt8)).ok());
+  auto mismatch = CudaTranscodePlan::Create(Plain(kSmallLlama, Format::kFp16), Plain(d96, Format::kInt8));
+  ASSERT_FALSE(mismatch.ok());
+  EXPECT_NE(mismatch.status().message().find("shape"), std::string::npos);
 
   const PageGeometry fp16 = Plain(kSmallLlama, Format::kFp16), int8 = Plain(kSmallLlama, Format::kInt8);
   auto plan = CudaTranscodePlan::Create(fp16, int8);
