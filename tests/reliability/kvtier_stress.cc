@@ -424,6 +424,10 @@ class Orchestrator {
     absl::StrAppendFormat(&j, ",\"pass\":%s}\n", pass ? "true" : "false");
     std::fputs(j.c_str(), stdout);
     if (!o_.json.empty()) std::ofstream(o_.json) << j;
+    if (pass && !o_.keep_dir) {
+      std::error_code ec;
+      std::filesystem::remove_all(o_.dir, ec);
+    }
     return pass ? 0 : 1;
   }
 

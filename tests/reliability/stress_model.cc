@@ -39,6 +39,7 @@ Options Options::FromArgs(const CliArgs& a) {
   o.hang_ms = static_cast<int>(a.GetInt("hang_ms", 3 * o.io_timeout_ms + 5000));
   o.seed = a.GetInt("seed", o.seed);
   o.flush = a.Get("flush", "true") == "true";
+  o.keep_dir = a.Has("keep_dir");
   return o;
 }
 

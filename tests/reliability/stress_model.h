@@ -40,7 +40,7 @@ struct Options {
   uint64_t gpu_min = 2 << 20, gpu_max = 8 << 20;      // the operator resizes the tiers within these
   uint64_t host_min = 4 << 20, host_max = 16 << 20;
   uint64_t ssd_bytes = 64 << 20;
-  int lease_ms = 1000;
+  int lease_ms = 3000;
   // A served value further than this from the oracle (relative to its segment's absmax) makes the block
   // wrong (all segments) or torn (some). One int8 step is 1/127; repeated page-out/in cycles re-quantize
   // and drift by a fraction of a step each (counted separately as drift), while a misrouted or half-
@@ -50,6 +50,7 @@ struct Options {
   int io_timeout_ms = 2000;
   uint64_t seed = 1;
   bool flush = true;                 // use Flush/Drain when the daemon has them
+  bool keep_dir = false;             // keep --dir after a passing run (it is always kept after a failure)
 
   static Options FromArgs(const CliArgs& a);
 };

@@ -48,30 +48,40 @@ class StuckDiskTest : public ::testing::Test {
   std::string socket_;
 };
 
-TEST_F(StuckDiskTest, LookupsOfBlocksOnAHungDiskReturnWithinTheIoDeadline) {
-  auto daemon = StartDaemon("ssd_read:hang");
-  auto c = Connect();
-  ASSERT_NE(c, nullptr);
+// Registers a small layout and writes, commits and releases a 12-block prompt; returns the layout id.
+uint64_t WriteTwelveBlocks(Client& c, std::vector<int32_t>* prompt) {
   v1::LayoutSpec spec;
   spec.set_num_layers(2);
   spec.set_num_kv_heads(2);
   spec.set_head_dim(64);
   spec.set_block_size(16);
   spec.set_dtype(v1::ACTIVATION_DTYPE_FP16);
-  auto reg = c->RegisterLayout(spec);
-  ASSERT_TRUE(reg.ok()) << reg.status();
+  auto reg = c.RegisterLayout(spec);
+  EXPECT_TRUE(reg.ok()) << reg.status();
+  if (!reg.ok()) return 0;
   const LayoutShape shape{2, 2, 64, 16};
   auto g = PageGeometry::Uniform(shape, DefaultCodec(Format::kFp16, Operand::kKey),
                                  DefaultCodec(Format::kFp16, Operand::kValue));
-  ASSERT_TRUE(g.ok());
-  std::vector<int32_t> prompt(16 * 12);
-  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>(i * 31 + 7);
+  EXPECT_TRUE(g.ok());
+  prompt->resize(16 * 12);
+  for (size_t i = 0; i < prompt->size(); ++i) (*prompt)[i] = static_cast<int32_t>(i * 31 + 7);
   auto fill = [&](int b, uint8_t* page) {
-    testing::FillActivationPage(*g, Format::kFp16, testing::BlockSeed(prompt, 16, b), page);
+    testing::FillActivationPage(*g, Format::kFp16, testing::BlockSeed(*prompt, 16, b), page);
   };
-  auto w = WritePromptKv(*c, reg->layout_id(), shape, reg->activation_page_bytes(), prompt, fill);
-  ASSERT_TRUE(w.ok()) << w.status();
-  ASSERT_TRUE(c->Release(w->block_ids).ok());
+  auto w = WritePromptKv(c, reg->layout_id(), shape, reg->activation_page_bytes(), *prompt, fill);
+  EXPECT_TRUE(w.ok()) << w.status();
+  if (!w.ok()) return 0;
+  EXPECT_TRUE(c.Release(w->block_ids).ok());
+  return reg->layout_id();
+}
+
+TEST_F(StuckDiskTest, LookupsOfBlocksOnAHungDiskReturnWithinTheIoDeadline) {
+  auto daemon = StartDaemon("ssd_read:hang");
+  auto c = Connect();
+  ASSERT_NE(c, nullptr);
+  std::vector<int32_t> prompt;
+  const uint64_t layout_id = WriteTwelveBlocks(*c, &prompt);
+  ASSERT_NE(layout_id, 0u);
   // Everything down to the SSD tier (writes work; only reads hang).
   ASSERT_TRUE(c->Evict(v1::TIER_GPU, 0).ok());
   auto ev = c->Evict(v1::TIER_HOST, 0);
@@ -80,7 +90,7 @@ TEST_F(StuckDiskTest, LookupsOfBlocksOnAHungDiskReturnWithinTheIoDeadline) {
 
   for (int attempt = 0; attempt < 3; ++attempt) {  // the later ones find every I/O buffer held by hung reads
     const auto t0 = std::chrono::steady_clock::now();
-    auto hit = c->Lookup(reg->layout_id(), prompt, true, true);
+    auto hit = c->Lookup(layout_id, prompt, true, true);
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     ASSERT_TRUE(hit.ok()) << hit.status();
     EXPECT_EQ(hit->blocks_size(), 0) << "a block on the stuck disk cannot have been paged in";
@@ -90,12 +100,44 @@ TEST_F(StuckDiskTest, LookupsOfBlocksOnAHungDiskReturnWithinTheIoDeadline) {
     EXPECT_EQ(stats->pinned_blocks(), 0u) << "a failed page-in left pins behind";
   }
   // The blocks are unavailable, not lost: a lookup without page-in still walks the whole prefix.
-  auto index_only = c->Lookup(reg->layout_id(), prompt, false, false);
+  auto index_only = c->Lookup(layout_id, prompt, false, false);
   ASSERT_TRUE(index_only.ok()) << index_only.status();
   EXPECT_EQ(index_only->blocks_size(), 12);
   c.reset();
   daemon->Signal(SIGTERM);
   EXPECT_EQ(daemon->Wait(), 0) << "kvtierd did not shut down cleanly with hung I/O";
+}
+
+TEST_F(StuckDiskTest, DemotionsToAHungDiskGiveUpAtTheDeadlineAndLookupsStillAnswer) {
+  auto daemon = StartDaemon("ssd_write:hang");
+  auto c = Connect();
+  ASSERT_NE(c, nullptr);
+  std::vector<int32_t> prompt;
+  const uint64_t layout_id = WriteTwelveBlocks(*c, &prompt);
+  ASSERT_NE(layout_id, 0u);
+  ASSERT_TRUE(c->Evict(v1::TIER_GPU, 0).ok());
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto ev = c->Evict(v1::TIER_HOST, 0);  // every write hangs: the blocks cannot reach the SSD tier
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ASSERT_TRUE(ev.ok()) << ev.status();
+    EXPECT_EQ(ev->blocks_moved(), 0);
+    EXPECT_LT(s, 5.0) << "a demotion hung on the stuck disk";
+    auto hit = c->Lookup(layout_id, prompt, true, true);
+    ASSERT_TRUE(hit.ok()) << hit.status();
+    ASSERT_TRUE(c->Release([&] {
+                    std::vector<uint64_t> ids;
+                    for (const auto& b : hit->blocks()) ids.push_back(b.block_id());
+                    return ids;
+                  }())
+                    .ok());
+  }
+  auto stats = c->Stats();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->pinned_blocks(), 0u);
+  c.reset();
+  daemon->Signal(SIGTERM);
+  EXPECT_EQ(daemon->Wait(), 0) << "kvtierd did not shut down cleanly with hung writes";
 }
 
 }  // namespace
