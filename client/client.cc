@@ -175,4 +175,38 @@ absl::StatusOr<v1::SetTierLimitsResponse> Client::SetTierLimits(const v1::TierLi
   return Call<v1::SetTierLimitsResponse>(*stub_, &v1::KvTier::Stub::SetTierLimits, req);
 }
 
+absl::StatusOr<v1::FlushResponse> Client::Flush(v1::Tier to) {
+  v1::FlushRequest req;
+  req.set_session_id(session_id_);
+  req.set_to_tier(to);
+  return Call<v1::FlushResponse>(*stub_, &v1::KvTier::Stub::Flush, req);
+}
+
+absl::StatusOr<v1::DrainResponse> Client::Drain(v1::Tier tier, int64_t wait_ms) {
+  v1::DrainRequest req;
+  req.set_session_id(session_id_);
+  req.set_tier(tier);
+  req.set_wait_ms(wait_ms);
+  return Call<v1::DrainResponse>(*stub_, &v1::KvTier::Stub::Drain, req);
+}
+
+absl::StatusOr<v1::PrefetchResponse> Client::Prefetch(uint64_t layout_id, std::span<const std::string> keys,
+                                                      std::span<const int32_t> tokens, bool pin) {
+  v1::PrefetchRequest req;
+  req.set_session_id(session_id_);
+  req.set_layout_id(layout_id);
+  for (const auto& k : keys) req.add_keys(k);
+  req.mutable_tokens()->Add(tokens.begin(), tokens.end());
+  req.set_pin(pin);
+  return Call<v1::PrefetchResponse>(*stub_, &v1::KvTier::Stub::Prefetch, req);
+}
+
+absl::StatusOr<v1::GetPrefetchResponse> Client::GetPrefetch(uint64_t prefetch_id, int64_t wait_ms) {
+  v1::GetPrefetchRequest req;
+  req.set_session_id(session_id_);
+  req.set_prefetch_id(prefetch_id);
+  req.set_wait_ms(wait_ms);
+  return Call<v1::GetPrefetchResponse>(*stub_, &v1::KvTier::Stub::GetPrefetch, req);
+}
+
 }  // namespace kvtier

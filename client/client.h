@@ -56,6 +56,15 @@ class Client {
   absl::StatusOr<kvtier::v1::EvictResponse> Evict(kvtier::v1::Tier from, int64_t max_blocks);
   absl::StatusOr<kvtier::v1::ListSessionsResponse> ListSessions();
   absl::StatusOr<kvtier::v1::SetTierLimitsResponse> SetTierLimits(const kvtier::v1::TierLimits& limits);
+  // Admin: copies committed blocks down (TIER_UNSPECIFIED: to SSD when configured, else host).
+  absl::StatusOr<kvtier::v1::FlushResponse> Flush(kvtier::v1::Tier to = kvtier::v1::TIER_UNSPECIFIED);
+  // Admin: empties a tier into the ones below, waiting up to wait_ms for pins to go away.
+  absl::StatusOr<kvtier::v1::DrainResponse> Drain(kvtier::v1::Tier tier, int64_t wait_ms = 0);
+  // Starts paging a prefix (block keys in order, or tokens) up to the GPU tier in the background.
+  absl::StatusOr<kvtier::v1::PrefetchResponse> Prefetch(uint64_t layout_id, std::span<const std::string> keys,
+                                                        std::span<const int32_t> tokens, bool pin);
+  // A prefetch's progress; waits up to wait_ms for it to finish.
+  absl::StatusOr<kvtier::v1::GetPrefetchResponse> GetPrefetch(uint64_t prefetch_id, int64_t wait_ms = 0);
 
   kvtier::v1::KvTier::Stub& stub() { return *stub_; }
 

@@ -7,6 +7,9 @@
 //   evict [--tier=gpu|host] [--max=N]  page unpinned blocks down from a tier (0 = all)
 //   sessions                     live sessions: tenant, client, pid, pins
 //   lookup --layout=ID --tokens=1,2,3,...  longest cached prefix of a token list and where it lives
+//   flush [--tier=ssd|host]      copy every committed block down (ssd: durable); exit 1 if some did not fit
+//   drain --tier=gpu|host [--wait_ms=N]  empty a tier into the ones below without dropping blocks;
+//                                exit 1 if blocks remain (pinned or private, or no room below)
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -87,7 +90,8 @@ int Run(const CliArgs& args) {
   if (args.positional.empty() || args.Has("help")) {
     std::printf("usage: kvtierctl [--socket=PATH] [--token=T] [--json] status | tiers get | "
                 "tiers set [--gpu=BYTES] [--host=BYTES] [--ssd=BYTES] | evict [--tier=gpu|host] [--max=N] | "
-                "sessions | lookup --layout=ID --tokens=T1,T2,...\n");
+                "sessions | lookup --layout=ID --tokens=T1,T2,... | flush [--tier=ssd|host] | "
+                "drain --tier=gpu|host [--wait_ms=N]\n");
     return args.positional.empty() ? 2 : 0;
   }
   ClientOptions o;
@@ -172,6 +176,42 @@ int Run(const CliArgs& args) {
                   tier.c_str(), static_cast<long long>(r->blocks_dropped()));
     }
     return 0;
+  }
+  if (cmd == "flush") {
+    const std::string tier = args.Get("tier", "");
+    if (!tier.empty() && tier != "ssd" && tier != "host") {
+      std::fprintf(stderr, "kvtierctl: --tier must be ssd or host\n");
+      return 2;
+    }
+    auto r = (*client)->Flush(tier == "ssd"    ? v1::TIER_SSD
+                              : tier == "host" ? v1::TIER_HOST
+                                               : v1::TIER_UNSPECIFIED);
+    if (!r.ok()) return Fail(r.status());
+    if (json) {
+      std::printf("%s\n", Json(*r).c_str());
+    } else {
+      std::printf("flushed %lld blocks (%s), %lld already had a copy, %lld not written\n",
+                  static_cast<long long>(r->blocks_written()), r->durable() ? "durable on SSD" : "to host memory",
+                  static_cast<long long>(r->blocks_already_copied()), static_cast<long long>(r->blocks_not_written()));
+    }
+    return r->blocks_not_written() == 0 ? 0 : 1;
+  }
+  if (cmd == "drain") {
+    const std::string tier = args.Get("tier", "");
+    if (tier != "gpu" && tier != "host") {
+      std::fprintf(stderr, "kvtierctl: drain needs --tier=gpu or --tier=host\n");
+      return 2;
+    }
+    auto r = (*client)->Drain(tier == "gpu" ? v1::TIER_GPU : v1::TIER_HOST, args.GetInt("wait_ms", 0));
+    if (!r.ok()) return Fail(r.status());
+    if (json) {
+      std::printf("%s\n", Json(*r).c_str());
+    } else {
+      std::printf("moved %lld blocks out of the %s tier; %lld remain (%lld pinned, %lld private)\n",
+                  static_cast<long long>(r->blocks_moved()), tier.c_str(), static_cast<long long>(r->blocks_remaining()),
+                  static_cast<long long>(r->blocks_pinned()), static_cast<long long>(r->blocks_private()));
+    }
+    return r->drained() ? 0 : 1;
   }
   std::fprintf(stderr, "kvtierctl: unknown command '%s'\n", cmd.c_str());
   return 2;

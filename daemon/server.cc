@@ -104,6 +104,7 @@ absl::StatusOr<std::unique_ptr<KvTierServer>> KvTierServer::Start(const kvtier::
 void KvTierServer::Shutdown() {
   if (shut_down_) return;
   shut_down_ = true;
+  service_->StopBackgroundWork();  // answers callers waiting on prefetches, so that no call stays open
   // Stop accepting, let in-flight calls finish for up to 5 s, then cancel the rest (Attach streams).
   server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   server_->Wait();

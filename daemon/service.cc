@@ -49,7 +49,12 @@ class KvTierService::AttachReactor final : public grpc::ServerWriteReactor<v1::S
 };
 
 KvTierService::KvTierService(const v1::DaemonConfig& config, BlockStore* store, SessionRegistry* sessions)
-    : config_(config), store_(store), sessions_(sessions) {}
+    : config_(config),
+      store_(store),
+      sessions_(sessions),
+      prefetcher_(std::make_unique<Prefetcher>(store, sessions)) {}
+
+void KvTierService::StopBackgroundWork() { prefetcher_->Stop(); }
 
 grpc::ServerWriteReactor<v1::SessionEvent>* KvTierService::Attach(grpc::CallbackServerContext* ctx,
                                                                   const v1::AttachRequest* req) {

@@ -5,8 +5,11 @@
 
 #include <memory>
 
+#include "absl/functional/function_ref.h"
+
 #include "kvtier/v1/config.pb.h"
 #include "kvtier/v1/kvtier.grpc.pb.h"
+#include "daemon/prefetcher.h"
 #include "daemon/session_registry.h"
 #include "tiering/block_store.h"
 
@@ -49,7 +52,18 @@ class KvTierService final : public kvtier::v1::KvTier::CallbackService {
   grpc::ServerUnaryReactor* SetTierLimits(grpc::CallbackServerContext* ctx,
                                           const kvtier::v1::SetTierLimitsRequest* req,
                                           kvtier::v1::SetTierLimitsResponse* resp) override;
+  // Flush, Drain (service_admin.cc); Prefetch, GetPrefetch (service_prefetch.cc).
+  grpc::ServerUnaryReactor* Flush(grpc::CallbackServerContext* ctx, const kvtier::v1::FlushRequest* req,
+                                  kvtier::v1::FlushResponse* resp) override;
+  grpc::ServerUnaryReactor* Drain(grpc::CallbackServerContext* ctx, const kvtier::v1::DrainRequest* req,
+                                  kvtier::v1::DrainResponse* resp) override;
+  grpc::ServerUnaryReactor* Prefetch(grpc::CallbackServerContext* ctx, const kvtier::v1::PrefetchRequest* req,
+                                     kvtier::v1::PrefetchResponse* resp) override;
+  grpc::ServerUnaryReactor* GetPrefetch(grpc::CallbackServerContext* ctx, const kvtier::v1::GetPrefetchRequest* req,
+                                        kvtier::v1::GetPrefetchResponse* resp) override;
 
+  // Ends background work (prefetches; their waiting callers are answered) before the server shuts down.
+  void StopBackgroundWork();
 
  private:
   class AttachReactor;
@@ -60,10 +74,14 @@ class KvTierService final : public kvtier::v1::KvTier::CallbackService {
   // handler gave it (closes the race between a call in flight and the lease ending).
   template <class Fn>
   grpc::ServerUnaryReactor* WithSession(grpc::CallbackServerContext* ctx, uint64_t id, bool need_admin, Fn&& fn);
+  // The same for handlers defined in other files (the template lives in service_handlers.cc).
+  grpc::ServerUnaryReactor* WithSessionFn(grpc::CallbackServerContext* ctx, uint64_t id, bool need_admin,
+                                          absl::FunctionRef<grpc::Status(const Session&)> fn);
 
   const kvtier::v1::DaemonConfig config_;
   BlockStore* store_;
   SessionRegistry* sessions_;
+  std::unique_ptr<Prefetcher> prefetcher_;
 };
 
 }  // namespace kvtier

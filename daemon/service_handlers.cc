@@ -49,6 +49,11 @@ grpc::ServerUnaryReactor* KvTierService::WithSession(grpc::CallbackServerContext
   return r;
 }
 
+grpc::ServerUnaryReactor* KvTierService::WithSessionFn(grpc::CallbackServerContext* ctx, uint64_t id, bool need_admin,
+                                                       absl::FunctionRef<grpc::Status(const Session&)> fn) {
+  return WithSession(ctx, id, need_admin, fn);
+}
+
 grpc::ServerUnaryReactor* KvTierService::RegisterLayout(grpc::CallbackServerContext* ctx,
                                                         const v1::RegisterLayoutRequest* req,
                                                         v1::RegisterLayoutResponse* resp) {

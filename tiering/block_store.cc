@@ -125,8 +125,10 @@ void BlockStore::FreeBlockLocked(Entry& e, bool dropped, std::vector<BlockKey>* 
     clean_copies_.erase(e.id);
   } else if (e.tier == Tier::kHost) {
     host_blocks_.erase(e.id);
-  } else if (e.tier == Tier::kSsd) {
-    ssd_blocks_.erase(e.id);
+  }
+  if (e.ssd_copy) ssd_copies_.erase(e.id);
+  if (e.tier == Tier::kSsd || e.ssd_copy) {
+    if (e.tier == Tier::kSsd) ssd_blocks_.erase(e.id);
     if (ssd_keys != nullptr) {
       ssd_keys->push_back(e.key);
     } else if (ssd_ != nullptr) {
@@ -403,53 +405,9 @@ absl::StatusOr<LookupOutcome> BlockStore::Lookup(SessionId session, std::string_
   if (pin || promote)
     for (Entry* e : hits) Pin(session, *e);
   if (promote) {
-    // Hits are pinned, so only promotions (this call's or a concurrent lookup's of the same prefix) move
-    // them. Work on ids: a block that fails its checksum is dropped and its Entry freed.
     std::vector<BlockId> ids;
     for (Entry* e : hits) ids.push_back(e->id);
-    absl::flat_hash_set<BlockId> failed;
-    for (int round = 0; round < 3; ++round) {
-      std::vector<Entry*> live;
-      for (BlockId id : ids)
-        if (Entry* e = FindLocked(id)) live.push_back(e);  // a block dropped as corrupt is gone
-      if (!WaitNotMoving(live)) continue;  // one was dropped: look again
-      std::vector<Entry*> from_ssd, from_host;
-      for (Entry* e : live) {
-        if (e->tier == Tier::kSsd) from_ssd.push_back(e);
-        if (e->tier == Tier::kHost) from_host.push_back(e);
-      }
-      if (from_ssd.empty() && from_host.empty()) break;
-      // Host-resident hits go up first (freeing host room), then SSD hits as host room allows.
-      for (BlockId id : PageInLocked(std::move(from_host))) failed.insert(id);
-      std::vector<Entry*> pending = std::move(from_ssd);
-      while (!pending.empty() && failed.empty()) {
-        std::vector<Entry*> deferred;
-        std::vector<BlockId> asked;
-        for (Entry* e : pending) asked.push_back(e->id);
-        for (BlockId id : PromoteFromSsdLocked(std::move(pending), &deferred)) failed.insert(id);
-        std::vector<Entry*> now_host;
-        absl::flat_hash_set<BlockId> later;
-        for (Entry* e : deferred) later.insert(e->id);
-        for (BlockId id : asked)
-          if (Entry* e = FindLocked(id); e != nullptr && e->tier == Tier::kHost && !later.contains(id))
-            now_host.push_back(e);
-        if (now_host.empty() && !deferred.empty()) {  // no host room at all: the prefix ends here
-          for (Entry* e : deferred) failed.insert(e->id);
-          break;
-        }
-        for (BlockId id : PageInLocked(std::move(now_host))) failed.insert(id);
-        pending = std::move(deferred);
-      }
-      if (!failed.empty()) break;
-    }
-    // The prefix ends before the first block that could not be brought in; blocks past the cut are
-    // unpinned again (dropped ones are gone, with their pins).
-    size_t keep = 0;
-    while (keep < ids.size() && !failed.contains(ids[keep]) && FindLocked(ids[keep]) != nullptr &&
-           FindLocked(ids[keep])->tier == Tier::kGpu)
-      ++keep;
-    for (size_t i = keep; i < ids.size(); ++i)
-      if (Entry* e = FindLocked(ids[i])) Unpin(session, *e);
+    const size_t keep = PromotePinnedLocked(session, ids);
     hits.clear();
     for (size_t i = 0; i < keep; ++i) hits.push_back(FindLocked(ids[i]));
   }
@@ -461,6 +419,55 @@ absl::StatusOr<LookupOutcome> BlockStore::Lookup(SessionId session, std::string_
   out.matched_tokens = static_cast<int32_t>(hits.size()) * bs;
   counters_.lookup_blocks_hit += hits.size();
   return out;
+}
+
+size_t BlockStore::PromotePinnedLocked(SessionId session, std::span<const BlockId> ids) {
+  // The blocks are pinned, so only promotions (this call's or a concurrent one's of the same prefix) move
+  // them. Work on ids: a block that fails its checksum is dropped and its Entry freed.
+  absl::flat_hash_set<BlockId> failed;
+  for (int round = 0; round < 3; ++round) {
+    std::vector<Entry*> live;
+    for (BlockId id : ids)
+      if (Entry* e = FindLocked(id)) live.push_back(e);  // a block dropped as corrupt is gone
+    if (!WaitNotMoving(live)) continue;  // one was dropped: look again
+    std::vector<Entry*> from_ssd, from_host;
+    for (Entry* e : live) {
+      if (e->tier == Tier::kSsd) from_ssd.push_back(e);
+      if (e->tier == Tier::kHost) from_host.push_back(e);
+    }
+    if (from_ssd.empty() && from_host.empty()) break;
+    // Host-resident blocks go up first (freeing host room), then SSD ones as host room allows.
+    for (BlockId id : PageInLocked(std::move(from_host))) failed.insert(id);
+    std::vector<Entry*> pending = std::move(from_ssd);
+    while (!pending.empty() && failed.empty()) {
+      std::vector<Entry*> deferred;
+      std::vector<BlockId> asked;
+      for (Entry* e : pending) asked.push_back(e->id);
+      for (BlockId id : PromoteFromSsdLocked(std::move(pending), &deferred)) failed.insert(id);
+      std::vector<Entry*> now_host;
+      absl::flat_hash_set<BlockId> later;
+      for (Entry* e : deferred) later.insert(e->id);
+      for (BlockId id : asked)
+        if (Entry* e = FindLocked(id); e != nullptr && e->tier == Tier::kHost && !later.contains(id))
+          now_host.push_back(e);
+      if (now_host.empty() && !deferred.empty()) {  // no host room at all: the prefix ends here
+        for (Entry* e : deferred) failed.insert(e->id);
+        break;
+      }
+      for (BlockId id : PageInLocked(std::move(now_host))) failed.insert(id);
+      pending = std::move(deferred);
+    }
+    if (!failed.empty()) break;
+  }
+  // The prefix ends before the first block that could not be brought in; blocks past the cut are
+  // unpinned again (dropped ones are gone, with their pins).
+  size_t keep = 0;
+  while (keep < ids.size() && !failed.contains(ids[keep]) && FindLocked(ids[keep]) != nullptr &&
+         FindLocked(ids[keep])->tier == Tier::kGpu)
+    ++keep;
+  for (size_t i = keep; i < ids.size(); ++i)
+    if (Entry* e = FindLocked(ids[i])) Unpin(session, *e);
+  return keep;
 }
 
 absl::Status BlockStore::Release(SessionId session, std::span<const BlockId> ids) {

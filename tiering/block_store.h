@@ -121,6 +121,19 @@ struct EvictOutcome {
   int64_t dropped = 0;
 };
 
+struct FlushOutcome {
+  int64_t written = 0;         // copies made
+  int64_t already_copied = 0;  // blocks that had a copy in the target tier (or live there)
+  int64_t not_written = 0;     // no room in the target tier, or a write failed
+};
+
+struct DrainOutcome {
+  int64_t moved = 0;
+  int64_t remaining = 0;       // blocks still in the tier
+  int64_t pinned = 0;          // of those, committed blocks pinned by a session
+  int64_t private_blocks = 0;  // of those, uncommitted blocks
+};
+
 class BlockStore {
  public:
   // `ssd` may be null (no SSD tier). With one, the store restores the blocks it holds (warm restart).
@@ -171,6 +184,19 @@ class BlockStore {
   absl::Status SetLimits(uint64_t gpu_pool_bytes, uint64_t host_tier_bytes, uint64_t ssd_tier_bytes = 0);
   bool has_ssd() const { return ssd_ != nullptr; }
 
+  // Admin operations (block_store_admin.cc).
+  // Gives every committed block a copy in `to` (kSsd: a durable SSD record, kHost: an offload record in
+  // host memory) without moving it; returns once the copies are durable. Never evicts to make room.
+  absl::StatusOr<FlushOutcome> Flush(Tier to);
+  // Moves every movable block of `tier` (kGpu or kHost) into the tiers below without dropping any:
+  // room below is made only by moving further down. Retries for up to `wait` while pinned blocks remain.
+  absl::StatusOr<DrainOutcome> Drain(Tier tier, absl::Duration wait);
+  // Pins for `session` the committed blocks named by `keys` (in order, up to the first one that is not
+  // cached in the namespace of `tenant_salt` and `layout_id`) and pages them in to the GPU tier. The
+  // result is the prefix that is now GPU-resident; with keep_pins false its pins are dropped again.
+  absl::StatusOr<LookupOutcome> PinAndPromote(SessionId session, std::string_view tenant_salt, uint64_t layout_id,
+                                              std::span<const BlockKey> keys, bool keep_pins);
+
   StoreStats Stats() const;
   // Durations of page-out/page-in and SSD write/read batches (read by the metrics exporter).
   const MoveLatencies& latencies() const { return latencies_; }
@@ -198,6 +224,8 @@ class BlockStore {
     uint64_t record_checksum = 0;  // xxh3-64 of the record, carried into the SSD metadata
     int32_t pins = 0;
     bool moving = false;
+    bool ssd_copy = false;  // a GPU- or host-tier block that also has a durable SSD record (Flush)
+    uint64_t ssd_copy_checksum = 0;  // that record's checksum (a later page-out may quantize anew)
     int32_t children = 0;
     uint64_t last_use = 0;
   };
@@ -219,31 +247,42 @@ class BlockStore {
 
   // Selects up to `n` eviction victims in `tier` (leaves first, then least recently used).
   std::vector<Entry*> PickVictimsLocked(Tier tier, int64_t n) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Pages `victims` out to the host tier (dropping what does not fit); releases the lock meanwhile.
-  EvictOutcome PageOutLocked(std::vector<Entry*> victims) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Pages `victims` out to the host tier (dropping what does not fit, unless !may_drop: then it stays);
+  // releases the lock meanwhile.
+  EvictOutcome PageOutLocked(std::vector<Entry*> victims, bool may_drop = true) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Switches a block to the host tier with `record` as its offload copy, freeing its GPU slot.
   void FinishPageOutLocked(const Layout& layout, Entry& e, std::unique_ptr<HostRecord> record)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Converts one chunk (marked moving, host records allocated) and switches the blocks over.
   EvictOutcome PageOutChunkLocked(const Layout& layout, const PageGeometry& offload, std::span<Entry* const> chunk,
                                   std::span<std::unique_ptr<HostRecord>> records) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Pages the session's pinned blocks `ids` in to the GPU tier; returns how many of them, from the front,
+  // are GPU-resident now (the rest are unpinned again). May release the lock.
+  size_t PromotePinnedLocked(SessionId session, std::span<const BlockId> ids) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Pages pinned host-tier blocks in; returns the ids that failed (checksum or no room).
   absl::flat_hash_set<BlockId> PageInLocked(std::vector<Entry*> blocks) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Frees GPU-pool bytes until `bytes` more fit, demoting victims; false if impossible.
   bool MakeGpuRoomLocked(uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Frees host-tier bytes until `bytes` more fit, demoting victims to SSD (or dropping them without
-  // one); may release the lock; false if impossible.
-  bool MakeHostRoomLocked(uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // one, unless !may_drop); may release the lock; false if impossible.
+  bool MakeHostRoomLocked(uint64_t bytes, bool may_drop = true) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // SSD tier (block_store_ssd.cc).
-  // Writes host-tier `victims` to SSD and frees their host records; releases the lock meanwhile.
-  EvictOutcome DemoteToSsdLocked(std::vector<Entry*> victims) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Writes host-tier `victims` to SSD (those with an SSD copy need no write) and frees their host
+  // records; releases the lock meanwhile. A victim whose write fails is dropped, or with !may_drop kept.
+  EvictOutcome DemoteToSsdLocked(std::vector<Entry*> victims, bool may_drop = true)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Reads pinned SSD-tier blocks back into host records; returns the ids that failed. Blocks for which
   // the host tier has no room now are left on SSD and returned in `deferred`.
   absl::flat_hash_set<BlockId> PromoteFromSsdLocked(std::vector<Entry*> blocks, std::vector<Entry*>* deferred)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Drops SSD victims until `bytes` more would fit.
-  void MakeSsdRoomLocked(uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops SSD victims until `bytes` more would fit: SSD-tier blocks (unless !may_drop), then SSD copies
+  // of blocks that live above (which loses nothing).
+  void MakeSsdRoomLocked(uint64_t bytes, bool may_drop = true) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The SSD record metadata of a block (what a restarted daemon needs to serve it).
+  std::string SsdMetadataLocked(const Entry& e) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Forgets the SSD copy of a block above the SSD tier (the record itself is removed by the caller).
+  void ForgetSsdCopyLocked(Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Warm restart: page-table entries and index for every record on SSD.
   void RestoreFromSsd();
   // The layout of an entry restored from SSD, once registered; null before.
@@ -264,6 +303,7 @@ class BlockStore {
   absl::flat_hash_set<BlockId> host_blocks_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<BlockId> ssd_blocks_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<BlockId> clean_copies_ ABSL_GUARDED_BY(mu_);  // GPU-tier blocks still holding a host record
+  absl::flat_hash_set<BlockId> ssd_copies_ ABSL_GUARDED_BY(mu_);    // GPU/host-tier blocks with an SSD record
   std::unique_ptr<SsdTier> ssd_;
   absl::flat_hash_map<SessionId, absl::flat_hash_map<BlockId, int32_t>> pins_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<SessionId, absl::flat_hash_set<BlockId>> owned_ ABSL_GUARDED_BY(mu_);

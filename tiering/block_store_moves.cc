@@ -29,7 +29,7 @@ std::vector<BlockStore::Entry*> BlockStore::PickVictimsLocked(Tier tier, int64_t
   return candidates;
 }
 
-bool BlockStore::MakeHostRoomLocked(uint64_t bytes) {
+bool BlockStore::MakeHostRoomLocked(uint64_t bytes, bool may_drop) {
   // Clean copies first: freeing one loses nothing (its block is on the GPU), least recently used first.
   if (!host_.HasRoom(bytes) && !clean_copies_.empty()) {
     std::vector<Entry*> copies;
@@ -46,10 +46,11 @@ bool BlockStore::MakeHostRoomLocked(uint64_t bytes) {
     std::vector<Entry*> v = PickVictimsLocked(Tier::kHost, 32);
     if (v.empty()) return false;
     if (ssd_ != nullptr) {
-      const EvictOutcome o = DemoteToSsdLocked(std::move(v));
+      const EvictOutcome o = DemoteToSsdLocked(std::move(v), may_drop);
       if (o.moved == 0 && o.dropped == 0) return false;
       continue;
     }
+    if (!may_drop) return false;
     for (Entry* e : v) {
       KVTIER_LOG(kDebug, "drop") << "block=" << e->id << " tier=host reason=capacity";
       FreeBlockLocked(*e, /*dropped=*/true);
@@ -59,7 +60,7 @@ bool BlockStore::MakeHostRoomLocked(uint64_t bytes) {
   return true;
 }
 
-EvictOutcome BlockStore::PageOutLocked(std::vector<Entry*> victims) {
+EvictOutcome BlockStore::PageOutLocked(std::vector<Entry*> victims, bool may_drop) {
   EvictOutcome outcome;
   for (Entry* e : victims) e->moving = true;  // before anything below may release the lock
   // One device batch per (layout, first-block-of-sequence): sink blocks may use another offload format.
@@ -90,11 +91,12 @@ EvictOutcome BlockStore::PageOutLocked(std::vector<Entry*> victims) {
         }
         std::unique_ptr<HostRecord> r = host_.Allocate(record_bytes);
         // Making room may release the lock (host -> SSD), and a lookup may pin the block meanwhile.
-        if (r == nullptr && chunk.empty() && MakeHostRoomLocked(record_bytes)) r = host_.Allocate(record_bytes);
+        if (r == nullptr && chunk.empty() && MakeHostRoomLocked(record_bytes, may_drop))
+          r = host_.Allocate(record_bytes);
         if (r == nullptr || e->pins > 0) {
           if (r == nullptr && !chunk.empty()) break;  // convert what we have, then try again for the rest
           e->moving = false;
-          if (e->pins > 0) continue;  // pinned: stays on the GPU
+          if (e->pins > 0 || !may_drop) continue;  // pinned, or a drain: stays on the GPU
           FreeBlockLocked(*e, /*dropped=*/true);  // no room below at all: dropped, never left half-moved
           ++outcome.dropped;
           continue;
@@ -285,12 +287,16 @@ absl::Status BlockStore::SetLimits(uint64_t gpu_pool_bytes, uint64_t host_tier_b
     auto change = ssd_->SetCapacity(ssd_tier_bytes);
     mu_.Lock();
     if (!change.ok()) return change.status();
-    for (const BlockKey& k : change->dropped)
-      if (auto it = index_.find(k); it != index_.end())
-        if (Entry* e = FindLocked(it->second); e != nullptr && e->tier == Tier::kSsd && !e->moving) {
-          std::vector<BlockKey> already_gone;  // the SSD tier dropped these records itself
-          FreeBlockLocked(*e, /*dropped=*/true, &already_gone);
-        }
+    for (const BlockKey& k : change->dropped) {
+      auto it = index_.find(k);
+      if (it == index_.end()) continue;
+      if (Entry* e = FindLocked(it->second); e != nullptr && e->tier == Tier::kSsd && !e->moving) {
+        std::vector<BlockKey> already_gone;  // the SSD tier dropped these records itself
+        FreeBlockLocked(*e, /*dropped=*/true, &already_gone);
+      } else if (e != nullptr && e->ssd_copy) {
+        ForgetSsdCopyLocked(*e);  // only a copy: the block itself lives above
+      }
+    }
   }
   if (host_tier_bytes) host_.set_capacity(host_tier_bytes);
   // Shrinking drains: host first (to SSD, or dropped), then the GPU tier (demoted into what is left).

@@ -4,6 +4,7 @@
 // record); its metadata is the page-table entry the block needs to be served again after a restart
 // (layout id, parent key, tenant namespace, record size and the record's own xxh3-64 checksum, checked
 // end to end when the block comes back, on top of the SSD tier's checksum of what it stored).
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -60,59 +61,94 @@ const Layout* BlockStore::ResolveLayoutLocked(Entry& e) {
   return e.layout;
 }
 
-void BlockStore::MakeSsdRoomLocked(uint64_t bytes) {
+std::string BlockStore::SsdMetadataLocked(const Entry& e) const {
+  return EncodeMeta({e.layout_id, e.parent, e.ns, e.record_bytes, e.record_checksum});
+}
+
+void BlockStore::ForgetSsdCopyLocked(Entry& e) {
+  e.ssd_copy = false;
+  ssd_copies_.erase(e.id);
+}
+
+void BlockStore::MakeSsdRoomLocked(uint64_t bytes, bool may_drop) {
   SsdTierStats st = ssd_->Stats();
   while (st.used_bytes + bytes > st.capacity_bytes) {
-    std::vector<Entry*> v = PickVictimsLocked(Tier::kSsd, 32);
-    if (v.empty()) return;
+    std::vector<Entry*> v = may_drop ? PickVictimsLocked(Tier::kSsd, 32) : std::vector<Entry*>{};
     std::vector<BlockKey> keys;
-    for (Entry* e : v) FreeBlockLocked(*e, /*dropped=*/true, &keys);
+    if (v.empty()) {
+      // SSD copies of blocks that live above: dropping one loses nothing (least recently used first;
+      // not one that is moving: a demotion in flight may be about to rely on it).
+      std::vector<Entry*> copies;
+      for (BlockId id : ssd_copies_)
+        if (Entry* e = FindLocked(id); e != nullptr && !e->moving) copies.push_back(e);
+      if (copies.empty()) return;
+      std::sort(copies.begin(), copies.end(), [](const Entry* a, const Entry* b) { return a->last_use < b->last_use; });
+      if (copies.size() > 32) copies.resize(32);
+      for (Entry* e : copies) {
+        keys.push_back(e->key);
+        ForgetSsdCopyLocked(*e);
+      }
+    } else {
+      for (Entry* e : v) FreeBlockLocked(*e, /*dropped=*/true, &keys);
+    }
     (void)ssd_->Remove(keys);  // one index batch for the whole group
     st = ssd_->Stats();
   }
 }
 
-EvictOutcome BlockStore::DemoteToSsdLocked(std::vector<Entry*> victims) {
+EvictOutcome BlockStore::DemoteToSsdLocked(std::vector<Entry*> victims, bool may_drop) {
   EvictOutcome outcome;
   if (victims.empty() || ssd_ == nullptr) return outcome;
   uint64_t bytes = 0;
   for (Entry* e : victims) {
     e->moving = true;  // before the lock is released below
-    bytes += e->record_bytes;
+    if (!e->ssd_copy) bytes += e->record_bytes;
   }
-  MakeSsdRoomLocked(bytes);
+  MakeSsdRoomLocked(bytes, may_drop);
+  // Victims with an SSD copy (Flush) are already there: only the others are written.
   std::vector<std::string> metas;
   std::vector<SsdPutItem> items;
-  for (Entry* e : victims) {
-    metas.push_back(EncodeMeta({e->layout_id, e->parent, e->ns, e->record_bytes, e->record_checksum}));
-  }
+  std::vector<size_t> item_of(victims.size(), SIZE_MAX);
+  for (size_t i = 0; i < victims.size(); ++i)
+    if (!victims[i]->ssd_copy) {
+      item_of[i] = metas.size();
+      metas.push_back(SsdMetadataLocked(*victims[i]));
+    }
   for (size_t i = 0; i < victims.size(); ++i) {
     Entry* e = victims[i];
-    items.push_back({e->key, metas[i],
+    if (item_of[i] == SIZE_MAX) continue;
+    items.push_back({e->key, metas[item_of[i]],
                      std::string_view(reinterpret_cast<const char*>(e->host->data()), e->record_bytes)});
   }
-  mu_.Unlock();
-  const absl::Time started = absl::Now();
-  const std::vector<absl::Status> put = ssd_->Put(items);
-  latencies_.ssd_write.Record(absl::Now() - started);
-  mu_.Lock();
+  std::vector<absl::Status> put;
+  if (!items.empty()) {
+    mu_.Unlock();
+    const absl::Time started = absl::Now();
+    put = ssd_->Put(items);
+    latencies_.ssd_write.Record(absl::Now() - started);
+    mu_.Lock();
+  }
   std::vector<BlockKey> undo;
   for (size_t i = 0; i < victims.size(); ++i) {
     Entry& e = *victims[i];
     e.moving = false;
-    if (!put[i].ok()) {
+    if (item_of[i] == SIZE_MAX && !e.ssd_copy) continue;  // its copy was dropped meanwhile: stays in host
+    const absl::Status written = item_of[i] == SIZE_MAX ? absl::OkStatus() : put[item_of[i]];
+    if (!written.ok()) {
       ++counters_.ssd_write_failures;
-      KVTIER_LOG(kWarning, "ssd_write_failed") << "block=" << e.id << " error=\"" << put[i] << "\"";
-      if (e.pins == 0) {  // nothing acknowledged is lost: this block was only ever in our memory
+      KVTIER_LOG(kWarning, "ssd_write_failed") << "block=" << e.id << " error=\"" << written << "\"";
+      if (e.pins == 0 && may_drop) {  // nothing acknowledged is lost: this block was only ever in our memory
         FreeBlockLocked(e, /*dropped=*/true);
         ++outcome.dropped;
       }
       continue;
     }
     if (e.pins > 0) {  // pinned meanwhile: stays in host memory; tiers are exclusive
-      undo.push_back(e.key);
+      if (item_of[i] != SIZE_MAX) undo.push_back(e.key);  // (an SSD copy made by Flush stays)
       continue;
     }
+    if (e.ssd_copy) e.record_checksum = e.ssd_copy_checksum;  // the copy is now the block itself
+    ForgetSsdCopyLocked(e);
     e.host.reset();
     e.tier = Tier::kSsd;
     host_blocks_.erase(e.id);
