@@ -9,10 +9,14 @@ namespace {
 
 const char* OpName(DeviceOp op) {
   switch (op) {
-    case DeviceOp::kWriteActivations: return "write_activations";
-    case DeviceOp::kReadActivations: return "read_activations";
-    case DeviceOp::kPageOut: return "page_out";
-    case DeviceOp::kPageIn: return "page_in";
+    case DeviceOp::kWriteActivations:
+      return "write_activations";
+    case DeviceOp::kReadActivations:
+      return "read_activations";
+    case DeviceOp::kPageOut:
+      return "page_out";
+    case DeviceOp::kPageIn:
+      return "page_in";
   }
   return "?";
 }

@@ -33,8 +33,7 @@ struct DeviceFaultRule {
 
 class FaultInjectingDeviceBackend final : public DeviceBackend {
  public:
-  FaultInjectingDeviceBackend(std::unique_ptr<DeviceBackend> base, std::vector<DeviceFaultRule> rules,
-                              uint64_t seed);
+  FaultInjectingDeviceBackend(std::unique_ptr<DeviceBackend> base, std::vector<DeviceFaultRule> rules, uint64_t seed);
 
   std::string name() const override { return base_->name() + " (fault-injecting)"; }
   bool is_gpu() const override { return base_->is_gpu(); }

@@ -1,11 +1,12 @@
 // ParseFaultSpec: the test flag's grammar, and that a bad spec is refused with the rule named (the
 // daemon then refuses to start rather than run with half a fault plan).
+#include "daemon/fault_spec.h"
+
 #include <gtest/gtest.h>
 
 #include <cerrno>
 
 #include "daemon/config.h"
-#include "daemon/fault_spec.h"
 
 namespace kvtier {
 namespace {
@@ -44,9 +45,9 @@ TEST(FaultSpec, ParsesDiskAndDeviceRules) {
 }
 
 TEST(FaultSpec, RejectsMalformedRulesNamingThem) {
-  for (const char* bad : {"ssd_write", "ssd_write:explode", "disk_write:error", "ssd_read:short",
-                          "ssd_write:error:p=2", "ssd_write:error:p=x", "device_pagein:hang", "ssd_read:delay:ms=-1",
-                          "seed=abc", "ssd_write:error:volume=11"}) {
+  for (const char* bad :
+       {"ssd_write", "ssd_write:explode", "disk_write:error", "ssd_read:short", "ssd_write:error:p=2",
+        "ssd_write:error:p=x", "device_pagein:hang", "ssd_read:delay:ms=-1", "seed=abc", "ssd_write:error:volume=11"}) {
     auto p = ParseFaultSpec(bad);
     EXPECT_FALSE(p.ok()) << bad;
     EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument) << bad;

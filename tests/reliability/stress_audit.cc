@@ -36,12 +36,12 @@ int RunSsdAudit(const Options& o, Shared* shared) {
   shared->audit_unreadable.fetch_add(a->unreadable);
   shared->audit_corrupt.fetch_add(a->corrupt);
   if (!a->clean())
-    std::fprintf(stderr, "AUDIT unclean: records=%llu leaked=%llu overlapping=%llu index_only=%llu memory_only=%llu "
+    std::fprintf(stderr,
+                 "AUDIT unclean: records=%llu leaked=%llu overlapping=%llu index_only=%llu memory_only=%llu "
                  "unreadable=%llu corrupt=%llu\n",
                  (unsigned long long)a->records, (unsigned long long)a->leaked_bytes,
                  (unsigned long long)a->overlapping, (unsigned long long)a->index_only,
-                 (unsigned long long)a->memory_only, (unsigned long long)a->unreadable,
-                 (unsigned long long)a->corrupt);
+                 (unsigned long long)a->memory_only, (unsigned long long)a->unreadable, (unsigned long long)a->corrupt);
   return a->clean() ? 0 : 1;
 }
 

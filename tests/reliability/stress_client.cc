@@ -28,7 +28,8 @@ std::optional<Session> OpenSession(const Options& o, const std::string& name) {
     r.id = reg->layout_id();
     r.activation_page_bytes = reg->activation_page_bytes();
     r.shape = LayoutShape{sl.spec.num_layers(), sl.spec.num_kv_heads(), sl.spec.head_dim(), sl.spec.block_size()};
-    auto g = PageGeometry::Uniform(r.shape, DefaultCodec(sl.dtype, Operand::kKey), DefaultCodec(sl.dtype, Operand::kValue));
+    auto g =
+        PageGeometry::Uniform(r.shape, DefaultCodec(sl.dtype, Operand::kKey), DefaultCodec(sl.dtype, Operand::kValue));
     if (!g.ok()) return std::nullopt;
     r.geometry = std::make_unique<PageGeometry>(std::move(*g));
     s.layouts.push_back(std::move(r));
@@ -61,9 +62,8 @@ int VerifyPages(const Options& o, Shared* shared, const RegisteredLayout& l, con
     if (c.ok()) continue;
     ++bad;
     (c.wrong() ? shared->wrong_blocks : shared->torn_blocks).fetch_add(1);
-    std::fprintf(stderr, "%s %s layout=%s block=%d bad_segments=%d/%d max_rel_error=%g\n",
-                 c.wrong() ? "WRONG" : "TORN", what, l.layout.spec.model_name().c_str(), b, c.bad_segments,
-                 c.segments, c.max_rel_error);
+    std::fprintf(stderr, "%s %s layout=%s block=%d bad_segments=%d/%d max_rel_error=%g\n", c.wrong() ? "WRONG" : "TORN",
+                 what, l.layout.spec.model_name().c_str(), b, c.bad_segments, c.segments, c.max_rel_error);
   }
   return bad;
 }
@@ -74,8 +74,8 @@ bool ReadAndVerify(const Options& o, Shared* shared, Session& s, const Registere
   constexpr size_t kBatch = 32;
   for (size_t at = 0; at < ids.size(); at += kBatch) {
     const size_t n = std::min(kBatch, ids.size() - at);
-    auto pages = Timed(o, shared, kRead,
-                       [&] { return s.client->ReadBlocks(std::span<const uint64_t>(ids.data() + at, n)); });
+    auto pages =
+        Timed(o, shared, kRead, [&] { return s.client->ReadBlocks(std::span<const uint64_t>(ids.data() + at, n)); });
     if (!pages.ok()) return false;
     VerifyPages(o, shared, l, prompt, first_block + static_cast<int>(at), *pages, what);
   }
@@ -84,9 +84,9 @@ bool ReadAndVerify(const Options& o, Shared* shared, Session& s, const Registere
 
 bool DaemonGone(Session& s) {
   auto st = s.client->Stats();
-  return !st.ok() && (st.status().code() == absl::StatusCode::kUnavailable ||
-                      st.status().code() == absl::StatusCode::kNotFound ||
-                      st.status().code() == absl::StatusCode::kCancelled);
+  return !st.ok() &&
+         (st.status().code() == absl::StatusCode::kUnavailable || st.status().code() == absl::StatusCode::kNotFound ||
+          st.status().code() == absl::StatusCode::kCancelled);
 }
 
 }  // namespace kvtier::stress

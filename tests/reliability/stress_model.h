@@ -29,15 +29,15 @@ struct Options {
   std::string json;             // write the report here too
   int workers = 4;
   double duration_s = 30;
-  int rounds = 20;                   // crash mode
+  int rounds = 20;  // crash mode
   int crash_min_ms = 300, crash_max_ms = 2500;
-  int verify_prompts = 24;           // crash mode: prompts looked up and verified after each restart
-  double sample_s = 10;              // soak mode
-  int kill_every_ms = 3000;          // mean time between random worker kills (0: never)
-  int admin_every_ms = 300;          // mean time between operator actions (0: none)
+  int verify_prompts = 0;    // prompts verified after each restart and at the end; 0: all of them
+  double sample_s = 10;      // soak mode
+  int kill_every_ms = 3000;  // mean time between random worker kills (0: never)
+  int admin_every_ms = 300;  // mean time between operator actions (0: none)
   int families = 48, variants = 6;
-  int hold = 4;                      // prompts a worker keeps pinned
-  uint64_t gpu_min = 2 << 20, gpu_max = 8 << 20;      // the operator resizes the tiers within these
+  int hold = 4;                                   // prompts a worker keeps pinned
+  uint64_t gpu_min = 2 << 20, gpu_max = 8 << 20;  // the operator resizes the tiers within these
   uint64_t host_min = 4 << 20, host_max = 16 << 20;
   uint64_t ssd_bytes = 64 << 20;
   int lease_ms = 3000;
@@ -46,11 +46,11 @@ struct Options {
   // and drift by a fraction of a step each (counted separately as drift), while a misrouted or half-
   // copied block is off by O(1).
   double tolerance = 4.0 / 127.0;
-  int hang_ms = 0;                   // a call slower than this counts as hung (0: 3 x io timeout + 5 s)
+  int hang_ms = 0;  // a call slower than this counts as hung (0: 3 x io timeout + 5 s)
   int io_timeout_ms = 2000;
   uint64_t seed = 1;
-  bool flush = true;                 // use Flush/Drain when the daemon has them
-  bool keep_dir = false;             // keep --dir after a passing run (it is always kept after a failure)
+  bool flush = true;      // use Flush/Drain when the daemon has them
+  bool keep_dir = false;  // keep --dir after a passing run (it is always kept after a failure)
 
   static Options FromArgs(const CliArgs& a);
 };

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "absl/container/flat_hash_set.h"
+#include "client/prompt_kv.h"
 #include "tests/reliability/stress_client.h"
 #include "tests/reliability/stress_roles.h"
 
@@ -35,7 +36,12 @@ void SampleStats(Shared* shared, Session& s) {
       shared->stats_host_used.store(t.used_bytes());
       shared->stats_host_capacity.store(t.capacity_bytes());
     }
-    if (t.tier() == v1::TIER_SSD) shared->stats_ssd_used.store(t.used_bytes());
+    if (t.tier() == v1::TIER_SSD) {
+      shared->stats_ssd_used.store(t.used_bytes());
+      uint64_t prev = shared->ssd_used_max_since_ack.load();
+      while (t.used_bytes() > prev && !shared->ssd_used_max_since_ack.compare_exchange_weak(prev, t.used_bytes())) {
+      }
+    }
   }
   shared->stats_pinned_blocks.store(st->pinned_blocks());
   shared->stats_blocks_dropped.store(st->blocks_dropped());
@@ -63,6 +69,41 @@ void CheckDeadSessions(const Options& o, Shared* shared, Session& s, absl::flat_
   }
 }
 
+// Crash mode: writes a few prompts of families no worker uses, keeps them pinned, flushes, and when the
+// daemon acknowledges every committed block as durable records them: after kill -9 and a restart each
+// of their blocks must be found again (stress_worker.cc, RunVerifier).
+void WriteAndAcknowledge(const Options& o, Shared* shared, Session& s, std::mt19937_64& rng) {
+  std::vector<std::pair<PromptId, int>> written;
+  for (int k = 0; k < 3; ++k) {
+    PromptId id{static_cast<int>(rng() % s.layouts.size()), o.families + static_cast<int>(rng() % 8),
+                static_cast<int>(rng() % o.variants), 0};
+    const RegisteredLayout& l = s.layouts[id.layout];
+    const std::vector<int32_t> prompt = MakePrompt(o, id, l.shape.block_size);
+    auto fill = [&](int b, uint8_t* page) {
+      testing::FillActivationPage(*l.geometry, l.layout.dtype,
+                                  testing::KeyedBlockSeed(prompt, l.shape.block_size, b, l.layout.tag), page);
+    };
+    auto w = Timed(o, shared, kWrite,
+                   [&] { return WritePromptKv(*s.client, l.id, l.shape, l.activation_page_bytes, prompt, fill); });
+    if (w.ok()) written.emplace_back(id, static_cast<int>(w->block_ids.size()));  // pins kept until the crash
+  }
+  if (written.empty()) return;
+  auto f = Timed(o, shared, kAdmin, [&] { return s.client->Flush(v1::TIER_SSD); });
+  shared->flushes.fetch_add(1);
+  if (!f.ok()) return;
+  shared->flush_not_written.fetch_add(f->blocks_not_written());
+  if (f->blocks_not_written() != 0 || !f->durable()) return;
+  SampleStats(shared, s);
+  shared->ssd_used_max_since_ack.store(shared->stats_ssd_used.load());
+  for (const auto& [id, blocks] : written) {
+    const uint64_t slot = shared->acked_next.fetch_add(1);
+    if (slot >= Shared::kAcked) break;
+    shared->acked_blocks[slot].store(blocks);
+    shared->acked_prompt[slot].store(id.Packed() + 1);
+    shared->acked_prompts_total.fetch_add(1);
+  }
+}
+
 }  // namespace
 
 int RunOperator(const Options& o, Shared* shared, bool crash_mode, uint64_t seed) {
@@ -73,6 +114,7 @@ int RunOperator(const Options& o, Shared* shared, bool crash_mode, uint64_t seed
   absl::flat_hash_set<int64_t> reported;
   std::exponential_distribution<double> gap(1.0 / std::max(1, o.admin_every_ms));
   bool ssd_grown = false;
+  if (crash_mode && o.flush) WriteAndAcknowledge(o, shared, s, rng);
   while (shared->stop.load() == 0) {
     std::this_thread::sleep_for(std::chrono::microseconds(static_cast<int64_t>(gap(rng) * 1000)));
     SampleStats(shared, s);
@@ -99,6 +141,17 @@ int RunOperator(const Options& o, Shared* shared, bool crash_mode, uint64_t seed
     } else if (action <= 7) {
       const int64_t n = rng() % 8 == 0 ? 0 : 1 + static_cast<int64_t>(rng() % 128);
       st = Timed(o, shared, kAdmin, [&] { return s.client->Evict(v1::TIER_HOST, n); }).status();
+    } else if (action == 8 && o.flush) {
+      if (rng() % 2 == 0) {
+        auto f = Timed(o, shared, kAdmin, [&] { return s.client->Flush(v1::TIER_SSD); });
+        st = f.status();
+        shared->flushes.fetch_add(1);
+        if (f.ok()) shared->flush_not_written.fetch_add(f->blocks_not_written());
+      } else {
+        const v1::Tier t = rng() % 2 ? v1::TIER_GPU : v1::TIER_HOST;
+        st = Timed(o, shared, kAdmin, [&] { return s.client->Drain(t, static_cast<int64_t>(rng() % 200)); }).status();
+        shared->drains.fetch_add(1);
+      }
     } else {
       CheckDeadSessions(o, shared, s, reported);
     }

@@ -80,17 +80,17 @@ inline const char* OpName(int op) {
 
 struct Shared {
   // Must stay zero.
-  std::atomic<uint64_t> wrong_blocks{0};        // served block is entirely some other content
-  std::atomic<uint64_t> torn_blocks{0};         // served block partly right, partly not
-  std::atomic<uint64_t> acked_lost{0};          // pinned/acknowledged blocks a lookup no longer finds
-  std::atomic<uint64_t> leaked_pins{0};         // pins still held by sessions of dead processes
+  std::atomic<uint64_t> wrong_blocks{0};  // served block is entirely some other content
+  std::atomic<uint64_t> torn_blocks{0};   // served block partly right, partly not
+  std::atomic<uint64_t> acked_lost{0};    // pinned/acknowledged blocks a lookup no longer finds
+  std::atomic<uint64_t> leaked_pins{0};   // pins still held by sessions of dead processes
   std::atomic<uint64_t> leaked_sessions{0};
-  std::atomic<uint64_t> inconsistent{0};        // a reply contradicting itself (matched_tokens vs blocks)
-  std::atomic<uint64_t> hung_calls{0};          // calls that ran past the hang limit
+  std::atomic<uint64_t> inconsistent{0};  // a reply contradicting itself (matched_tokens vs blocks)
+  std::atomic<uint64_t> hung_calls{0};    // calls that ran past the hang limit
   // Activity.
   std::atomic<uint64_t> ops[kNumOps] = {};
-  std::atomic<uint64_t> errors[kNumOps] = {};   // calls failed with a status (allowed: counted)
-  std::atomic<uint64_t> error_codes[17] = {};    // the same, by absl::StatusCode
+  std::atomic<uint64_t> errors[kNumOps] = {};  // calls failed with a status (allowed: counted)
+  std::atomic<uint64_t> error_codes[17] = {};  // the same, by absl::StatusCode
   // Quantization quality of what was served (informative): the worst error relative to the segment's
   // absmax, in millionths, and blocks beyond one int8 step (re-quantization drift after repeated moves).
   std::atomic<uint64_t> max_rel_error_ppm{0};
@@ -113,6 +113,9 @@ struct Shared {
   std::atomic<uint64_t> acked_prompt[kAcked] = {};  // prompt id + 1; 0 = empty
   std::atomic<uint64_t> acked_blocks[kAcked] = {};
   std::atomic<uint64_t> acked_next{0};
+  std::atomic<uint64_t> ssd_used_max_since_ack{0};  // SSD fill since the last ack (copies shed when full)
+  std::atomic<uint64_t> acked_prompts_total{0}, acked_unverifiable{0}, flushes{0}, flush_not_written{0};
+  std::atomic<uint64_t> drains{0};
   // Crash mode: results of the SSD audit and post-restart verification.
   std::atomic<uint64_t> audit_rounds{0}, audit_records{0}, audit_leaked_bytes{0}, audit_overlapping{0};
   std::atomic<uint64_t> audit_index_mismatch{0}, audit_unreadable{0}, audit_corrupt{0}, audit_recovery_drops{0};

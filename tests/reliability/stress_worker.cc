@@ -138,10 +138,12 @@ int RunVerifier(const Options& o, Shared* shared, bool final_check, uint64_t see
   if (!session) return 3;
   Session& s = *session;
   if (auto st = s.client->Stats(); st.ok()) shared->restart_ssd_restored.fetch_add(st->ssd_restored());
-  // A sample of the shared prompts: everything served must verify.
-  for (int i = 0; i < o.verify_prompts; ++i) {
-    PromptId id{static_cast<int>(rng() % s.layouts.size()), static_cast<int>(rng() % o.families),
-                static_cast<int>(rng() % o.variants), 0};
+  // Every shared prompt (or a sample of verify_prompts of them): everything served must verify.
+  const int all = static_cast<int>(s.layouts.size()) * o.families * o.variants;
+  const int n = o.verify_prompts > 0 ? std::min(o.verify_prompts, all) : all;
+  for (int i = 0; i < n; ++i) {
+    const int k = o.verify_prompts > 0 ? static_cast<int>(rng() % all) : i;
+    PromptId id{k / (o.families * o.variants), (k / o.variants) % o.families, k % o.variants, 0};
     const RegisteredLayout& l = s.layouts[id.layout];
     const std::vector<int32_t> prompt = MakePrompt(o, id, l.shape.block_size);
     auto hit = Timed(o, shared, kLookup, [&] { return s.client->Lookup(l.id, prompt, true, true); });
@@ -168,10 +170,14 @@ int RunVerifier(const Options& o, Shared* shared, bool final_check, uint64_t see
     const uint64_t want = shared->acked_blocks[i].load();
     if (static_cast<uint64_t>(hit->blocks_size()) < want) {
       shared->acked_lost.fetch_add(want - hit->blocks_size());
-      std::fprintf(stderr, "LOST acknowledged blocks after restart: layout=%d family=%d variant=%d acked=%llu found=%d\n",
+      std::fprintf(stderr,
+                   "LOST acknowledged blocks after restart: layout=%d family=%d variant=%d acked=%llu found=%d\n",
                    id.layout, id.family, id.variant, static_cast<unsigned long long>(want), hit->blocks_size());
     }
   }
+  // Checked once: the restarted daemon's blocks are unpinned and may be evicted from here on.
+  for (uint64_t i = 0; i < acked; ++i) shared->acked_prompt[i].store(0);
+  shared->acked_next.store(0);
   if (!final_check) return 0;
   // Every other session is gone (workers stopped or killed): no pins may remain once leases are over.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(o.lease_ms + 10000);

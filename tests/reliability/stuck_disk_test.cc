@@ -126,10 +126,10 @@ TEST_F(StuckDiskTest, DemotionsToAHungDiskGiveUpAtTheDeadlineAndLookupsStillAnsw
     auto hit = c->Lookup(layout_id, prompt, true, true);
     ASSERT_TRUE(hit.ok()) << hit.status();
     ASSERT_TRUE(c->Release([&] {
-                    std::vector<uint64_t> ids;
-                    for (const auto& b : hit->blocks()) ids.push_back(b.block_id());
-                    return ids;
-                  }())
+                   std::vector<uint64_t> ids;
+                   for (const auto& b : hit->blocks()) ids.push_back(b.block_id());
+                   return ids;
+                 }())
                     .ok());
   }
   auto stats = c->Stats();

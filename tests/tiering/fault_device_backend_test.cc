@@ -1,11 +1,12 @@
 // BlockStore over a FaultInjectingDeviceBackend: copies that fail (leaving garbage in host buffers) or
 // run slow make calls fail or blocks stay where they were, but a page that is served always verifies.
+#include "tiering/fault_device_backend.h"
+
 #include <gtest/gtest.h>
 
 #include "kernels/testing/kv_oracle.h"
 #include "tests/tiering/store_scenarios.h"
 #include "tiering/block_store.h"
-#include "tiering/fault_device_backend.h"
 
 namespace kvtier {
 namespace {

@@ -27,9 +27,8 @@ absl::StatusOr<SsdAudit> SsdTier::Audit(bool read_records) {
     a.record_bytes += r.entry.extent.length;
     extents.push_back(r.entry.extent);
   }
-  std::sort(extents.begin(), extents.end(), [](const Extent& x, const Extent& y) {
-    return x.slab != y.slab ? x.slab < y.slab : x.offset < y.offset;
-  });
+  std::sort(extents.begin(), extents.end(),
+            [](const Extent& x, const Extent& y) { return x.slab != y.slab ? x.slab < y.slab : x.offset < y.offset; });
   for (size_t i = 1; i < extents.size(); ++i) {
     const Extent& p = extents[i - 1];
     if (p.slab == extents[i].slab && p.offset + p.length > extents[i].offset) ++a.overlapping;
