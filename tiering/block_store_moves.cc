@@ -288,8 +288,13 @@ absl::Status BlockStore::SetLimits(uint64_t gpu_pool_bytes, uint64_t host_tier_b
     // record it drops takes a pinned block with it.
     const uint64_t capacity = ssd_->Stats().capacity_bytes;
     if (ssd_tier_bytes < capacity) MakeSsdRoomLocked(capacity - ssd_tier_bytes, /*may_drop=*/true);
+    // Pinned blocks (a deduplicated commit pins a block wherever it lives) and blocks being promoted go
+    // first, into the room just made.
+    std::vector<BlockKey> keep;
+    for (BlockId id : ssd_blocks_)
+      if (const Entry* e = FindLocked(id); e != nullptr && (e->pins > 0 || e->moving)) keep.push_back(e->key);
     mu_.Unlock();  // SSD I/O runs without the table lock
-    auto change = ssd_->SetCapacity(ssd_tier_bytes);
+    auto change = ssd_->SetCapacity(ssd_tier_bytes, keep);
     mu_.Lock();
     if (!change.ok()) return change.status();
     for (const BlockKey& k : change->dropped) {

@@ -282,9 +282,6 @@ TEST(Format, NamesParseBack) {
   EXPECT_FALSE(ParseFormat("int3").has_value());
 }
 
-}  // namespace
-}  // namespace kvtier
-
 // A block paged out again after its clean copy was dropped re-quantizes its own dequantized (fp16) values.
 // That must give back the same values, or a block moving often drifts step by step (the reliability
 // campaign measured 4-5 int8 steps after tens of moves when the scale was always rounded up).
@@ -314,3 +311,6 @@ TEST(Codec, Int8RequantizationOfDequantizedFp16ValuesIsIdempotent) {
     }
   }
 }
+
+}  // namespace
+}  // namespace kvtier

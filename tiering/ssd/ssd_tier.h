@@ -190,7 +190,9 @@ class SsdTier {
 
   // Grows (new slab files) or shrinks (records in removed slabs are moved into free space of the
   // remaining ones; those that do not fit are dropped and reported) the tier at runtime.
-  absl::StatusOr<SsdCapacityChange> SetCapacity(uint64_t bytes);
+  // `relocate_first`: keys whose records are moved before any other (e.g. the caller's pinned blocks),
+  // so that they are the last to be dropped when the remaining slabs run out of room.
+  absl::StatusOr<SsdCapacityChange> SetCapacity(uint64_t bytes, std::span<const BlockKey> relocate_first = {});
 
   SsdTierStats Stats() const;
 
