@@ -1,5 +1,7 @@
 #include "daemon/config.h"
 
+#include "daemon/fault_spec.h"
+
 #include <unistd.h>
 
 #include <cstdlib>
@@ -117,6 +119,10 @@ absl::Status ValidateConfig(const DaemonConfig& c) {
     return absl::InvalidArgumentError("config: limits.ssd_tier_bytes is set but ssd_dir is empty");
   if (!c.ssd_dir().empty() && c.limits().ssd_tier_bytes() > 0 && c.limits().ssd_tier_bytes() < (16u << 20))
     return absl::InvalidArgumentError("config: limits.ssd_tier_bytes must be at least 16 MiB");
+  if (c.ssd_io_timeout_ms() < 0 || c.ssd_io_timeout_ms() > 600000)
+    return absl::InvalidArgumentError("config: ssd_io_timeout_ms outside [0, 600000]");
+  if (auto plan = ParseFaultSpec(c.fault_spec()); !plan.ok())
+    return absl::InvalidArgumentError(absl::StrCat("config: ", plan.status().message()));
   for (const auto& t : c.tenants())
     if (t.name().empty()) return absl::InvalidArgumentError("config: a tenant has no name");
   if (c.tls_cert_file().empty() != c.tls_key_file().empty())

@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "daemon/static_scales_file.h"
+#include "daemon/fault_spec.h"
 #include "tiering/cuda_device_backend.h"
 #include "tiering/log.h"
 
@@ -38,6 +39,13 @@ absl::StatusOr<std::unique_ptr<KvTierServer>> KvTierServer::Start(const kvtier::
   DeviceChoice choice = ChooseDevice(config.mover_threads());
   KVTIER_LOG(kInfo, "device") << choice.why;
   std::unique_ptr<DeviceBackend> device = std::move(choice.device);
+  auto faults = ParseFaultSpec(config.fault_spec());
+  if (!faults.ok()) return faults.status();
+  if (!faults->device.empty()) {
+    KVTIER_LOG(kWarning, "fault_injection") << "target=device rules=" << faults->device.size()
+                                            << " spec=\"" << config.fault_spec() << "\"";
+    device = std::make_unique<FaultInjectingDeviceBackend>(std::move(device), faults->device, faults->seed);
+  }
   s->device_name_ = device->name();
 
   BlockStoreOptions options;
@@ -51,7 +59,14 @@ absl::StatusOr<std::unique_ptr<KvTierServer>> KvTierServer::Start(const kvtier::
     so.slab_bytes = std::min<uint64_t>(so.capacity_bytes, 1ull << 30) / 4096 * 4096;
     so.worker_threads = std::max(1, config.mover_threads() - 1);
     so.log = [](std::string_view line) { KVTIER_LOG(kInfo, "ssd") << line; };
-    auto opened = SsdTier::Open(so);
+    if (config.ssd_io_timeout_ms() > 0) so.io_timeout = absl::Milliseconds(config.ssd_io_timeout_ms());
+    std::unique_ptr<IoBackend> io;
+    if (!faults->ssd.empty()) {
+      KVTIER_LOG(kWarning, "fault_injection") << "target=ssd rules=" << faults->ssd.size() << " spec=\""
+                                              << config.fault_spec() << "\"";
+      io = MakeFaultInjectingSsdBackend(so, *faults);
+    }
+    auto opened = SsdTier::Open(so, std::move(io));
     if (!opened.ok())
       return absl::FailedPreconditionError(absl::StrCat("SSD tier at ", so.dir, ": ", opened.status().message()));
     ssd = std::move(*opened);

@@ -201,7 +201,7 @@ struct FormatTraits<Format::kFp8E5m2> : Fp8Traits<Fp8E5m2, Format::kFp8E5m2> {
   static constexpr std::string_view kName = "fp8_e5m2";
 };
 
-// int8 symmetric: value = code * scale, code in [-127, 127], fp16 scale rounded up.
+// int8 symmetric: value = code * scale, code in [-127, 127], fp16 scale (see MakeParams).
 template <>
 struct FormatTraits<Format::kInt8> {
   static constexpr std::string_view kName = "int8";
@@ -214,8 +214,18 @@ struct FormatTraits<Format::kInt8> {
     p.inv_scale = InverseOrZero(p.scale);
     return p;
   }
+  // The nearest fp16 scale when the group's largest value then still rounds to a code <= 127 (at most
+  // half a step of clamping, the same bound as any rounding), else the next one up. Rounding up
+  // unconditionally would ratchet: dequantized values re-quantized (a block paged out again after its
+  // clean copy was dropped) would get a scale one fp16 ulp larger about every other time, and the block
+  // would drift by several steps over tens of moves. With the nearest scale, codes times scale
+  // re-quantize to themselves.
   static KVTIER_HD QParams MakeParams(const GroupStats& s) {
-    return FromScaleBits(FloatToHalfRoundUp(s.AbsMax() / 127.0f));
+    const float target = s.AbsMax() / 127.0f;
+    const uint16_t nearest = FloatToHalf(target);
+    const float scale = HalfToFloat(nearest);
+    if (scale > 0.0f && s.AbsMax() <= 127.5f * scale) return FromScaleBits(nearest);
+    return FromScaleBits(FloatToHalfRoundUp(target));
   }
   static KVTIER_HD void StoreParams(uint8_t* dst, const QParams& p) {
     const uint16_t b = FloatToHalf(p.scale);  // exact: p.scale came from an fp16

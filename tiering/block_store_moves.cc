@@ -295,14 +295,27 @@ absl::Status BlockStore::SetLimits(uint64_t gpu_pool_bytes, uint64_t host_tier_b
     gpu_limit_ = gpu_pool_bytes;
   }
   if (ssd_tier_bytes) {
+    // Shrinking: evict unpinned SSD blocks (and copies) first, so that the records the SSD tier moves out
+    // of its removed slabs find room and it drops nothing on its own: it does not know about pins, and a
+    // record it drops takes a pinned block with it.
+    const uint64_t capacity = ssd_->Stats().capacity_bytes;
+    if (ssd_tier_bytes < capacity) MakeSsdRoomLocked(capacity - ssd_tier_bytes, /*may_drop=*/true);
+    // Pinned blocks (a deduplicated commit pins a block wherever it lives) and blocks being promoted go
+    // first, into the room just made.
+    std::vector<BlockKey> keep;
+    for (BlockId id : ssd_blocks_)
+      if (const Entry* e = FindLocked(id); e != nullptr && (e->pins > 0 || e->moving)) keep.push_back(e->key);
     mu_.Unlock();  // SSD I/O runs without the table lock
-    auto change = ssd_->SetCapacity(ssd_tier_bytes);
+    auto change = ssd_->SetCapacity(ssd_tier_bytes, keep);
     mu_.Lock();
     if (!change.ok()) return change.status();
     for (const BlockKey& k : change->dropped) {
       auto it = index_.find(k);
       if (it == index_.end()) continue;
       if (Entry* e = FindLocked(it->second); e != nullptr && e->tier == Tier::kSsd && !e->moving) {
+        if (e->pins > 0)  // only when even the pinned records did not fit (fragmentation): data is gone
+          KVTIER_LOG(kError, "pinned_block_dropped") << "block=" << e->id << " pins=" << e->pins
+                                                     << " reason=ssd_shrink";
         std::vector<BlockKey> already_gone;  // the SSD tier dropped these records itself
         FreeBlockLocked(*e, /*dropped=*/true, &already_gone);
       } else if (e != nullptr && e->ssd_copy) {

@@ -95,4 +95,55 @@ inline OracleCheck CheckActivationPage(const PageGeometry& g, Format dtype, uint
   return r;
 }
 
+// Keyed block seed for the stress tools: the prefix seed mixed with a key (e.g. the layout's tag), so
+// that the same tokens under two layouts (or two tenants) give different content and a block served
+// across them is caught.
+inline uint64_t KeyedBlockSeed(std::span<const int32_t> prompt, int block_size, int block_index, uint64_t key) {
+  return SplitMix64(BlockSeed(prompt, block_size, block_index) ^ SplitMix64(key ^ 0x7374726573730001ULL));
+}
+
+// Per-segment verdict on one activation page: a block whose every (layer, K|V, head) segment is off is
+// some other block (misrouted or stale); one with only some segments off is torn (partly overwritten,
+// partly copied).
+struct SegmentCheck {
+  int segments = 0;
+  int bad_segments = 0;
+  float max_rel_error = 0;
+  bool ok() const { return bad_segments == 0; }
+  bool wrong() const { return segments > 0 && bad_segments == segments; }
+  bool torn() const { return bad_segments > 0 && bad_segments < segments; }
+};
+
+inline SegmentCheck CheckActivationPageSegments(const PageGeometry& g, Format dtype, uint64_t seed,
+                                                const uint8_t* page, float tolerance) {
+  SegmentCheck r;
+  const LayoutShape& s = g.shape();
+  for (int layer = 0; layer < s.num_layers; ++layer)
+    for (Operand op : {Operand::kKey, Operand::kValue})
+      for (int head = 0; head < s.num_kv_heads; ++head) {
+        const uint8_t* seg = page + g.segment(layer, op, head).data_offset;
+        float absmax = 0;
+        for (int t = 0; t < s.block_size; ++t)
+          for (int c = 0; c < s.head_dim; ++c)
+            absmax = std::fmax(absmax, std::fabs(OracleValue(seed, layer, op, head, t, c)));
+        bool bad = false;
+        for (int t = 0; t < s.block_size && !bad; ++t)
+          for (int c = 0; c < s.head_dim; ++c) {
+            uint16_t bits;
+            std::memcpy(&bits, seg + 2 * (t * s.head_dim + c), 2);
+            const float got = dtype == Format::kBf16 ? Bf16ToFloat(bits) : HalfToFloat(bits);
+            const float err = std::fabs(got - OracleValue(seed, layer, op, head, t, c));
+            const float rel = absmax > 0 ? err / absmax : err;
+            if (!(rel <= r.max_rel_error)) r.max_rel_error = std::isnan(rel) ? INFINITY : rel;
+            if (!(rel <= tolerance)) {
+              bad = true;
+              break;
+            }
+          }
+        ++r.segments;
+        r.bad_segments += bad;
+      }
+  return r;
+}
+
 }  // namespace kvtier::testing

@@ -48,6 +48,11 @@ int64_t FaultInjectingIoBackend::faults_injected() const {
   return faults_;
 }
 
+void FaultInjectingIoBackend::SetSeed(uint64_t seed) {
+  ssd::MutexLock lock(&mu_);
+  rng_ = seed;
+}
+
 void FaultInjectingIoBackend::Schedule(absl::Time when, IoCallback done, int64_t result) {
   {
     ssd::MutexLock lock(&mu_);
@@ -94,6 +99,10 @@ void FaultInjectingIoBackend::Submit(const IoOp& op, absl::Time deadline, IoCall
       if (r.spec.kind != op.kind) continue;
       if (r.seen++ < r.spec.skip) break;  // this op belongs to the rule's pass-through prefix
       if (r.spec.count >= 0 && r.fired >= r.spec.count) continue;
+      if (r.spec.probability < 1.0) {
+        rng_ = rng_ * 6364136223846793005ULL + 1442695040888963407ULL;  // LCG: cheap, seeded, repeatable
+        if (static_cast<double>(rng_ >> 11) * 0x1.0p-53 >= r.spec.probability) continue;
+      }
       ++r.fired;
       ++faults_;
       fault = r.spec;

@@ -38,6 +38,9 @@ struct FaultRule {
   int error = 5;       // errno for kError (EIO)
   uint32_t bytes = 0;  // prefix that reaches the disk for kShortWrite / kTornWrite
   absl::Duration delay = absl::ZeroDuration();
+  // Chance that a matching op (past `skip`, within `count`) is faulted; an op the draw spares goes on to
+  // the next rule. 1: always (deterministic). Draws come from a fixed-seed generator (SetSeed).
+  double probability = 1.0;
 };
 
 class FaultInjectingIoBackend final : public IoBackend {
@@ -55,6 +58,8 @@ class FaultInjectingIoBackend final : public IoBackend {
   void ReleaseHung();
   // Ops a rule has decided so far.
   int64_t faults_injected() const;
+  // Seeds the generator behind FaultRule::probability (default 1).
+  void SetSeed(uint64_t seed);
 
  private:
   struct Rule {
@@ -76,6 +81,7 @@ class FaultInjectingIoBackend final : public IoBackend {
   std::vector<Timed> timed_ ABSL_GUARDED_BY(mu_);
   std::vector<IoCallback> hung_ ABSL_GUARDED_BY(mu_);
   int64_t faults_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t rng_ ABSL_GUARDED_BY(mu_) = 1;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread timer_;
 };

@@ -126,6 +126,21 @@ struct SsdTierStats {
   uint64_t recovered_records = 0, recovery_drops = 0;
 };
 
+// What SsdTier::Audit found. Every count but `records` and the byte totals must be zero on a quiescent
+// tier (no Put, Get or Remove in flight), e.g. right after Open.
+struct SsdAudit {
+  uint64_t records = 0;               // entries in the in-memory index
+  uint64_t record_bytes = 0;          // sum of their extents
+  uint64_t allocator_used_bytes = 0;  // what the free-space map counts as used
+  uint64_t leaked_bytes = 0;          // used but referenced by no entry (orphans not reclaimed)
+  uint64_t overlapping = 0;           // entries whose extents overlap another's
+  uint64_t index_only = 0;            // in RocksDB but not in memory (or with another extent)
+  uint64_t memory_only = 0;           // in memory but not in RocksDB
+  uint64_t unreadable = 0;            // full read failed (I/O error, timeout)
+  uint64_t corrupt = 0;               // record does not verify or does not match its entry
+  bool clean() const { return leaked_bytes + overlapping + index_only + memory_only + unreadable + corrupt == 0; }
+};
+
 class SsdTier {
  public:
   // Opens (or creates) the tier in options.dir and recovers its index. `backend` replaces the default
@@ -175,9 +190,16 @@ class SsdTier {
 
   // Grows (new slab files) or shrinks (records in removed slabs are moved into free space of the
   // remaining ones; those that do not fit are dropped and reported) the tier at runtime.
-  absl::StatusOr<SsdCapacityChange> SetCapacity(uint64_t bytes);
+  // `relocate_first`: keys whose records are moved before any other (e.g. the caller's pinned blocks),
+  // so that they are the last to be dropped when the remaining slabs run out of room.
+  absl::StatusOr<SsdCapacityChange> SetCapacity(uint64_t bytes, std::span<const BlockKey> relocate_first = {});
 
   SsdTierStats Stats() const;
+
+  // Cross-checks the in-memory index, the RocksDB index and the free-space map, and (read_records) reads
+  // and verifies every record in full. For crash-consistency tests and operators' fsck; call it on a
+  // quiescent tier (ssd_tier_audit.cc).
+  absl::StatusOr<SsdAudit> Audit(bool read_records);
   std::string_view backend_name() const { return backend_->name(); }
   const SsdTierOptions& options() const { return options_; }
 

@@ -8,6 +8,8 @@
 // racing with the shrink either lands in a surviving slab or fails cleanly.
 #include <algorithm>
 
+#include "absl/container/flat_hash_set.h"
+
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
 #include "tiering/ssd/record_codec.h"
@@ -19,7 +21,7 @@ namespace {
 constexpr size_t kRelocateBatch = 16;
 }  // namespace
 
-absl::StatusOr<SsdCapacityChange> SsdTier::SetCapacity(uint64_t bytes) {
+absl::StatusOr<SsdCapacityChange> SsdTier::SetCapacity(uint64_t bytes, std::span<const BlockKey> relocate_first) {
   const uint32_t want = static_cast<uint32_t>(std::max<uint64_t>(1, bytes / slab_bytes_));
   SsdCapacityChange change;
   ssd::MutexLock commit(&commit_mu_);
@@ -58,8 +60,12 @@ absl::StatusOr<SsdCapacityChange> SsdTier::SetCapacity(uint64_t bytes) {
       if (r.entry.extent.slab >= want) victims.push_back(Victim{key, r});
     }
   }
-  std::sort(victims.begin(), victims.end(),
-            [](const Victim& a, const Victim& b) { return a.resident.entry.sequence > b.resident.entry.sequence; });
+  const absl::flat_hash_set<BlockKey> first(relocate_first.begin(), relocate_first.end());
+  std::sort(victims.begin(), victims.end(), [&](const Victim& a, const Victim& b) {
+    const bool fa = first.contains(a.key), fb = first.contains(b.key);
+    if (fa != fb) return fa;
+    return a.resident.entry.sequence > b.resident.entry.sequence;
+  });
 
   std::vector<BlockKey> dropped;
   for (size_t begin = 0; begin < victims.size(); begin += kRelocateBatch) {
