@@ -6,7 +6,9 @@
 //   tiers set [--gpu=B] [--host=B]  change capacities at runtime (shrinking drains)
 //   evict [--tier=gpu|host] [--max=N]  page unpinned blocks down from a tier (0 = all)
 //   sessions                     live sessions: tenant, client, pid, pins
-//   lookup --layout=ID --tokens=1,2,3,...  longest cached prefix of a token list and where it lives
+//   lookup --layout=ID --tokens=1,2,3,...  longest cached prefix of a token list, where it lives, and
+//                                the estimated time to bring it to the GPU
+//   policy | events | pin | unpin | invalidate | warm FILE | quota   cache policy (kvtierctl_policy.cc)
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -17,6 +19,7 @@
 #include "absl/strings/str_split.h"
 #include "client/cli_args.h"
 #include "client/client.h"
+#include "client/kvtierctl_policy.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace kvtier {
@@ -87,7 +90,10 @@ int Run(const CliArgs& args) {
   if (args.positional.empty() || args.Has("help")) {
     std::printf("usage: kvtierctl [--socket=PATH] [--token=T] [--json] status | tiers get | "
                 "tiers set [--gpu=BYTES] [--host=BYTES] [--ssd=BYTES] | evict [--tier=gpu|host] [--max=N] | "
-                "sessions | lookup --layout=ID --tokens=T1,T2,...\n");
+                "sessions | lookup --layout=ID --tokens=T1,T2,... | policy | events [--from=SEQ] [--count=N] [--snapshot] "
+                "[--of-tenant=T] | pin --layout=ID --tokens=... --ttl-ms=N [--retain] | unpin --pin=ID | "
+                "invalidate --layout=ID [--tokens=...] | invalidate --tenant=T | warm FILE [--to=host|gpu] | "
+                "quota set --tenant=T [--gpu=B] [--host=B] [--ssd=B] | quota get\n");
     return args.positional.empty() ? 2 : 0;
   }
   ClientOptions o;
@@ -153,8 +159,9 @@ int Run(const CliArgs& args) {
     }
     std::printf("matched %d of %zu tokens in %d blocks\n", r->matched_tokens(), tokens.size(), r->blocks_size());
     for (const auto& b : r->blocks())
-      std::printf("  block %llu tier %s slot %d\n", static_cast<unsigned long long>(b.block_id()), TierLabel(b.tier()),
-                  b.slot());
+      std::printf("  block %llu tier %s slot %d eta %.1f us\n", static_cast<unsigned long long>(b.block_id()),
+                  TierLabel(b.tier()), b.slot(), b.eta_seconds() * 1e6);
+    std::printf("whole prefix to the GPU: %.1f us\n", r->eta_seconds() * 1e6);
     return 0;
   }
   if (cmd == "evict") {
@@ -173,6 +180,9 @@ int Run(const CliArgs& args) {
     }
     return 0;
   }
+  bool handled = false;
+  const int rc = RunPolicyCommand(**client, args, json, &handled);
+  if (handled) return rc;
   std::fprintf(stderr, "kvtierctl: unknown command '%s'\n", cmd.c_str());
   return 2;
 }

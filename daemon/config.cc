@@ -1,4 +1,5 @@
 #include "daemon/config.h"
+#include "daemon/config_policy.h"
 
 #include <unistd.h>
 
@@ -119,6 +120,7 @@ absl::Status ValidateConfig(const DaemonConfig& c) {
     return absl::InvalidArgumentError("config: limits.ssd_tier_bytes must be at least 16 MiB");
   for (const auto& t : c.tenants())
     if (t.name().empty()) return absl::InvalidArgumentError("config: a tenant has no name");
+  if (auto st = ValidateCachePolicyConfig(c); !st.ok()) return st;
   return absl::OkStatus();
 }
 

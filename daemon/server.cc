@@ -1,4 +1,5 @@
 #include "daemon/server.h"
+#include "daemon/config_policy.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -30,6 +31,7 @@ absl::StatusOr<std::unique_ptr<KvTierServer>> KvTierServer::Start(const kvtier::
   BlockStoreOptions options;
   options.gpu_pool_bytes = config.limits().gpu_pool_bytes();
   options.host_tier_bytes = config.limits().host_tier_bytes();
+  options.policy = CachePolicyOptionsFromConfig(config);
   std::unique_ptr<SsdTier> ssd;
   if (!config.ssd_dir().empty() && config.limits().ssd_tier_bytes() > 0) {
     SsdTierOptions so;
@@ -47,6 +49,7 @@ absl::StatusOr<std::unique_ptr<KvTierServer>> KvTierServer::Start(const kvtier::
   }
   s->store_ =
       std::make_unique<BlockStore>(options, std::move(device), std::move(choice.host_allocator), std::move(ssd));
+  if (auto st = ApplyConfiguredQuotas(config, *s->store_); !st.ok()) return st;
   s->sessions_ = std::make_unique<SessionRegistry>(s->store_.get());
   s->service_ = std::make_unique<KvTierService>(config, s->store_.get(), s->sessions_.get());
 

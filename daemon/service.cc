@@ -73,6 +73,7 @@ grpc::ServerWriteReactor<v1::SessionEvent>* KvTierService::Attach(grpc::Callback
     if (!found->salt().empty()) salt = found->salt();
   }
   Session s = sessions_->Open(std::move(tenant), std::move(salt), admin, req->client_name(), req->pid());
+  OnSessionOpened(s);
   return new AttachReactor(sessions_, std::move(s), config_.lease_ms());
 }
 

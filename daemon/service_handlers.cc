@@ -154,6 +154,8 @@ grpc::ServerUnaryReactor* KvTierService::Lookup(grpc::CallbackServerContext* ctx
       loc->set_block_id(b.block_id);
       loc->set_tier(ToWire(b.tier));
       loc->set_slot(b.slot);
+      loc->set_eta_seconds(b.eta_seconds);
+      resp->set_eta_seconds(resp->eta_seconds() + b.eta_seconds);
     }
     resp->set_matched_tokens(out->matched_tokens);
     return grpc::Status::OK;

@@ -51,6 +51,35 @@ void KvEventLog::WakeAll() {
   ++wake_generation_;
 }
 
+uint64_t KvEventLog::AddConsumer(std::string name) {
+  MutexLock lock(&mu_);
+  const uint64_t id = next_consumer_++;
+  consumers_[id] = {std::move(name), next_seq_, 0};
+  return id;
+}
+
+void KvEventLog::UpdateConsumer(uint64_t id, uint64_t cursor, uint64_t lost) {
+  MutexLock lock(&mu_);
+  auto it = consumers_.find(id);
+  if (it == consumers_.end()) return;
+  it->second.cursor = cursor;
+  it->second.lost += lost;
+}
+
+void KvEventLog::RemoveConsumer(uint64_t id) {
+  MutexLock lock(&mu_);
+  consumers_.erase(id);
+}
+
+std::vector<KvEventLog::ConsumerInfo> KvEventLog::Consumers() const {
+  MutexLock lock(&mu_);
+  std::vector<ConsumerInfo> out;
+  for (const auto& [id, c] : consumers_)
+    out.push_back({c.name, next_seq_ > c.cursor ? next_seq_ - c.cursor : 0, c.lost});
+  std::sort(out.begin(), out.end(), [](const ConsumerInfo& a, const ConsumerInfo& b) { return a.name < b.name; });
+  return out;
+}
+
 KvEventLog::ReadResult KvEventLog::Read(uint64_t cursor, size_t max_events,
                                         const std::function<bool(const KvEvent&)>& filter,
                                         std::chrono::milliseconds wait) {

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "tiering/block_key.h"
 #include "tiering/sync.h"
 
@@ -83,12 +84,31 @@ class KvEventLog {
   // Wakes readers blocked in Read (shutdown).
   void WakeAll();
 
+  // Consumers (gRPC streams, the ZeroMQ publisher) register and report their cursor, so that how far
+  // each one is behind (its lag) and what it lost can be exported.
+  struct ConsumerInfo {
+    std::string name;
+    uint64_t lag = 0;   // events appended that it has not read yet
+    uint64_t lost = 0;  // events it missed (gaps), in total
+  };
+  uint64_t AddConsumer(std::string name);
+  void UpdateConsumer(uint64_t id, uint64_t cursor, uint64_t lost);
+  void RemoveConsumer(uint64_t id);
+  std::vector<ConsumerInfo> Consumers() const;
+
  private:
   const size_t capacity_;
   mutable Mutex mu_;
   std::vector<KvEvent> ring_ ABSL_GUARDED_BY(mu_);  // ring_[seq % capacity_]
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t wake_generation_ ABSL_GUARDED_BY(mu_) = 0;
+  struct Consumer {
+    std::string name;
+    uint64_t cursor = 0;
+    uint64_t lost = 0;
+  };
+  absl::flat_hash_map<uint64_t, Consumer> consumers_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_consumer_ ABSL_GUARDED_BY(mu_) = 1;
 };
 
 }  // namespace kvtier
