@@ -76,6 +76,12 @@ absl::StatusOr<std::unique_ptr<KvTierServer>> KvTierServer::Start(const kvtier::
   if (s->server_ == nullptr)
     return absl::UnavailableError(absl::StrCat("gRPC server failed to start on unix:", socket, " ",
                                                config.tcp_address()));
+  if (!config.cache_policy().kv_events_zmq_endpoint().empty()) {
+    auto zmq = KvEventZmqPublisher::Start(config.cache_policy().kv_events_zmq_endpoint(),
+                                          config.cache_policy().kv_events_zmq_topic(), s->store_.get());
+    if (!zmq.ok()) return zmq.status();
+    s->kv_events_zmq_ = std::move(*zmq);
+  }
   if (!config.metrics_address().empty()) {
     auto metrics = MetricsServer::Start(config.metrics_address(), s->store_.get(), s->sessions_.get());
     if (!metrics.ok()) return metrics.status();

@@ -42,6 +42,13 @@ bool BlockStore::MakeHostRoomLocked(uint64_t bytes) {
   while (!host_.HasRoom(bytes)) {
     std::vector<Entry*> v = PickVictimsLocked(Tier::kHost, 32);
     if (v.empty()) return false;
+    {  // only as many as the shortfall needs
+      const uint64_t short_by = host_.used() + bytes > host_.capacity() ? host_.used() + bytes - host_.capacity() : 0;
+      uint64_t freed = 0;
+      size_t take = 0;
+      while (take < v.size() && freed < short_by) freed += v[take++]->record_bytes;
+      v.resize(std::max<size_t>(take, 1));
+    }
     if (ssd_ != nullptr) {
       const EvictOutcome o = DemoteToSsdLocked(std::move(v));
       if (o.moved == 0 && o.dropped == 0) return false;
@@ -245,6 +252,11 @@ bool BlockStore::MakeGpuRoomLocked(uint64_t bytes) {
   while (gpu_used_ + bytes > gpu_limit_) {
     std::vector<Entry*> v = PickVictimsLocked(Tier::kGpu, 64);
     if (v.empty()) return false;
+    // Only as many as the shortfall needs: evicting more than that throws away what the policy kept.
+    uint64_t freed = 0;
+    size_t take = 0;
+    while (take < v.size() && gpu_used_ + bytes > gpu_limit_ + freed) freed += ResidentBytes(*v[take++]->layout);
+    v.resize(std::max<size_t>(take, 1));
     const EvictOutcome o = PageOutLocked(std::move(v));
     if (o.moved == 0 && o.dropped == 0) return false;  // victims got pinned meanwhile; give up
   }

@@ -96,7 +96,7 @@ void BlockStore::EmitLocked(KvEventType type, const Entry& e, Tier from, RemoveR
   ev.reason = reason;
   ev.format = FormatInTierLocked(e);
   ev.block_size = e.layout != nullptr ? e.layout->shape.block_size : 0;
-  if (type == KvEventType::kStored) ev.tokens = e.tokens;
+  if (type != KvEventType::kRemoved) ev.tokens = e.tokens;
   events_->Append(std::move(ev));
 }
 

@@ -56,7 +56,7 @@ struct KvEvent {
   RemoveReason reason = RemoveReason::kEvicted;  // kRemoved only
   std::string format;        // the block's format in `tier`, e.g. "fp16" (resident) or "int8" (offload)
   int32_t block_size = 0;
-  std::vector<int32_t> tokens;  // kStored: the block's tokens (empty when the store no longer has them)
+  std::vector<int32_t> tokens;  // kStored, kMoved: the block's tokens (empty after a warm restart)
 };
 
 class KvEventLog {
