@@ -92,6 +92,36 @@ class KvEventsZmqTest(unittest.TestCase):
         self.assertEqual(sorted(k for e in again for k in e[1]), sorted(expected))
         self.assertTrue(all(e[6] == "CPU" for e in again))
 
+    def test_python_client_policy_calls(self):
+        layout = self.client.register_layout(num_layers=2, num_kv_heads=2, head_dim=64, block_size=16)
+        tokens = list(range(100, 132))
+        ids = self.client.allocate(layout, 2)
+        self.client.write_blocks(ids, [bytes(layout.activation_page_bytes)] * 2)
+        self.client.release([c[1] for c in self.client.commit(layout, ids, tokens)])
+        snap = self.client.kv_snapshot()
+        stream = self.client.kv_events(start_seq=snap.next_seq)  # exactly what happens after the snapshot
+        self.assertEqual(len(snap.blocks), 2)
+        self.assertEqual({b.key for b in snap.blocks},
+                         set(block_hash.prefix_keys(layout.layout_id, "default", 16, tokens)))
+        with self.assertRaises(kvtier.KvTierError) as bad:
+            self.client.pin_prefix(layout, tokens, ttl_ms=-1)
+        self.assertEqual(bad.exception.code.name, "INVALID_ARGUMENT")
+        pin = self.client.pin_prefix(layout, tokens, ttl_ms=60000)
+        self.assertEqual(pin.blocks, 2)
+        self.assertEqual(self.client.policy_stats().pins_active, 1)
+        self.client.release_pin(pin.pin_id)
+        self.client.evict("gpu")
+        progress = list(self.client.warm(layout, [tokens], target="gpu"))
+        self.assertEqual(progress[-1].blocks_in_target, 2)
+        self.assertEqual(self.client.invalidate_prefix(layout, tokens[:16]).blocks_removed, 2)
+        kinds = []
+        for batch in stream:
+            kinds += [e.type for e in batch.events]
+            if len(kinds) >= 6:  # 2 moves down, 2 moves up, 2 removals
+                break
+        stream.cancel()
+        self.assertEqual(kinds[-2:], [3, 3])  # KV_EVENT_REMOVED
+
 
 if __name__ == "__main__":
     unittest.main()
