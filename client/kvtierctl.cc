@@ -79,6 +79,11 @@ void PrintStatus(const v1::StatsResponse& s) {
               static_cast<unsigned long long>(s.checksum_failures()));
   std::printf("sessions %llu, layouts %llu\n", static_cast<unsigned long long>(s.sessions()),
               static_cast<unsigned long long>(s.layouts()));
+  for (const auto& t : s.tenants())
+    for (const auto& u : t.tiers())
+      std::printf("tenant %-12s %-5s used %12s quota %12s pinned %12s\n", t.tenant().c_str(), TierLabel(u.tier()),
+                  Human(u.used_bytes()).c_str(), u.quota_bytes() ? Human(u.quota_bytes()).c_str() : "-",
+                  Human(u.pinned_bytes()).c_str());
 }
 
 int Fail(const absl::Status& st) {

@@ -80,6 +80,9 @@ class KvTierService final : public kvtier::v1::KvTier::CallbackService {
   std::string TenantName(uint64_t tenant_ns) const;
   // The namespace id of a tenant name under this daemon's tenant list (salt = name unless configured).
   uint64_t TenantNsOf(const std::string& tenant) const;
+  // Per-tenant usage, quotas and pins per tier: every tenant for an admin session, else its own.
+  void FillTenantStats(const Session& s,
+                       google::protobuf::RepeatedPtrField<kvtier::v1::TenantPolicyStats>* out) const;
 
  private:
   class AttachReactor;

@@ -465,13 +465,20 @@ grpc::ServerUnaryReactor* KvTierService::PolicyStats(grpc::CallbackServerContext
       w->set_lag(c.lag);
       w->set_lost(c.lost);
     }
+  FillTenantStats(s, resp->mutable_tenants());
+  return Done(ctx, grpc::Status::OK);
+}
+
+void KvTierService::FillTenantStats(const Session& s,
+                                    google::protobuf::RepeatedPtrField<v1::TenantPolicyStats>* out) const {
   const uint64_t own = BlockStore::TenantNs(s.salt);
-  for (const TenantUsage& u : p.tenants) {
+  for (const TenantUsage& u : store_->GetPolicyStats().tenants) {
     if (!s.admin && u.tenant_ns != own) continue;
-    auto* w = resp->add_tenants();
+    auto* w = out->Add();
     w->set_tenant(TenantName(u.tenant_ns));
     w->set_pins(u.retention_pins);
     for (Tier t : {Tier::kGpu, Tier::kHost, Tier::kSsd}) {
+      if (t == Tier::kSsd && !store_->has_ssd()) continue;
       const int i = static_cast<int>(t);
       auto* tu = w->add_tiers();
       tu->set_tier(TierToWire(static_cast<uint8_t>(t)));
@@ -480,7 +487,6 @@ grpc::ServerUnaryReactor* KvTierService::PolicyStats(grpc::CallbackServerContext
       tu->set_pinned_bytes(u.pinned_bytes[i]);
     }
   }
-  return Done(ctx, grpc::Status::OK);
 }
 
 }  // namespace kvtier

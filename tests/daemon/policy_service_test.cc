@@ -298,6 +298,17 @@ TEST_F(PolicyServiceTest, PinsInvalidationAndQuotasCheckTheirInput) {
       EXPECT_EQ(t.tiers(1).quota_bytes(), 16u << 20);
     }
   EXPECT_TRUE(found);
+  // Stats carries the same per-tenant view.
+  auto own = alpha->Stats();
+  ASSERT_TRUE(own.ok());
+  ASSERT_EQ(own->tenants_size(), 1);
+  EXPECT_EQ(own->tenants(0).tenant(), "alpha");
+  EXPECT_GT(own->tenants(0).tiers(0).used_bytes() + own->tenants(0).tiers(1).used_bytes(), 0u);
+  auto all = admin->Stats();
+  ASSERT_TRUE(all.ok());
+  bool beta_quota = false;
+  for (const auto& t : all->tenants()) beta_quota |= t.tenant() == "beta" && t.tiers(0).quota_bytes() == 8u << 20;
+  EXPECT_TRUE(beta_quota);
 }
 
 TEST_F(PolicyServiceTest, WarmValidatesTheWholeRequestThenReportsProgress) {
