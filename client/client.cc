@@ -175,4 +175,34 @@ absl::StatusOr<v1::SetTierLimitsResponse> Client::SetTierLimits(const v1::TierLi
   return Call<v1::SetTierLimitsResponse>(*stub_, &v1::KvTier::Stub::SetTierLimits, req);
 }
 
+absl::Status Client::StartCalibration(uint64_t layout_id) {
+  v1::StartCalibrationRequest req;
+  req.set_session_id(session_id_);
+  req.set_layout_id(layout_id);
+  return Call<v1::StartCalibrationResponse>(*stub_, &v1::KvTier::Stub::StartCalibration, req).status();
+}
+
+absl::StatusOr<v1::StopCalibrationResponse> Client::StopCalibration() {
+  v1::StopCalibrationRequest req;
+  req.set_session_id(session_id_);
+  return Call<v1::StopCalibrationResponse>(*stub_, &v1::KvTier::Stub::StopCalibration, req);
+}
+
+absl::StatusOr<v1::ExportCalibrationResponse> Client::ExportCalibration(uint64_t layout_id) {
+  v1::ExportCalibrationRequest req;
+  req.set_session_id(session_id_);
+  req.set_layout_id(layout_id);
+  return Call<v1::ExportCalibrationResponse>(*stub_, &v1::KvTier::Stub::ExportCalibration, req);
+}
+
+absl::StatusOr<v1::LoadStaticScalesResponse> Client::LoadStaticScales(uint64_t layout_id, std::string scales_file,
+                                                                      const v1::StaticScalesPolicy& policy) {
+  v1::LoadStaticScalesRequest req;
+  req.set_session_id(session_id_);
+  req.set_layout_id(layout_id);
+  req.set_scales_file(std::move(scales_file));
+  *req.mutable_policy() = policy;
+  return Call<v1::LoadStaticScalesResponse>(*stub_, &v1::KvTier::Stub::LoadStaticScales, req);
+}
+
 }  // namespace kvtier

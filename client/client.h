@@ -56,6 +56,12 @@ class Client {
   absl::StatusOr<kvtier::v1::EvictResponse> Evict(kvtier::v1::Tier from, int64_t max_blocks);
   absl::StatusOr<kvtier::v1::ListSessionsResponse> ListSessions();
   absl::StatusOr<kvtier::v1::SetTierLimitsResponse> SetTierLimits(const kvtier::v1::TierLimits& limits);
+  // Calibration and static scales (admin; docs/calibration.md).
+  absl::Status StartCalibration(uint64_t layout_id);
+  absl::StatusOr<kvtier::v1::StopCalibrationResponse> StopCalibration();
+  absl::StatusOr<kvtier::v1::ExportCalibrationResponse> ExportCalibration(uint64_t layout_id);
+  absl::StatusOr<kvtier::v1::LoadStaticScalesResponse> LoadStaticScales(uint64_t layout_id, std::string scales_file,
+                                                                        const kvtier::v1::StaticScalesPolicy& policy);
 
   kvtier::v1::KvTier::Stub& stub() { return *stub_; }
 

@@ -6,8 +6,13 @@
 //   tiers set [--gpu=B] [--host=B]  change capacities at runtime (shrinking drains)
 //   evict [--tier=gpu|host] [--max=N]  page unpinned blocks down from a tier (0 = all)
 //   sessions                     live sessions: tenant, client, pid, pins
-//   lookup --layout=ID --tokens=1,2,3,...  longest cached prefix of a token list, where it lives, and
-//                                the estimated time to bring it to the GPU
+//   lookup --layout=ID --tokens=1,2,3,...  longest cached prefix of a token list and where it lives
+//   calibrate start [--layout=ID]   calibration mode: collect per-channel K/V statistics (0/none: all layouts)
+//   calibrate stop                  stop collecting (statistics are kept for export)
+//   calibrate export FILE [--layout=ID]  write the statistics as a scales file (docs/calibration.md)
+//   scales load FILE --layout=ID [--include=P,..] [--exclude=P,..] [--format=int8|fp8_e4m3|fp8_e5m2]
+//                                   register a static-scale variant of a layout; prints its layout id
+//   lookup also prints each block's estimated time to bring it to the GPU
 //   policy | events | pin | unpin | invalidate | warm FILE | quota   cache policy (kvtierctl_policy.cc)
 #include <cstdio>
 #include <string>
@@ -84,6 +89,8 @@ void PrintStatus(const v1::StatsResponse& s) {
       std::printf("tenant %-12s %-5s used %12s quota %12s pinned %12s\n", t.tenant().c_str(), TierLabel(u.tier()),
                   Human(u.used_bytes()).c_str(), u.quota_bytes() ? Human(u.quota_bytes()).c_str() : "-",
                   Human(u.pinned_bytes()).c_str());
+  std::printf("static scales: %llu values clipped; calibration %s\n",
+              static_cast<unsigned long long>(s.static_scale_clipped()), s.calibrating() ? "running" : "off");
 }
 
 int Fail(const absl::Status& st) {
@@ -91,11 +98,88 @@ int Fail(const absl::Status& st) {
   return 1;
 }
 
+int Calibrate(Client& client, const CliArgs& args, bool json) {
+  const std::string sub = args.positional.size() > 1 ? args.positional[1] : "";
+  const auto layout = static_cast<uint64_t>(args.GetInt("layout", 0));
+  if (sub == "start") {
+    if (absl::Status st = client.StartCalibration(layout); !st.ok()) return Fail(st);
+    std::printf("calibrating %s\n", layout ? absl::StrCat("layout ", layout).c_str() : "every layout");
+    return 0;
+  }
+  if (sub == "stop") {
+    auto r = client.StopCalibration();
+    if (!r.ok()) return Fail(r.status());
+    if (json) {
+      std::printf("%s\n", Json(*r).c_str());
+      return 0;
+    }
+    std::printf("calibration stopped; statistics for %d layouts\n", r->layouts_size());
+    for (const auto& l : r->layouts())
+      std::printf("  layout %llu: %llu tokens\n", static_cast<unsigned long long>(l.layout_id()),
+                  static_cast<unsigned long long>(l.token_count()));
+    return 0;
+  }
+  if (sub == "export") {
+    if (args.positional.size() < 3) {
+      std::fprintf(stderr, "kvtierctl: calibrate export needs a FILE\n");
+      return 2;
+    }
+    const std::string& path = args.positional[2];
+    auto r = client.ExportCalibration(layout);
+    if (!r.ok()) return Fail(r.status());
+    FILE* f = std::fopen(path.c_str(), "wb");
+    if (f == nullptr || std::fwrite(r->scales_file().data(), 1, r->scales_file().size(), f) != r->scales_file().size() ||
+        std::fclose(f) != 0) {
+      std::fprintf(stderr, "kvtierctl: cannot write %s\n", path.c_str());
+      return 1;
+    }
+    std::printf("wrote %s: layout %llu, %llu tokens\n", path.c_str(), static_cast<unsigned long long>(r->layout_id()),
+                static_cast<unsigned long long>(r->token_count()));
+    return 0;
+  }
+  std::fprintf(stderr, "kvtierctl: calibrate start|stop|export FILE\n");
+  return 2;
+}
+
+int LoadScales(Client& client, const CliArgs& args, bool json) {
+  if (args.positional.size() < 3 || !args.Has("layout")) {
+    std::fprintf(stderr, "kvtierctl: scales load FILE --layout=ID [--include=..] [--exclude=..] [--format=..]\n");
+    return 2;
+  }
+  const std::string& path = args.positional[2];
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) {
+    std::fprintf(stderr, "kvtierctl: cannot read %s\n", path.c_str());
+    return 1;
+  }
+  std::string text;
+  char buf[65536];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) text.append(buf, n);
+  std::fclose(f);
+  v1::StaticScalesPolicy policy;
+  for (absl::string_view p : absl::StrSplit(args.Get("include"), ',', absl::SkipEmpty())) policy.add_include(std::string(p));
+  for (absl::string_view p : absl::StrSplit(args.Get("exclude"), ',', absl::SkipEmpty())) policy.add_exclude(std::string(p));
+  policy.set_format(args.Get("format"));
+  auto r = client.LoadStaticScales(static_cast<uint64_t>(args.GetInt("layout", 0)), std::move(text), policy);
+  if (!r.ok()) return Fail(r.status());
+  if (json) {
+    std::printf("%s\n", Json(*r).c_str());
+    return 0;
+  }
+  std::printf("layout %llu (static scales, scale set %016llx): %d layers quantized with static scales\n",
+              static_cast<unsigned long long>(r->layout_id()), static_cast<unsigned long long>(r->scale_set_id()),
+              r->static_layers_size());
+  for (const auto& u : r->unmatched_patterns()) std::printf("warning: pattern %s matches no layer\n", u.c_str());
+  return 0;
+}
+
 int Run(const CliArgs& args) {
   if (args.positional.empty() || args.Has("help")) {
     std::printf("usage: kvtierctl [--socket=PATH] [--token=T] [--json] status | tiers get | "
                 "tiers set [--gpu=BYTES] [--host=BYTES] [--ssd=BYTES] | evict [--tier=gpu|host] [--max=N] | "
-                "sessions | lookup --layout=ID --tokens=T1,T2,... | policy | events [--from=SEQ] [--count=N] [--snapshot] "
+                "sessions | lookup --layout=ID --tokens=T1,T2,... | calibrate start [--layout=ID] | calibrate stop | "
+                "calibrate export FILE [--layout=ID] | scales load FILE --layout=ID [--include=P,..] [--exclude=P,..] "
+                "[--format=F] | policy | events [--from=SEQ] [--count=N] [--snapshot] "
                 "[--of-tenant=T] | pin --layout=ID --tokens=... --ttl-ms=N [--retain] | unpin --pin=ID | "
                 "invalidate --layout=ID [--tokens=...] | invalidate --tenant=T | warm FILE [--to=host|gpu] | "
                 "quota set --tenant=T [--gpu=B] [--host=B] [--ssd=B] | quota get\n");
@@ -185,6 +269,8 @@ int Run(const CliArgs& args) {
     }
     return 0;
   }
+  if (cmd == "calibrate") return Calibrate(**client, args, json);
+  if (cmd == "scales" && sub == "load") return LoadScales(**client, args, json);
   bool handled = false;
   const int rc = RunPolicyCommand(**client, args, json, &handled);
   if (handled) return rc;

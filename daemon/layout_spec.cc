@@ -78,8 +78,15 @@ absl::StatusOr<LayoutSpec> ToLayoutSpec(const kvtier::v1::LayoutSpec& wire,
     default: return absl::InvalidArgumentError("unknown activation dtype");
   }
   kvtier::v1::PrecisionPolicy policy = fallback;
+  // Static scales come from the daemon's config (the service adds them) or LoadStaticScales; they are part
+  // of the layout id through the scale set's content hash, not through a file name.
+  policy.clear_static_scales();
   if (wire.has_policy()) {
     const auto& p = wire.policy();
+    if (p.has_static_scales())
+      return absl::InvalidArgumentError(
+          "policy.static_scales cannot be set by RegisterLayout; configure default_policy.static_scales or call "
+          "LoadStaticScales");
     if (p.has_resident_key()) *policy.mutable_resident_key() = p.resident_key();
     if (p.has_resident_value()) *policy.mutable_resident_value() = p.resident_value();
     if (p.has_offload_key()) *policy.mutable_offload_key() = p.offload_key();

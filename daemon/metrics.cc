@@ -95,6 +95,9 @@ std::string RenderPrometheusText(const MetricsSample& sample) {
   Scalar(&out, "kvtier_quantization_saved_bytes_total", "counter",
          "Bytes saved by the offload codec, summed over page-outs (resident size minus record size).",
          st.bytes_saved_by_quantization);
+  Scalar(&out, "kvtier_static_scale_clipped_total", "counter",
+         "Values clipped by calibrated static scales (beyond the calibrated range), summed over page-outs.",
+         st.static_scale_clipped);
   Scalar(&out, "kvtier_pinned_blocks", "gauge", "Block pins held by sessions.", st.pinned_blocks);
   Scalar(&out, "kvtier_sessions", "gauge", "Attached sessions.", sample.sessions);
   Scalar(&out, "kvtier_layouts", "gauge", "Registered KV layouts.", st.layouts);

@@ -14,12 +14,23 @@
 #include <grpcpp/server_builder.h>
 
 #include "absl/strings/str_cat.h"
+#include "daemon/static_scales_file.h"
 #include "tiering/cuda_device_backend.h"
 #include "tiering/log.h"
 
 namespace kvtier {
 
 absl::StatusOr<std::unique_ptr<KvTierServer>> KvTierServer::Start(const kvtier::v1::DaemonConfig& config) {
+  // A bad scales file stops the start before anything is built.
+  auto static_scales = LoadConfiguredStaticScales(config);
+  if (!static_scales.ok())
+    return absl::InvalidArgumentError(
+        absl::StrCat("default_policy.static_scales: ", static_scales.status().message()));
+  if (*static_scales)
+    KVTIER_LOG(kInfo, "static_scales") << "file=" << config.default_policy().static_scales().file()
+                                       << " scale_set=" << (**static_scales).set->id
+                                       << " calibrated_layout=" << (**static_scales).set->calibrated_layout_id
+                                       << " tokens=" << (**static_scales).set->token_count;
   std::unique_ptr<KvTierServer> s(new KvTierServer());
   s->config_ = config;
 
@@ -52,6 +63,7 @@ absl::StatusOr<std::unique_ptr<KvTierServer>> KvTierServer::Start(const kvtier::
   if (auto st = ApplyConfiguredQuotas(config, *s->store_); !st.ok()) return st;
   s->sessions_ = std::make_unique<SessionRegistry>(s->store_.get());
   s->service_ = std::make_unique<KvTierService>(config, s->store_.get(), s->sessions_.get());
+  s->service_->SetDefaultStaticScales(*std::move(static_scales));
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -98,6 +110,7 @@ absl::StatusOr<std::unique_ptr<KvTierServer>> KvTierServer::Start(const kvtier::
 void KvTierServer::Shutdown() {
   if (shut_down_) return;
   shut_down_ = true;
+  if (!server_) return;  // Start failed before the server was built (e.g. the SSD tier did not open)
   // Stop accepting, let in-flight calls finish for up to 5 s, then cancel the rest (Attach streams).
   server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   server_->Wait();

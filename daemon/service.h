@@ -6,6 +6,7 @@
 #include <atomic>
 #include <memory>
 #include <string>
+#include <optional>
 
 #include "kvtier/v1/config.pb.h"
 #include "kvtier/v1/kvtier.grpc.pb.h"
@@ -53,6 +54,22 @@ class KvTierService final : public kvtier::v1::KvTier::CallbackService {
   grpc::ServerUnaryReactor* SetTierLimits(grpc::CallbackServerContext* ctx,
                                           const kvtier::v1::SetTierLimitsRequest* req,
                                           kvtier::v1::SetTierLimitsResponse* resp) override;
+  // Calibration and static scales (docs/calibration.md).
+  grpc::ServerUnaryReactor* StartCalibration(grpc::CallbackServerContext* ctx,
+                                             const kvtier::v1::StartCalibrationRequest* req,
+                                             kvtier::v1::StartCalibrationResponse* resp) override;
+  grpc::ServerUnaryReactor* StopCalibration(grpc::CallbackServerContext* ctx,
+                                            const kvtier::v1::StopCalibrationRequest* req,
+                                            kvtier::v1::StopCalibrationResponse* resp) override;
+  grpc::ServerUnaryReactor* ExportCalibration(grpc::CallbackServerContext* ctx,
+                                              const kvtier::v1::ExportCalibrationRequest* req,
+                                              kvtier::v1::ExportCalibrationResponse* resp) override;
+  grpc::ServerUnaryReactor* LoadStaticScales(grpc::CallbackServerContext* ctx,
+                                             const kvtier::v1::LoadStaticScalesRequest* req,
+                                             kvtier::v1::LoadStaticScalesResponse* resp) override;
+
+  // The static scales of the config's default policy, applied to every RegisterLayout (set before serving).
+  void SetDefaultStaticScales(std::optional<StaticScalesPolicy> policy) { default_static_ = std::move(policy); }
 
   // Cache policy (service_policy.cc).
   grpc::ServerWriteReactor<kvtier::v1::KvEventBatch>* StreamKvEvents(
@@ -104,6 +121,7 @@ class KvTierService final : public kvtier::v1::KvTier::CallbackService {
   const kvtier::v1::DaemonConfig config_;
   BlockStore* store_;
   SessionRegistry* sessions_;
+  std::optional<StaticScalesPolicy> default_static_;
 };
 
 }  // namespace kvtier

@@ -1,5 +1,7 @@
 // KvTierService: the unary handlers.
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "daemon/static_scales_file.h"
 #include "daemon/layout_spec.h"
 #include "daemon/service.h"
 #include "daemon/status_map.h"
@@ -55,9 +57,18 @@ grpc::ServerUnaryReactor* KvTierService::RegisterLayout(grpc::CallbackServerCont
   return WithSession(ctx, req->session_id(), false, [&](const Session&) -> grpc::Status {
     auto spec = ToLayoutSpec(req->layout(), config_.default_policy());
     if (!spec.ok()) return ToGrpc(spec.status());
+    if (default_static_) spec->static_scales = *default_static_;
     auto layout = store_->RegisterLayout(*spec);
     if (!layout.ok()) return ToGrpc(layout.status());
     const Layout& l = **layout;
+    if (l.static_plan && !config_.ssd_dir().empty())
+      if (absl::Status st = PersistStaticScaleSet(config_.ssd_dir(), *l.static_plan->set); !st.ok())
+        KVTIER_LOG(kWarning, "static_scales") << "persist_failed error=\"" << st << "\"";
+    if (l.static_plan)
+      KVTIER_LOG(kInfo, "static_scales") << "layout=" << l.id << " scale_set=" << l.static_plan->set->id
+                                         << " static_layers=" << l.static_plan->num_static_layers()
+                                         << " unmatched_patterns=\"" << absl::StrJoin(l.static_plan->unmatched_patterns, ", ")
+                                         << "\"";
     resp->set_layout_id(l.id);
     resp->set_page_bytes(l.resident.page_bytes());
     resp->set_offload_page_bytes(l.offload_record_bytes());
@@ -194,6 +205,8 @@ grpc::ServerUnaryReactor* KvTierService::Stats(grpc::CallbackServerContext* ctx,
     resp->set_sessions(sessions_->size());
     resp->set_layouts(st.layouts);
     resp->set_pinned_blocks(st.pinned_blocks);
+    resp->set_static_scale_clipped(st.static_scale_clipped);
+    resp->set_calibrating(store_->calibrator().active());
     resp->set_blocks_dropped(st.blocks_dropped);
     resp->set_checksum_failures(st.checksum_failures);
     resp->set_ssd_writes(st.ssd_writes);
@@ -303,6 +316,86 @@ grpc::ServerUnaryReactor* KvTierService::SetTierLimits(grpc::CallbackServerConte
     resp->mutable_limits()->set_gpu_pool_bytes(st.tiers[0].capacity_bytes);
     resp->mutable_limits()->set_host_tier_bytes(st.tiers[1].capacity_bytes);
     if (st.tiers.size() > 2) resp->mutable_limits()->set_ssd_tier_bytes(st.tiers[2].capacity_bytes);
+    return grpc::Status::OK;
+  });
+}
+
+// Calibration and static scales (docs/calibration.md).
+
+grpc::ServerUnaryReactor* KvTierService::StartCalibration(grpc::CallbackServerContext* ctx,
+                                                          const v1::StartCalibrationRequest* req,
+                                                          v1::StartCalibrationResponse*) {
+  return WithSession(ctx, req->session_id(), true, [&](const Session&) -> grpc::Status {
+    if (req->layout_id() != 0 && store_->layouts().Find(req->layout_id()) == nullptr)
+      return {grpc::StatusCode::NOT_FOUND, absl::StrCat("unknown layout_id ", req->layout_id())};
+    store_->calibrator().Start(req->layout_id());
+    KVTIER_LOG(kInfo, "calibration") << "action=start layout=" << req->layout_id();
+    return grpc::Status::OK;
+  });
+}
+
+grpc::ServerUnaryReactor* KvTierService::StopCalibration(grpc::CallbackServerContext* ctx,
+                                                         const v1::StopCalibrationRequest* req,
+                                                         v1::StopCalibrationResponse* resp) {
+  return WithSession(ctx, req->session_id(), true, [&](const Session&) -> grpc::Status {
+    if (!store_->calibrator().Stop())
+      return {grpc::StatusCode::FAILED_PRECONDITION, "calibration is not running"};
+    for (const auto& [id, tokens] : store_->calibrator().Layouts()) {
+      auto* l = resp->add_layouts();
+      l->set_layout_id(id);
+      l->set_token_count(tokens);
+    }
+    KVTIER_LOG(kInfo, "calibration") << "action=stop layouts=" << resp->layouts_size();
+    return grpc::Status::OK;
+  });
+}
+
+grpc::ServerUnaryReactor* KvTierService::ExportCalibration(grpc::CallbackServerContext* ctx,
+                                                           const v1::ExportCalibrationRequest* req,
+                                                           v1::ExportCalibrationResponse* resp) {
+  return WithSession(ctx, req->session_id(), true, [&](const Session&) -> grpc::Status {
+    auto snap = store_->calibrator().Snapshot(req->layout_id());
+    if (!snap.ok()) return ToGrpc(snap.status());
+    const Layout* layout = store_->layouts().Find(snap->first);
+    if (layout == nullptr) return {grpc::StatusCode::NOT_FOUND, absl::StrCat("unknown layout_id ", snap->first)};
+    resp->set_scales_file(FormatStaticScalesFile(snap->second, layout->id, layout->model_name, layout->spec.layer_names));
+    resp->set_layout_id(layout->id);
+    resp->set_token_count(snap->second.tokens());
+    return grpc::Status::OK;
+  });
+}
+
+grpc::ServerUnaryReactor* KvTierService::LoadStaticScales(grpc::CallbackServerContext* ctx,
+                                                          const v1::LoadStaticScalesRequest* req,
+                                                          v1::LoadStaticScalesResponse* resp) {
+  return WithSession(ctx, req->session_id(), true, [&](const Session&) -> grpc::Status {
+    const Layout* base = store_->layouts().Find(req->layout_id());
+    if (base == nullptr) return {grpc::StatusCode::NOT_FOUND, absl::StrCat("unknown layout_id ", req->layout_id())};
+    if (!req->policy().file().empty())
+      return Invalid("LoadStaticScales takes the file's content in scales_file, not a path in policy.file");
+    auto set = ParseStaticScalesFile(req->scales_file(), "(request)");
+    if (!set.ok()) return ToGrpc(set.status());
+    auto policy = MakeStaticScalesPolicy(*std::move(set), req->policy());
+    if (!policy.ok()) return ToGrpc(policy.status());
+    LayoutSpec spec = base->spec;
+    spec.static_scales = *std::move(policy);
+    auto layout = store_->RegisterLayout(spec);
+    if (!layout.ok()) return ToGrpc(layout.status());
+    const Layout& l = **layout;
+    if (!config_.ssd_dir().empty())
+      if (absl::Status st = PersistStaticScaleSet(config_.ssd_dir(), *l.static_plan->set); !st.ok())
+        KVTIER_LOG(kWarning, "static_scales") << "persist_failed error=\"" << st << "\"";
+    resp->set_layout_id(l.id);
+    resp->set_offload_page_bytes(l.offload_record_bytes());
+    resp->set_scale_set_id(l.static_plan->set->id);
+    for (int i = 0; i < l.shape.num_layers; ++i)
+      if (l.static_plan->static_layers[i])
+        resp->add_static_layers(l.spec.layer_names.empty() ? std::to_string(i) : l.spec.layer_names[i]);
+    for (const auto& u : l.static_plan->unmatched_patterns) resp->add_unmatched_patterns(u);
+    KVTIER_LOG(kInfo, "static_scales") << "action=load base_layout=" << base->id << " layout=" << l.id
+                                       << " scale_set=" << l.static_plan->set->id
+                                       << " static_layers=" << resp->static_layers_size() << " unmatched_patterns=\""
+                                       << absl::StrJoin(l.static_plan->unmatched_patterns, ", ") << "\"";
     return grpc::Status::OK;
   });
 }

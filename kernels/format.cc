@@ -13,7 +13,8 @@ std::optional<Format> ParseFormat(std::string_view name) {
 }
 
 namespace {
-constexpr std::array<std::string_view, 4> kGroupingNames = {"none", "per_segment", "per_channel", "per_token"};
+constexpr std::array<std::string_view, 5> kGroupingNames = {"none", "per_segment", "per_channel", "per_token",
+                                                            "static_channel"};
 }  // namespace
 
 std::optional<Grouping> ParseGrouping(std::string_view name) {
@@ -35,6 +36,8 @@ SegmentCodec DefaultCodec(Format f, Operand op) {
     case Format::kInt4:
       return op == Operand::kKey ? SegmentCodec{f, Grouping::kPerChannel, 0}
                                  : SegmentCodec{f, Grouping::kPerToken, 32};
+    case Format::kFp4E2m1:
+      return {f, op == Operand::kKey ? Grouping::kPerChannel : Grouping::kPerToken, 16};
   }
   return {};
 }

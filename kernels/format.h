@@ -17,6 +17,8 @@
 //    decodes to the constant rounded down to fp16 (int4) or exactly (int8/fp8 when representable).
 //  - fp16 parameters are rounded so that no finite value of the group is clipped: scales round up,
 //    int4 offsets round down; magnitudes beyond the fp16 range (65504 * code range) saturate.
+//  - fp4_e2m1 has two levels of parameters (an E4M3 byte per 16-value group, an fp32 scale per segment);
+//    its E4M3 group scales round up for the same reason.
 #pragma once
 
 #include <cmath>
@@ -26,6 +28,7 @@
 #include <string_view>
 
 #include "kernels/common.h"
+#include "kernels/fp4.h"
 #include "kernels/fp8.h"
 #include "kernels/half.h"
 
@@ -38,22 +41,29 @@ enum class Format : uint8_t {
   kFp8E5m2 = 3,
   kInt8 = 4,  // symmetric, codes -127..127, fp16 scale per group
   kInt4 = 5,  // asymmetric, codes 0..15, fp16 (scale, offset) per group; zero point = -offset/scale
+  kFp4E2m1 = 6,  // E2M1 codes, E4M3 scale per 16 values, fp32 scale per segment (NVFP4 arrangement)
 };
-inline constexpr int kNumFormats = 6;
+inline constexpr int kNumFormats = 7;
 
 // Which values of a segment share one set of parameters.
 enum class Grouping : uint8_t {
   kNone = 0,        // pass-through formats: no parameters
   kPerSegment = 1,  // one scale for the whole segment (fp8)
-  kPerChannel = 2,  // one group per channel, spanning the block's tokens (KIVI-style K)
+  kPerChannel = 2,  // one group per channel, spanning the block's tokens (KIVI-style K); fp4: per channel
+                    // and per `group_size` (16) consecutive tokens
   kPerToken = 3,    // one group per token and per `group_size` consecutive channels (V)
+  // One scale per channel taken from the layout's static (calibrated) scale set, NOT stored in the page
+  // (int8 and fp8 only; set by a static-scales policy, transcoded by kernels/static_transcode.h).
+  kStaticChannel = 4,
 };
 
 // The codec of one segment: its format and how its parameters are grouped.
 struct SegmentCodec {
   Format format = Format::kFp16;
   Grouping grouping = Grouping::kNone;
-  uint16_t group_size = 0;  // kPerToken only: channels per group; 0 means the whole head_dim
+  // kPerToken: channels per group, 0 means the whole head_dim. kPerChannel: tokens per group, 0 means the
+  // whole block (fp4_e2m1 requires 16 for both groupings; the other formats 0 for kPerChannel).
+  uint16_t group_size = 0;
   friend bool operator==(const SegmentCodec&, const SegmentCodec&) = default;
 };
 
@@ -62,6 +72,7 @@ struct QParams {
   float scale = 0.0f;
   float inv_scale = 0.0f;  // 1/scale, or 0 when scale is 0 (then every value encodes to the zero code)
   float offset = 0.0f;     // asymmetric formats: value of code 0
+  uint32_t code = 0;       // two-level formats (fp4_e2m1): the stored group parameter (E4M3 scale byte)
 };
 
 // Running min/max over the finite values of a group; empty (no finite value yet) while lo > hi. The
@@ -129,6 +140,7 @@ struct FormatTraits<Format::kFp16> {
   static constexpr std::string_view kName = "fp16";
   static constexpr int kBits = 16;
   static constexpr int kParamBytes = 0;  // per group
+  static constexpr int kSegmentParamBytes = 0;  // per segment, after the groups (two-level formats only)
   static KVTIER_HD QParams MakeParams(const GroupStats&) { return {}; }
   static KVTIER_HD void StoreParams(uint8_t*, const QParams&) {}
   static KVTIER_HD QParams LoadParams(const uint8_t*) { return {}; }
@@ -141,6 +153,7 @@ struct FormatTraits<Format::kBf16> {
   static constexpr std::string_view kName = "bf16";
   static constexpr int kBits = 16;
   static constexpr int kParamBytes = 0;
+  static constexpr int kSegmentParamBytes = 0;
   static KVTIER_HD QParams MakeParams(const GroupStats&) { return {}; }
   static KVTIER_HD void StoreParams(uint8_t*, const QParams&) {}
   static KVTIER_HD QParams LoadParams(const uint8_t*) { return {}; }
@@ -153,6 +166,7 @@ template <class Mini, Format F>
 struct Fp8Traits {
   static constexpr int kBits = 8;
   static constexpr int kParamBytes = 4;
+  static constexpr int kSegmentParamBytes = 0;
   static KVTIER_HD QParams MakeParams(const GroupStats& s) {
     QParams p;
     p.scale = s.AbsMax() / Mini::MaxFinite();
@@ -187,6 +201,7 @@ struct FormatTraits<Format::kInt8> {
   static constexpr std::string_view kName = "int8";
   static constexpr int kBits = 8;
   static constexpr int kParamBytes = 2;
+  static constexpr int kSegmentParamBytes = 0;
   static KVTIER_HD QParams FromScaleBits(uint16_t bits) {
     QParams p;
     p.scale = HalfToFloat(bits);
@@ -220,6 +235,7 @@ struct FormatTraits<Format::kInt4> {
   static constexpr std::string_view kName = "int4";
   static constexpr int kBits = 4;
   static constexpr int kParamBytes = 4;
+  static constexpr int kSegmentParamBytes = 0;
   static KVTIER_HD QParams FromBits(uint16_t scale_bits, uint16_t offset_bits) {
     QParams p;
     p.scale = HalfToFloat(scale_bits);
@@ -251,6 +267,46 @@ struct FormatTraits<Format::kInt4> {
   }
 };
 
+// fp4_e2m1, the NVFP4 arrangement: value = e2m1(code) * S, where S = fp32(e4m3(s) * G) with s the group's
+// E4M3 scale byte (one per 16 values) and G the segment's fp32 scale. TWO-LEVEL: group parameters depend
+// on the segment scale, so MakeParams/LoadParams take G (kSegmentParamBytes > 0; segment.h's
+// MakeGroupParams/LoadGroupParams hide the difference). Derivation, from the finite values only:
+//   G = M / 2688 (M the segment's absmax, 2688 = 6 * 448: the largest group then gets scale byte 448),
+//   s = E4M3 rounded UP of min(m / fp32(6 G), 448) (m the group's absmax; 0 when G is 0), so m / S <= 6
+//   up to fp32 rounding and no finite value is clipped by the scale,
+//   code = E2M1 round-to-nearest-even, saturating, of x * (1/S); NaN -> 0, +-Inf -> +-6, sign of zero kept.
+template <>
+struct FormatTraits<Format::kFp4E2m1> {
+  static constexpr std::string_view kName = "fp4_e2m1";
+  static constexpr int kBits = 4;
+  static constexpr int kParamBytes = 1;         // per group: the E4M3 scale byte
+  static constexpr int kSegmentParamBytes = 4;  // per segment: fp32 G, after the group bytes
+  static constexpr int kGroupValues = 16;       // values per group (16 tokens of a channel, or 16 channels)
+  static KVTIER_HD float MakeSegmentScale(const GroupStats& segment) { return segment.AbsMax() / 2688.0f; }
+  // Parameters of group scale byte `code` under segment scale g.
+  static KVTIER_HD QParams FromCode(uint32_t code, float g) {
+    QParams p;
+    p.code = code;
+    p.scale = Fp8E4m3::Decode(static_cast<uint8_t>(code)) * g;
+    p.inv_scale = InverseOrZero(p.scale);
+    return p;
+  }
+  static KVTIER_HD QParams MakeParams(const GroupStats& s, float g) {
+    const float g6 = g * 6.0f;
+    return FromCode(g6 > 0.0f ? E4m3CodeRoundUp(s.AbsMax() / g6) : 0u, g);
+  }
+  static KVTIER_HD void StoreParams(uint8_t* dst, const QParams& p) { dst[0] = static_cast<uint8_t>(p.code); }
+  static KVTIER_HD QParams LoadParams(const uint8_t* src, float g) { return FromCode(src[0], g); }
+  static KVTIER_HD void StoreSegmentScale(uint8_t* dst, float g) { memcpy(dst, &g, 4); }
+  static KVTIER_HD float LoadSegmentScale(const uint8_t* src) {
+    float g;
+    memcpy(&g, src, 4);
+    return g;
+  }
+  static KVTIER_HD uint32_t Encode(float x, const QParams& p) { return Fp4E2m1::Encode(Scaled(x, p)); }
+  static KVTIER_HD float Decode(uint32_t c, const QParams& p) { return Fp4E2m1::Decode(c) * p.scale; }
+};
+
 template <Format F>
 struct FormatTag {
   static constexpr Format kFormat = F;
@@ -271,6 +327,8 @@ decltype(auto) DispatchFormat(Format f, Fn&& fn) {
       return fn(FormatTag<Format::kInt8>{});
     case Format::kInt4:
       return fn(FormatTag<Format::kInt4>{});
+    case Format::kFp4E2m1:
+      return fn(FormatTag<Format::kFp4E2m1>{});
     case Format::kFp16:
       break;
   }
@@ -281,13 +339,14 @@ decltype(auto) DispatchFormat(Format f, Fn&& fn) {
 struct FormatInfo {
   std::string_view name;
   int bits;
-  int param_bytes;  // per group
+  int param_bytes;          // per group
+  int segment_param_bytes;  // per segment, after the groups' parameters (two-level formats)
 };
 
 inline FormatInfo GetFormatInfo(Format f) {
   return DispatchFormat(f, [](auto tag) {
     using T = typename decltype(tag)::Traits;
-    return FormatInfo{T::kName, T::kBits, T::kParamBytes};
+    return FormatInfo{T::kName, T::kBits, T::kParamBytes, T::kSegmentParamBytes};
   });
 }
 
@@ -297,8 +356,8 @@ std::optional<Format> ParseFormat(std::string_view name);
 std::optional<Grouping> ParseGrouping(std::string_view name);
 std::string_view GroupingName(Grouping g);
 
-// The default codec of a format for K or V: K per-channel, V per-token (int4 V in groups of 32), fp8
-// per segment, pass-through formats without parameters.
+// The default codec of a format for K or V: K per-channel, V per-token (int4 V in groups of 32, fp4 K in
+// groups of 16 tokens and V of 16 channels), fp8 per segment, pass-through formats without parameters.
 SegmentCodec DefaultCodec(Format f, Operand op);
 
 }  // namespace kvtier

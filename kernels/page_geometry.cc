@@ -39,12 +39,26 @@ KernelStatus ValidateCodec(const SegmentCodec& c, SegmentDims d) {
       return KernelStatus::Ok();
     case Format::kFp8E4m3:
     case Format::kFp8E5m2:
+      if (c.grouping == Grouping::kStaticChannel) return KernelStatus::Ok();
       if (c.grouping != Grouping::kPerSegment) return InvalidArgument(name + " needs grouping per_segment");
+      return KernelStatus::Ok();
+    case Format::kFp4E2m1:
+      if (c.grouping != Grouping::kPerChannel && c.grouping != Grouping::kPerToken)
+        return InvalidArgument(name + " needs grouping per_channel or per_token");
+      if (c.group_size != FormatTraits<Format::kFp4E2m1>::kGroupValues)
+        return InvalidArgument(name + Str(": group_size=%lld, must be 16 (one E4M3 scale per 16 values)", c.group_size));
+      if (d.tokens % 16 != 0 || d.channels % 16 != 0)
+        return InvalidArgument(name + Str(": block_size=%lld and head_dim=%lld must be multiples of 16", d.tokens,
+                                          d.channels));
+      if (NumGroups(c, d) > 1024) return InvalidArgument(name + ": more than 1024 groups per segment");
       return KernelStatus::Ok();
     case Format::kInt8:
     case Format::kInt4:
+      if (c.grouping == Grouping::kStaticChannel && c.format == Format::kInt8) return KernelStatus::Ok();
       if (c.grouping != Grouping::kPerChannel && c.grouping != Grouping::kPerToken)
         return InvalidArgument(name + " needs grouping per_channel or per_token");
+      if (c.grouping == Grouping::kPerChannel && c.group_size != 0)
+        return InvalidArgument(name + ": per_channel groups span the whole block (group_size must be 0)");
       if (c.grouping == Grouping::kPerToken && c.group_size != 0) {
         const int g = c.group_size;
         if (g % 16 != 0 || d.channels % g != 0)

@@ -95,6 +95,8 @@ bool RuleSelectsLayer(const PrecisionRule& r, int layer, int num_layers, std::st
 KernelStatus ValidateCodecAlone(const SegmentCodec& c) {
   const auto fi = static_cast<int>(c.format);
   if (fi < 0 || fi >= kNumFormats) return InvalidArgument("unknown format id " + std::to_string(fi));
+  if (c.grouping == Grouping::kStaticChannel)
+    return InvalidArgument("grouping static_channel comes from a static scales file (static_scales), not a codec");
   if (c.grouping == Grouping::kPerToken && c.group_size % 16 != 0)
     return InvalidArgument(std::string(GetFormatInfo(c.format).name) + ": group_size=" + std::to_string(c.group_size) +
                            " is not a multiple of 16");
@@ -254,7 +256,7 @@ KernelOr<ResolvedPolicy> Resolve(const PrecisionPolicy& policy, const LayoutShap
 KernelOr<SegmentCodec> MakeCodec(std::string_view format, std::string_view grouping, uint32_t group_size, Operand op) {
   const auto f = ParseFormat(format);
   if (!f)
-    return InvalidArgument("unknown format '" + std::string(format) + "' (fp16, bf16, fp8_e4m3, fp8_e5m2, int8, int4)");
+    return InvalidArgument("unknown format '" + std::string(format) + "' (fp16, bf16, fp8_e4m3, fp8_e5m2, int8, int4, fp4_e2m1)");
   SegmentCodec codec = DefaultCodec(*f, op);
   if (!grouping.empty()) {
     const auto g = ParseGrouping(grouping);
@@ -262,10 +264,13 @@ KernelOr<SegmentCodec> MakeCodec(std::string_view format, std::string_view group
       return InvalidArgument("unknown grouping '" + std::string(grouping) +
                              "' (none, per_segment, per_channel, per_token)");
     codec.grouping = *g;
-    codec.group_size = *g == Grouping::kPerToken ? DefaultCodec(*f, Operand::kValue).group_size : 0;
+    // The format's default group size for that grouping (per_token: V's, per_channel: K's).
+    const SegmentCodec def = DefaultCodec(*f, *g == Grouping::kPerToken ? Operand::kValue : Operand::kKey);
+    codec.group_size = def.grouping == *g ? def.group_size : 0;
   }
   if (group_size != 0) {
-    if (codec.grouping != Grouping::kPerToken) return InvalidArgument("a group size needs per_token grouping");
+    if (codec.grouping != Grouping::kPerToken && !(codec.grouping == Grouping::kPerChannel && *f == Format::kFp4E2m1))
+      return InvalidArgument("a group size needs per_token grouping (or fp4_e2m1 per_channel)");
     if (group_size > 4096) return InvalidArgument("group size " + std::to_string(group_size) + " too large");
     codec.group_size = static_cast<uint16_t>(group_size);
   }
@@ -298,7 +303,8 @@ std::string CodecSpecString(const SegmentCodec& codec) {
   std::string s(GetFormatInfo(codec.format).name);
   if (codec.grouping == Grouping::kNone) return s;
   s += ":" + std::string(GroupingName(codec.grouping));
-  if (codec.grouping == Grouping::kPerToken && codec.group_size) s += ":" + std::to_string(codec.group_size);
+  if ((codec.grouping == Grouping::kPerToken || codec.grouping == Grouping::kPerChannel) && codec.group_size)
+    s += ":" + std::to_string(codec.group_size);
   return s;
 }
 

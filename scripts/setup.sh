@@ -2,6 +2,7 @@
 # Installs everything kvtier needs to build, test and run its demo. Idempotent: a second run installs
 # nothing and takes a second. Used by both README commands and by the container image.
 #   KVTIER_SETUP_PYTHON=0  skip the Python packages (the C++ build and tests do not need them)
+#   KVTIER_SETUP_TORCH=0   skip torch + transformers (kvtier.transformers and its tests, about 4 GB from PyPI)
 set -euo pipefail
 
 apt_packages=(
@@ -38,6 +39,13 @@ if [ "${KVTIER_SETUP_PYTHON:-1}" = "1" ]; then
   if [ ${#py_missing[@]} -gt 0 ]; then
     echo "setup: pip installing ${py_missing[*]}"
     python3 -m pip install -q "${py_missing[@]}"
+  fi
+  # kvtier[transformers]: the versions of the GPU machine's image. PyPI's Linux torch wheel brings its CUDA
+  # libraries as nvidia-* wheels (it does not import without them, even on a CPU-only host).
+  if [ "${KVTIER_SETUP_TORCH:-1}" = "1" ] &&
+     ! python3 -c "import torch, transformers, sys; sys.exit(int(transformers.__version__.split('.')[0]) < 5)" 2>/dev/null; then
+    echo "setup: pip installing torch==2.11.0 transformers==5.17.0"
+    python3 -m pip install -q "torch==2.11.0" "transformers==5.17.0"
   fi
 fi
 echo "setup: ok"

@@ -1,6 +1,6 @@
 #include "tiering/block_key.h"
 
-#define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
+#define XXH_INLINE_ALL  // one-shot XXH3 inlined: a block key is a ~100-byte hash, call overhead matters
 #include <xxhash.h>
 
 #include <bit>
@@ -49,10 +49,21 @@ std::string BlockKey::ToHex() const {
 
 BlockKey ChainKey(const BlockKey& parent, uint64_t layout_id, std::string_view tenant_salt,
                   std::span<const int32_t> tokens) {
-  // Header: domain | parent | layout | salt length | salt, then the tokens; hashed in one pass over a
-  // stack buffer for the common small case.
-  uint8_t header[sizeof(kDomain) - 1 + 16 + 8 + 4];
-  uint8_t* p = header;
+  // Hashed bytes: domain | parent | layout | salt length | salt | tokens. They are laid out in one
+  // buffer and hashed with one-shot XXH3 (the streaming API gives the same digest for the same bytes,
+  // but its state setup costs more than hashing a 16-token block).
+  static_assert(std::endian::native == std::endian::little, "token bytes are hashed as little-endian");
+  constexpr size_t kHeader = sizeof(kDomain) - 1 + 16 + 8 + 4;
+  constexpr size_t kInline = 1024;
+  const size_t total = kHeader + tenant_salt.size() + tokens.size_bytes();
+  uint8_t inline_buf[kInline];
+  std::string heap;
+  uint8_t* buf = inline_buf;
+  if (total > kInline) {
+    heap.resize(total);
+    buf = reinterpret_cast<uint8_t*>(heap.data());
+  }
+  uint8_t* p = buf;
   std::memcpy(p, kDomain, sizeof(kDomain) - 1);
   p += sizeof(kDomain) - 1;
   PutLe64(p, parent.lo);
@@ -60,14 +71,11 @@ BlockKey ChainKey(const BlockKey& parent, uint64_t layout_id, std::string_view t
   PutLe64(p + 16, layout_id);
   const auto salt_len = static_cast<uint32_t>(tenant_salt.size());
   for (int i = 0; i < 4; ++i) p[24 + i] = static_cast<uint8_t>(salt_len >> (8 * i));
-
-  XXH3_state_t state;
-  XXH3_128bits_reset(&state);
-  XXH3_128bits_update(&state, header, sizeof header);
-  XXH3_128bits_update(&state, tenant_salt.data(), tenant_salt.size());
-  static_assert(std::endian::native == std::endian::little, "token bytes are hashed as little-endian");
-  XXH3_128bits_update(&state, tokens.data(), tokens.size_bytes());
-  const XXH128_hash_t h = XXH3_128bits_digest(&state);
+  p += 28;
+  if (!tenant_salt.empty()) std::memcpy(p, tenant_salt.data(), tenant_salt.size());
+  p += tenant_salt.size();
+  if (!tokens.empty()) std::memcpy(p, tokens.data(), tokens.size_bytes());
+  const XXH128_hash_t h = XXH3_128bits(buf, total);
   return BlockKey{h.low64, h.high64};
 }
 

@@ -193,6 +193,7 @@ absl::StatusOr<std::vector<AllocatedBlock>> BlockStore::Allocate(SessionId sessi
     e->id = next_id_++;
     e->layout = layout;
     e->layout_id = layout->id;
+    e->scale_set_id = layout->static_plan ? layout->static_plan->set->id : 0;
     e->owner = session;
     e->slot = arena->Allocate();
     Touch(*e);
@@ -238,6 +239,7 @@ absl::Status BlockStore::Write(SessionId session, std::span<const BlockId> ids, 
   }
   mu_.Unlock();
   absl::Status st = device_->WriteActivations(layout, *arena, slots, src);
+  if (st.ok() && calibrator_.active()) calibrator_.Observe(layout.id, layout.activation_geometry, src);
   mu_.Lock();
   for (Entry* e : blocks) e->moving = false;
   return st;
@@ -426,11 +428,22 @@ absl::StatusOr<LookupOutcome> BlockStore::Lookup(SessionId session, std::string_
     ++counters_.lookups;
     counters_.lookup_blocks_requested += full_blocks;
   }
-  std::vector<Entry*> hits;
-  for (const BlockKey& k : keys) {
-    auto it = index_.find(k);
+  // Two passes over hash tables far larger than the caches, each prefetching a few probes ahead: the
+  // walk is a chain of independent misses otherwise (a 32K-token lookup is 2048 of each).
+  constexpr size_t kAhead = 8;
+  std::vector<BlockId> hit_ids;
+  hit_ids.reserve(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (i + kAhead < keys.size()) index_.prefetch(keys[i + kAhead]);
+    auto it = index_.find(keys[i]);
     if (it == index_.end()) break;
-    hits.push_back(FindLocked(it->second));
+    hit_ids.push_back(it->second);
+  }
+  std::vector<Entry*> hits;
+  hits.reserve(hit_ids.size());
+  for (size_t i = 0; i < hit_ids.size(); ++i) {
+    if (i + kAhead < hit_ids.size()) entries_.prefetch(hit_ids[i + kAhead]);
+    hits.push_back(FindLocked(hit_ids[i]));
   }
   if (!tls_warming)
     for (Entry* e : hits) {  // hit rate per tier: where each block was found
@@ -581,6 +594,7 @@ StoreStats BlockStore::Stats() const {
   }
   for (const auto& [sid, m] : pins_) s.pinned_blocks += m.size();
   s.layouts = layouts_.size();
+  s.static_scale_clipped = layouts_.StaticScaleClipped();
   return s;
 }
 

@@ -120,6 +120,7 @@ struct StoreStats {
   uint64_t ssd_writes = 0, ssd_reads = 0, ssd_write_failures = 0, ssd_read_failures = 0, ssd_restored = 0;
   uint64_t bytes_saved_by_quantization = 0;
   uint64_t pinned_blocks = 0, layouts = 0;
+  uint64_t static_scale_clipped = 0;  // values clipped by calibrated static scales (page-outs)
 };
 
 struct EvictOutcome {
@@ -138,6 +139,8 @@ class BlockStore {
 
   DeviceBackend& device() { return *device_; }
   LayoutRegistry& layouts() { return layouts_; }
+  // Calibration mode: Write() feeds the KV it writes to layouts being calibrated (docs/calibration.md).
+  Calibrator& calibrator() { return calibrator_; }
 
   absl::StatusOr<const Layout*> RegisterLayout(const LayoutSpec& spec);
 
@@ -275,6 +278,9 @@ class BlockStore {
     uint64_t charged_ns = 0;      // what its tenant account is charged for it now
     Tier charged_tier = Tier::kGpu;
     uint64_t charged_bytes = 0;
+    // The static scale set the block's offload copy is quantized with (its layout's; 0: none). Carried in
+    // the SSD metadata, so that a restored block is only ever served by a layout with the same set.
+    uint64_t scale_set_id = 0;
   };
 
   Entry* FindLocked(BlockId id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -363,6 +369,7 @@ class BlockStore {
   const BlockStoreOptions options_;
   std::unique_ptr<DeviceBackend> device_;
   LayoutRegistry layouts_;
+  Calibrator calibrator_;
   HostTier host_;
 
   mutable Mutex mu_;

@@ -14,7 +14,7 @@ namespace kvtier {
 namespace {
 
 constexpr uint32_t kMetaMagic = 0x4b56544d;  // "KVTM"
-constexpr uint32_t kMetaVersion = 1;
+constexpr uint32_t kMetaVersion = 2;  // 2: + scale_set_id (version 1 records, without it, are still read)
 
 struct SsdMeta {
   uint64_t layout_id = 0;
@@ -22,6 +22,7 @@ struct SsdMeta {
   uint64_t ns = 0;
   uint64_t record_bytes = 0;
   uint64_t record_checksum = 0;
+  uint64_t scale_set_id = 0;  // static scale set of the offload copy (docs/calibration.md); 0: none
 };
 
 void Put64(std::string& s, uint64_t v) {
@@ -36,12 +37,16 @@ uint64_t Get64(const char* p) {
 std::string EncodeMeta(const SsdMeta& m) {
   std::string s;
   Put64(s, (uint64_t{kMetaVersion} << 32) | kMetaMagic);
-  for (uint64_t v : {m.layout_id, m.parent.lo, m.parent.hi, m.ns, m.record_bytes, m.record_checksum}) Put64(s, v);
+  for (uint64_t v : {m.layout_id, m.parent.lo, m.parent.hi, m.ns, m.record_bytes, m.record_checksum, m.scale_set_id})
+    Put64(s, v);
   return s;
 }
 
 bool DecodeMeta(std::string_view s, SsdMeta* m) {
-  if (s.size() != 56 || Get64(s.data()) != ((uint64_t{kMetaVersion} << 32) | kMetaMagic)) return false;
+  const bool v1 = s.size() == 56 && Get64(s.data()) == ((uint64_t{1} << 32) | kMetaMagic);
+  const bool v2 = s.size() == 64 && Get64(s.data()) == ((uint64_t{kMetaVersion} << 32) | kMetaMagic);
+  if (!v1 && !v2) return false;
+  m->scale_set_id = v2 ? Get64(s.data() + 56) : 0;
   m->layout_id = Get64(s.data() + 8);
   m->parent = {Get64(s.data() + 16), Get64(s.data() + 24)};
   m->ns = Get64(s.data() + 32);
@@ -55,7 +60,9 @@ bool DecodeMeta(std::string_view s, SsdMeta* m) {
 const Layout* BlockStore::ResolveLayoutLocked(Entry& e) {
   if (e.layout == nullptr) {
     const Layout* l = layouts_.Find(e.layout_id);
-    if (l != nullptr && l->offload_record_bytes(e.parent.IsZero()) == e.record_bytes) e.layout = l;
+    const uint64_t set = l != nullptr && l->static_plan ? l->static_plan->set->id : 0;
+    if (l != nullptr && l->offload_record_bytes(e.parent.IsZero()) == e.record_bytes && set == e.scale_set_id)
+      e.layout = l;
   }
   return e.layout;
 }
@@ -109,7 +116,8 @@ EvictOutcome BlockStore::DemoteToSsdLocked(std::vector<Entry*> victims) {
   std::vector<std::string> metas;
   std::vector<SsdPutItem> items;
   for (Entry* e : victims) {
-    metas.push_back(EncodeMeta({e->layout_id, e->parent, e->ns, e->record_bytes, e->record_checksum}));
+    metas.push_back(
+        EncodeMeta({e->layout_id, e->parent, e->ns, e->record_bytes, e->record_checksum, e->scale_set_id}));
   }
   for (size_t i = 0; i < victims.size(); ++i) {
     Entry* e = victims[i];
@@ -247,6 +255,7 @@ void BlockStore::RestoreFromSsd() {
     e->tier = Tier::kSsd;
     e->record_bytes = m.record_bytes;
     e->record_checksum = m.record_checksum;
+    e->scale_set_id = m.scale_set_id;
     e->last_use = info.sequence;  // older writes are older uses
     index_.emplace(e->key, e->id);
     ssd_blocks_.insert(e->id);
@@ -263,7 +272,13 @@ void BlockStore::RestoreFromSsd() {
       if (auto it = index_.find(e->parent); it != index_.end()) ++FindLocked(it->second)->children;
   clock_ = 0;
   for (auto& [id, e] : entries_) clock_ = std::max(clock_, e->last_use);
+  absl::flat_hash_set<uint64_t> sets;  // static scale sets the restored blocks need (docs/calibration.md)
+  for (auto& [id, e] : entries_)
+    if (e->scale_set_id != 0) sets.insert(e->scale_set_id);
+  std::string set_list;
+  for (uint64_t s : sets) absl::StrAppend(&set_list, set_list.empty() ? "" : ",", absl::Hex(s, absl::kZeroPad16));
   KVTIER_LOG(kInfo, "ssd_restore") << "blocks=" << counters_.ssd_restored << " unreadable_metadata=" << bad
+                                   << " static_scale_sets=\"" << set_list << "\""
                                    << " status=\"" << st << "\"";
 }
 

@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstring>
+#include <functional>
 #include <utility>
 #include <vector>
 
@@ -12,7 +13,9 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/attention/attention.h"
 #include "kernels/attention/attention_cuda.h"
+#include "kernels/cuda/static_transcode_cuda.h"
 #include "kernels/cuda/transcode_cuda.h"
+#include "kernels/static_transcode.h"
 #include "tiering/cuda_call.h"
 #include "tiering/cuda_resources.h"
 #include "tiering/gpu_pool.h"
@@ -35,41 +38,77 @@ uint64_t GeometryHash(const PageGeometry& g) {
 // Bytes of one host-side page: data followed by its parameters (activation pages have none).
 uint64_t HostUnit(const PageGeometry& g) { return g.page_bytes() + g.param_bytes(); }
 
-// A direction's stream and staging. The mutex is held for a whole call.
+// One of a lane's two staging buffers: chunk k of a batch uses buffer k % 2, so that chunk k+1's kernel
+// (page-out) or copy (page-in) overlaps chunk k's copy or kernel.
+struct Staging {
+  DeviceBytes pages;       // compact host-format pages: page i at i * unit
+  PinnedBytes host_pages;  // the same layout, for host pages not in pinned memory
+  DeviceBytes slots;       // uint32_t[slot_capacity]
+  PinnedBytes host_slots;
+  CudaEvent kernel_done;  // recorded on the compute stream after the chunk's kernel
+  CudaEvent copy_done;    // recorded on the copy stream after the chunk's page copies
+};
+
+// A direction's streams and staging. The mutex is held for a whole call.
 struct Lane {
   Mutex mu;
-  CudaStream stream ABSL_GUARDED_BY(mu);
-  DeviceBytes staging ABSL_GUARDED_BY(mu);       // compact host-format pages: page i at i * unit
-  PinnedBytes host_staging ABSL_GUARDED_BY(mu);  // the same layout, for pages not in pinned memory
-  uint64_t staging_capacity ABSL_GUARDED_BY(mu) = 0;
-  DeviceBytes slots ABSL_GUARDED_BY(mu);  // uint32_t[slot_capacity]
-  PinnedBytes host_slots ABSL_GUARDED_BY(mu);
+  CudaStream compute ABSL_GUARDED_BY(mu);  // slot uploads (page-out) and kernels
+  CudaStream copy ABSL_GUARDED_BY(mu);     // page copies (and slot uploads for page-in)
+  Staging buf[2] ABSL_GUARDED_BY(mu);
+  uint64_t staging_capacity ABSL_GUARDED_BY(mu) = 0;  // bytes per buffer
   uint32_t slot_capacity ABSL_GUARDED_BY(mu) = 0;
 };
 
+// Daemon-served attention's stream, created on first use.
+struct AttendLane {
+  Mutex mu;
+  CudaStream stream ABSL_GUARDED_BY(mu);
+};
+
+absl::Status InitLane(Lane& lane) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lane.mu) {
+  for (CudaStream* s : {&lane.compute, &lane.copy}) {
+    auto created = CreateStream();
+    if (!created.ok()) return created.status();
+    *s = std::move(*created);
+  }
+  for (Staging& b : lane.buf) {
+    for (CudaEvent* e : {&b.kernel_done, &b.copy_done}) {
+      auto created = CreateEvent();
+      if (!created.ok()) return created.status();
+      *e = std::move(*created);
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Grows both buffers to `bytes` of pages and `pages` slot ids. Only between calls (nothing in flight).
 absl::Status Reserve(Lane& lane, uint64_t bytes, uint32_t pages) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lane.mu) {
   if (bytes > lane.staging_capacity) {
-    lane.staging.reset();
-    lane.host_staging.reset();
     lane.staging_capacity = 0;
-    auto dev = AllocateDevice(bytes);
-    if (!dev.ok()) return dev.status();
-    auto host = AllocatePinned(bytes);
-    if (!host.ok()) return host.status();
-    lane.staging = std::move(*dev);
-    lane.host_staging = std::move(*host);
+    for (Staging& b : lane.buf) {
+      b.pages.reset();
+      b.host_pages.reset();
+      auto dev = AllocateDevice(bytes);
+      if (!dev.ok()) return dev.status();
+      auto host = AllocatePinned(bytes);
+      if (!host.ok()) return host.status();
+      b.pages = std::move(*dev);
+      b.host_pages = std::move(*host);
+    }
     lane.staging_capacity = bytes;
   }
   if (pages > lane.slot_capacity) {
-    lane.slots.reset();
-    lane.host_slots.reset();
     lane.slot_capacity = 0;
-    auto dev = AllocateDevice(pages * sizeof(uint32_t));
-    if (!dev.ok()) return dev.status();
-    auto host = AllocatePinned(pages * sizeof(uint32_t));
-    if (!host.ok()) return host.status();
-    lane.slots = std::move(*dev);
-    lane.host_slots = std::move(*host);
+    for (Staging& b : lane.buf) {
+      b.slots.reset();
+      b.host_slots.reset();
+      auto dev = AllocateDevice(pages * sizeof(uint32_t));
+      if (!dev.ok()) return dev.status();
+      auto host = AllocatePinned(pages * sizeof(uint32_t));
+      if (!host.ok()) return host.status();
+      b.slots = std::move(*dev);
+      b.host_slots = std::move(*host);
+    }
     lane.slot_capacity = pages;
   }
   return absl::OkStatus();
@@ -141,9 +180,7 @@ class CudaDeviceBackend final : public DeviceBackend {
   absl::Status Init() {
     for (Lane* lane : {&to_device_, &to_host_}) {
       MutexLock lock(&lane->mu);
-      auto s = CreateStream();
-      if (!s.ok()) return s.status();
-      lane->stream = std::move(*s);
+      KVTIER_RETURN_IF_ERROR(InitLane(*lane));
     }
     return absl::OkStatus();
   }
@@ -186,10 +223,33 @@ class CudaDeviceBackend final : public DeviceBackend {
   }
   absl::Status PageOut(const Layout& layout, const PageGeometry& offload, const PageArena& arena,
                        std::span<const int32_t> slots, std::span<uint8_t* const> records) override {
+    if (layout.static_plan && HasStaticSegments(offload)) {
+      KVTIER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+      auto plan = StaticPlan(layout, layout.resident, offload);
+      if (!plan.ok()) return plan.status();
+      StaticEntry* e = *plan;
+      KVTIER_RETURN_IF_ERROR(ToHost(
+          [e](const DevicePageSet& in, const DevicePageSet& out, uint32_t n, cudaStream_t stream) {
+            return e->plan.Launch(in, out, n, reinterpret_cast<unsigned long long*>(e->clipped.get()), stream);
+          },
+          offload, arena, slots, records));
+      return ReportClipped(layout, *e);
+    }
     return ToHost(layout.resident, offload, arena, slots, records);
   }
   absl::Status PageIn(const Layout& layout, const PageGeometry& offload, PageArena& arena,
                       std::span<const int32_t> slots, std::span<const uint8_t* const> records) override {
+    if (layout.static_plan && HasStaticSegments(offload)) {
+      KVTIER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+      auto plan = StaticPlan(layout, offload, layout.resident);
+      if (!plan.ok()) return plan.status();
+      StaticEntry* e = *plan;
+      return ToDevice(
+          [e](const DevicePageSet& in, const DevicePageSet& out, uint32_t n, cudaStream_t stream) {
+            return e->plan.Launch(in, out, n, nullptr, stream);
+          },
+          offload, arena, slots, records);
+    }
     return ToDevice(offload, layout.resident, arena, slots, records);
   }
 
@@ -200,6 +260,50 @@ class CudaDeviceBackend final : public DeviceBackend {
   }
 
  private:
+  // Launches one chunk's conversion between a page set on the device and the compact staging.
+  using LaunchFn = std::function<KernelStatus(const DevicePageSet& in, const DevicePageSet& out, uint32_t num_pages,
+                                              cudaStream_t stream)>;
+  static LaunchFn PlanLauncher(const CudaTranscodePlan* plan) {
+    return [plan](const DevicePageSet& in, const DevicePageSet& out, uint32_t n, cudaStream_t stream) {
+      return plan->Launch(in, out, n, stream);
+    };
+  }
+
+  // Static-scale transcodes (docs/calibration.md): one plan per (layout, direction), with the device
+  // counter of values clipped by its launches and how much of it was already reported.
+  struct StaticEntry {
+    CudaStaticTranscode plan;
+    DeviceBytes clipped;  // unsigned long long, only ever incremented
+    Mutex mu;
+    uint64_t reported ABSL_GUARDED_BY(mu) = 0;
+  };
+  absl::StatusOr<StaticEntry*> StaticPlan(const Layout& layout, const PageGeometry& src, const PageGeometry& dst) {
+    const std::tuple<uint64_t, uint64_t, uint64_t> key(layout.id, GeometryHash(src), GeometryHash(dst));
+    MutexLock lock(&plans_mu_);
+    auto it = static_plans_.find(key);
+    if (it != static_plans_.end()) return it->second.get();
+    auto plan = CudaStaticTranscode::Create(src, dst, layout.static_plan->table);  // on the current device
+    if (!plan.ok()) return ToStatus(plan.status());
+    auto counter = AllocateDevice(sizeof(unsigned long long));
+    if (!counter.ok()) return counter.status();
+    KVTIER_RETURN_IF_CUDA_ERROR(cudaMemset(counter->get(), 0, sizeof(unsigned long long)));
+    auto owned = std::unique_ptr<StaticEntry>(new StaticEntry{std::move(*plan), std::move(*counter), {}, 0});
+    StaticEntry* out = owned.get();
+    static_plans_.emplace(key, std::move(owned));
+    return out;
+  }
+  // Adds what the entry's counter gained since the last report to the layout's clip count.
+  static absl::Status ReportClipped(const Layout& layout, StaticEntry& e) {
+    unsigned long long now = 0;
+    KVTIER_RETURN_IF_CUDA_ERROR(cudaMemcpy(&now, e.clipped.get(), sizeof now, cudaMemcpyDeviceToHost));
+    MutexLock lock(&e.mu);
+    if (now > e.reported) {
+      layout.static_plan->clipped.fetch_add(now - e.reported, std::memory_order_relaxed);
+      e.reported = now;
+    }
+    return absl::OkStatus();
+  }
+
   absl::StatusOr<const CudaTranscodePlan*> Plan(const PageGeometry& src, const PageGeometry& dst) {
     const std::pair<uint64_t, uint64_t> key(GeometryHash(src), GeometryHash(dst));
     MutexLock lock(&plans_mu_);
@@ -251,109 +355,161 @@ class CudaDeviceBackend final : public DeviceBackend {
     return {arena.data(), arena.page_bytes(), arena.params(), arena.param_bytes(),
             reinterpret_cast<const uint32_t*>(device_slots)};
   }
-  static DevicePageSet StagingSet(Lane& lane, const PageGeometry& g) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lane.mu) {
-    uint8_t* s = lane.staging.get();
-    return {s, HostUnit(g), g.param_bytes() ? s + g.page_bytes() : nullptr, HostUnit(g), nullptr};
+  static DevicePageSet StagingSet(uint8_t* staging, const PageGeometry& g) {
+    return {staging, HostUnit(g), g.param_bytes() ? staging + g.page_bytes() : nullptr, HostUnit(g), nullptr};
   }
 
+  // Pages per chunk: what one of the two staging buffers holds, at most options_.chunk_pages.
   uint32_t PagesPerChunk(const PageGeometry& host, size_t num_pages) const {
-    const uint64_t fit = std::max<uint64_t>(1, options_.staging_bytes / HostUnit(host));
-    return static_cast<uint32_t>(std::min<uint64_t>(fit, num_pages));
+    const uint64_t fit = std::max<uint64_t>(1, options_.staging_bytes / 2 / HostUnit(host));
+    const uint64_t cap = std::max<uint32_t>(1, options_.chunk_pages);
+    return static_cast<uint32_t>(std::min<uint64_t>({fit, cap, num_pages}));
   }
 
-  // Enqueues the H2D copy of the chunk's slot ids.
-  static absl::Status UploadSlots(Lane& lane, std::span<const int32_t> slots) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lane.mu) {
-    auto* host = reinterpret_cast<uint32_t*>(lane.host_slots.get());
+  // Enqueues the H2D copy of a chunk's slot ids into the buffer's device slot array.
+  static absl::Status UploadSlots(Staging& b, std::span<const int32_t> slots, cudaStream_t stream) {
+    auto* host = reinterpret_cast<uint32_t*>(b.host_slots.get());
     for (size_t i = 0; i < slots.size(); ++i) host[i] = static_cast<uint32_t>(slots[i]);
-    return CudaCall(cudaMemcpyAsync(lane.slots.get(), host, slots.size() * sizeof(uint32_t), cudaMemcpyHostToDevice,
-                                    lane.stream.get()),
-                    "cudaMemcpyAsync(slots)");
+    return CudaCall(
+        cudaMemcpyAsync(b.slots.get(), host, slots.size() * sizeof(uint32_t), cudaMemcpyHostToDevice, stream),
+        "cudaMemcpyAsync(slots)");
   }
 
-  // Host pages (`src` geometry) -> resident pages at `slots` (`dst` geometry).
+  // Waits for everything a call enqueued on the lane; the first error of `st` and the waits.
+  static absl::Status Finish(Lane& lane, absl::Status st) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lane.mu) {
+    absl::Status compute = CudaCall(cudaStreamSynchronize(lane.compute.get()), "cudaStreamSynchronize(compute)");
+    absl::Status copy = CudaCall(cudaStreamSynchronize(lane.copy.get()), "cudaStreamSynchronize(copy)");
+    if (!st.ok()) return st;
+    return compute.ok() ? copy : compute;
+  }
+
+  // Host pages (`src` geometry) -> resident pages at `slots` (`dst` geometry). Chunk k: copy stream
+  // uploads pages and slots into buffer k % 2, the compute stream waits for that and transcodes; buffer
+  // b is refilled only after the kernel that read it (chunk k - 2) has completed.
   absl::Status ToDevice(const PageGeometry& src, const PageGeometry& dst, PageArena& arena,
+                        std::span<const int32_t> slots, std::span<const uint8_t* const> pages) {
+    KVTIER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+    auto plan = Plan(src, dst);
+    if (!plan.ok()) return plan.status();
+    return ToDevice(PlanLauncher(*plan), src, arena, slots, pages);
+  }
+  absl::Status ToDevice(const LaunchFn& launch, const PageGeometry& src, PageArena& arena,
                         std::span<const int32_t> slots, std::span<const uint8_t* const> pages) {
     KVTIER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
     auto pool = CheckBatch(arena, slots, pages.size(), /*commit=*/true);
     if (!pool.ok()) return pool.status();
-    auto plan = Plan(src, dst);
-    if (!plan.ok()) return plan.status();
     const uint64_t unit = HostUnit(src);
     const uint32_t chunk = PagesPerChunk(src, pages.size());
     MutexLock lock(&to_device_.mu);
-    KVTIER_RETURN_IF_ERROR(Reserve(to_device_, chunk * unit, chunk));
-    for (size_t first = 0; first < pages.size(); first += chunk) {
+    Lane& lane = to_device_;
+    KVTIER_RETURN_IF_ERROR(Reserve(lane, chunk * unit, chunk));
+    absl::Status st;
+    size_t k = 0;
+    for (size_t first = 0; first < pages.size() && st.ok(); first += chunk, ++k) {
       const size_t n = std::min<size_t>(chunk, pages.size() - first);
-      absl::Status st = ToDeviceChunk(**plan, src, arena, slots.subspan(first, n), pages.subspan(first, n));
-      absl::Status done = CudaCall(cudaStreamSynchronize(to_device_.stream.get()), "cudaStreamSynchronize");
-      if (!st.ok()) return st;
-      if (!done.ok()) return done;
+      Staging& b = lane.buf[k % 2];
+      if (k >= 2) {
+        st = CudaCall(cudaEventSynchronize(b.kernel_done.get()), "cudaEventSynchronize(kernel_done)");
+        if (!st.ok()) break;
+      }
+      st = ToDeviceChunk(launch, src, arena, slots.subspan(first, n), pages.subspan(first, n), lane, b);
     }
-    return absl::OkStatus();
+    return Finish(lane, st);
   }
 
-  absl::Status ToDeviceChunk(const CudaTranscodePlan& plan, const PageGeometry& src, PageArena& arena,
-                             std::span<const int32_t> slots, std::span<const uint8_t* const> pages)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(to_device_.mu) {
-    Lane& lane = to_device_;
+  absl::Status ToDeviceChunk(const LaunchFn& launch, const PageGeometry& src, PageArena& arena,
+                             std::span<const int32_t> slots, std::span<const uint8_t* const> pages, Lane& lane,
+                             Staging& b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lane.mu) {
     const uint64_t unit = HostUnit(src);
-    KVTIER_RETURN_IF_ERROR(UploadSlots(lane, slots));
     for (const CopyRun& r : PlanCopies(pages, unit)) {
       const uint8_t* from = pages[r.first];
       if (!r.pinned) {
-        for (size_t i = r.first; i < r.first + r.count; ++i)
-          std::memcpy(lane.host_staging.get() + i * unit, pages[i], unit);
-        from = lane.host_staging.get() + r.first * unit;
+        for (size_t i = r.first; i < r.first + r.count; ++i) std::memcpy(b.host_pages.get() + i * unit, pages[i], unit);
+        from = b.host_pages.get() + r.first * unit;
       }
-      KVTIER_RETURN_IF_ERROR(
-          CopyRunAsync(r, lane.staging.get(), from, unit, cudaMemcpyHostToDevice, lane.stream.get()));
+      KVTIER_RETURN_IF_ERROR(CopyRunAsync(r, b.pages.get(), from, unit, cudaMemcpyHostToDevice, lane.copy.get()));
     }
-    return ToStatus(plan.Launch(StagingSet(lane, src), PoolSet(arena, lane.slots.get()),
-                                static_cast<uint32_t>(pages.size()), lane.stream.get()));
+    KVTIER_RETURN_IF_ERROR(UploadSlots(b, slots, lane.copy.get()));
+    KVTIER_RETURN_IF_CUDA_ERROR(cudaEventRecord(b.copy_done.get(), lane.copy.get()));
+    KVTIER_RETURN_IF_CUDA_ERROR(cudaStreamWaitEvent(lane.compute.get(), b.copy_done.get(), 0));
+    KVTIER_RETURN_IF_ERROR(ToStatus(launch(StagingSet(b.pages.get(), src), PoolSet(arena, b.slots.get()),
+                                                static_cast<uint32_t>(pages.size()), lane.compute.get())));
+    return CudaCall(cudaEventRecord(b.kernel_done.get(), lane.compute.get()), "cudaEventRecord(kernel_done)");
   }
 
-  // Resident pages at `slots` (`src` geometry) -> host pages (`dst` geometry).
+  // Resident pages at `slots` (`src` geometry) -> host pages (`dst` geometry). Chunk k: the compute
+  // stream uploads slots and transcodes into buffer k % 2, the copy stream waits for that and copies out;
+  // buffer b is reused only after chunk k - 2's copies have completed (and its unpinned pages were
+  // copied to their destinations).
   absl::Status ToHost(const PageGeometry& src, const PageGeometry& dst, const PageArena& arena,
+                      std::span<const int32_t> slots, std::span<uint8_t* const> pages) {
+    KVTIER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+    auto plan = Plan(src, dst);
+    if (!plan.ok()) return plan.status();
+    return ToHost(PlanLauncher(*plan), dst, arena, slots, pages);
+  }
+  absl::Status ToHost(const LaunchFn& launch, const PageGeometry& dst, const PageArena& arena,
                       std::span<const int32_t> slots, std::span<uint8_t* const> pages) {
     KVTIER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
     auto pool = CheckBatch(arena, slots, pages.size(), /*commit=*/false);
     if (!pool.ok()) return pool.status();
-    auto plan = Plan(src, dst);
-    if (!plan.ok()) return plan.status();
     const uint64_t unit = HostUnit(dst);
     const uint32_t chunk = PagesPerChunk(dst, pages.size());
     MutexLock lock(&to_host_.mu);
-    KVTIER_RETURN_IF_ERROR(Reserve(to_host_, chunk * unit, chunk));
-    for (size_t first = 0; first < pages.size(); first += chunk) {
-      const size_t n = std::min<size_t>(chunk, pages.size() - first);
+    Lane& lane = to_host_;
+    KVTIER_RETURN_IF_ERROR(Reserve(lane, chunk * unit, chunk));
+    struct Pending {
       std::vector<CopyRun> runs;
-      absl::Status st = ToHostChunk(**plan, dst, arena, slots.subspan(first, n), pages.subspan(first, n), runs);
-      absl::Status done = CudaCall(cudaStreamSynchronize(to_host_.stream.get()), "cudaStreamSynchronize");
-      if (!st.ok()) return st;
-      if (!done.ok()) return done;
-      for (const CopyRun& r : runs) {
+      size_t first = 0;
+      bool active = false;
+    } pending[2];
+    // Copies a finished chunk's unpinned pages from host staging to their destinations.
+    auto deliver = [&](Pending& p, const Staging& b) {
+      for (const CopyRun& r : p.runs) {
         if (r.pinned) continue;
         for (size_t i = r.first; i < r.first + r.count; ++i)
-          std::memcpy(pages[first + i], to_host_.host_staging.get() + i * unit, unit);
+          std::memcpy(pages[p.first + i], b.host_pages.get() + i * unit, unit);
       }
+      p.active = false;
+    };
+    absl::Status st;
+    size_t k = 0;
+    for (size_t first = 0; first < pages.size() && st.ok(); first += chunk, ++k) {
+      const size_t n = std::min<size_t>(chunk, pages.size() - first);
+      Staging& b = lane.buf[k % 2];
+      Pending& p = pending[k % 2];
+      if (p.active) {
+        st = CudaCall(cudaEventSynchronize(b.copy_done.get()), "cudaEventSynchronize(copy_done)");
+        if (!st.ok()) break;
+        deliver(p, b);
+      }
+      p.first = first;
+      p.active = true;
+      st = ToHostChunk(launch, dst, arena, slots.subspan(first, n), pages.subspan(first, n), lane, b, p.runs);
     }
+    st = Finish(lane, st);
+    if (!st.ok()) return st;
+    for (int i = 0; i < 2; ++i)
+      if (pending[i].active) deliver(pending[i], lane.buf[i]);
     return absl::OkStatus();
   }
 
-  absl::Status ToHostChunk(const CudaTranscodePlan& plan, const PageGeometry& dst, const PageArena& arena,
-                           std::span<const int32_t> slots, std::span<uint8_t* const> pages, std::vector<CopyRun>& runs)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(to_host_.mu) {
-    Lane& lane = to_host_;
+  absl::Status ToHostChunk(const LaunchFn& launch, const PageGeometry& dst, const PageArena& arena,
+                           std::span<const int32_t> slots, std::span<uint8_t* const> pages, Lane& lane, Staging& b,
+                           std::vector<CopyRun>& runs) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lane.mu) {
     const uint64_t unit = HostUnit(dst);
-    KVTIER_RETURN_IF_ERROR(UploadSlots(lane, slots));
-    KVTIER_RETURN_IF_ERROR(ToStatus(plan.Launch(PoolSet(arena, lane.slots.get()), StagingSet(lane, dst),
-                                                static_cast<uint32_t>(pages.size()), lane.stream.get())));
+    runs.clear();
+    KVTIER_RETURN_IF_ERROR(UploadSlots(b, slots, lane.compute.get()));
+    KVTIER_RETURN_IF_ERROR(ToStatus(launch(PoolSet(arena, b.slots.get()), StagingSet(b.pages.get(), dst),
+                                                static_cast<uint32_t>(pages.size()), lane.compute.get())));
+    KVTIER_RETURN_IF_CUDA_ERROR(cudaEventRecord(b.kernel_done.get(), lane.compute.get()));
+    KVTIER_RETURN_IF_CUDA_ERROR(cudaStreamWaitEvent(lane.copy.get(), b.kernel_done.get(), 0));
     runs = PlanCopies(pages, unit);
     for (const CopyRun& r : runs) {
-      const uint8_t* to = r.pinned ? pages[r.first] : lane.host_staging.get() + r.first * unit;
-      KVTIER_RETURN_IF_ERROR(CopyRunAsync(r, lane.staging.get(), to, unit, cudaMemcpyDeviceToHost, lane.stream.get()));
+      const uint8_t* to = r.pinned ? pages[r.first] : b.host_pages.get() + r.first * unit;
+      KVTIER_RETURN_IF_ERROR(CopyRunAsync(r, b.pages.get(), to, unit, cudaMemcpyDeviceToHost, lane.copy.get()));
     }
-    return absl::OkStatus();
+    return CudaCall(cudaEventRecord(b.copy_done.get(), lane.copy.get()), "cudaEventRecord(copy_done)");
   }
 
   // Daemon-served attention: q and the block table up, one launch, out back down, on its own stream.
@@ -423,11 +579,13 @@ class CudaDeviceBackend final : public DeviceBackend {
   Mutex plans_mu_;
   absl::flat_hash_map<std::pair<uint64_t, uint64_t>, std::unique_ptr<CudaTranscodePlan>> plans_
       ABSL_GUARDED_BY(plans_mu_);
+  absl::flat_hash_map<std::tuple<uint64_t, uint64_t, uint64_t>, std::unique_ptr<StaticEntry>> static_plans_
+      ABSL_GUARDED_BY(plans_mu_);
   mutable Mutex pools_mu_;
   absl::flat_hash_map<const uint8_t*, std::shared_ptr<GpuPool>> pools_ ABSL_GUARDED_BY(pools_mu_);
-  Lane to_device_;  // WriteActivations, PageIn
-  Lane to_host_;    // ReadActivations, PageOut
-  Lane attend_;     // Attend
+  Lane to_device_;     // WriteActivations, PageIn
+  Lane to_host_;       // ReadActivations, PageOut
+  AttendLane attend_;  // Attend
 };
 
 }  // namespace

@@ -1,6 +1,6 @@
 // The CUDA device backend: the GPU tier in device memory, converted by kernels/cuda's transcode kernels.
 //
-// Data paths (one call = one batch, chunked when it exceeds the staging buffers):
+// Data paths (one call = one batch, converted in chunks; chunk k+1's kernel overlaps chunk k's copy):
 //   WriteActivations: activation pages -> H2D (as for PageIn) -> transcode into the slots
 //   ReadActivations:  slots -> transcode into device staging -> D2H (as for PageOut) -> activation pages
 //   PageOut:          slots -> quantize-and-gather into device staging laid out as host records (data
@@ -14,7 +14,8 @@
 // never written is refused rather than faulting the GPU.
 //
 // Thread-safety: all methods may be called concurrently. There are two lanes, host->device (writes,
-// page-ins) and device->host (reads, page-outs), each with its own stream and staging buffers and a
+// page-ins) and device->host (reads, page-outs), each with a compute and a copy stream, two staging
+// buffers and a
 // mutex held for a whole call: calls in one direction run one at a time, the two directions overlap.
 // Arenas must not outlive the backend. Geometries with head_dim 96 are refused at CreateArena (the CUDA
 // transcode supports 64, 128 and 256).
@@ -32,7 +33,11 @@ namespace kvtier {
 
 struct CudaDeviceBackendOptions {
   // Device (and pinned host) staging per direction; larger batches are converted in chunks of this size.
+  // Split over two buffers, so that one chunk's kernel overlaps the other's copy.
   uint64_t staging_bytes = 256ull << 20;
+  // Pages per chunk at most: small enough that the first kernel and the last copy, which nothing
+  // overlaps, are a small part of a batch.
+  uint32_t chunk_pages = 16;
 };
 
 // Fails when the build has no CUDA or `device` cannot be used.

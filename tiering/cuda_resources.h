@@ -25,7 +25,12 @@ struct StreamDestroy {
 
 using DeviceBytes = std::unique_ptr<uint8_t, DeviceFree>;
 using PinnedBytes = std::unique_ptr<uint8_t, PinnedFree>;
+struct EventDestroy {
+  void operator()(CUevent_st* e) const { (void)cudaEventDestroy(e); }
+};
+
 using CudaStream = std::unique_ptr<CUstream_st, StreamDestroy>;
+using CudaEvent = std::unique_ptr<CUevent_st, EventDestroy>;
 
 inline absl::StatusOr<DeviceBytes> AllocateDevice(uint64_t bytes) {
   void* p = nullptr;
@@ -44,6 +49,13 @@ inline absl::StatusOr<CudaStream> CreateStream() {
   cudaStream_t s = nullptr;
   KVTIER_RETURN_IF_CUDA_ERROR(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   return CudaStream(s);
+}
+
+// An event for ordering only (no timing).
+inline absl::StatusOr<CudaEvent> CreateEvent() {
+  cudaEvent_t e = nullptr;
+  KVTIER_RETURN_IF_CUDA_ERROR(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  return CudaEvent(e);
 }
 
 // True when [p, p + bytes) is page-locked host memory the copy engines can reach directly.

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/attention/attention.h"
+#include "kernels/static_transcode.h"
 #include "kernels/transcode.h"
 #include "tiering/device_backend.h"
 #include "tiering/kernel_status.h"
@@ -52,6 +53,15 @@ class HostDeviceBackend final : public DeviceBackend {
                        std::span<const int32_t> slots, std::span<uint8_t* const> records) override {
     std::vector<MutablePageView> out;
     for (uint8_t* r : records) out.push_back({r, r + offload.page_bytes()});
+    if (layout.static_plan && HasStaticSegments(offload)) {
+      if (slots.size() != out.size()) return absl::InvalidArgumentError("page batch size mismatch");
+      uint64_t clipped = 0;
+      const absl::Status st = ToStatus(TranscodePagesStaticCpu(layout.resident, ArenaViews(arena, slots), offload, out,
+                                                               layout.static_plan->table, &clipped, threads_));
+      if (!st.ok()) return st;
+      layout.static_plan->clipped.fetch_add(clipped, std::memory_order_relaxed);
+      return absl::OkStatus();
+    }
     return Run(layout.resident, ArenaViews(arena, slots), offload, out);
   }
 
@@ -59,6 +69,11 @@ class HostDeviceBackend final : public DeviceBackend {
                       std::span<const int32_t> slots, std::span<const uint8_t* const> records) override {
     std::vector<PageView> in;
     for (const uint8_t* r : records) in.push_back({r, r + offload.page_bytes()});
+    if (layout.static_plan && HasStaticSegments(offload)) {
+      if (slots.size() != in.size()) return absl::InvalidArgumentError("page batch size mismatch");
+      return ToStatus(TranscodePagesStaticCpu(offload, in, layout.resident, ArenaPages(arena, slots),
+                                              layout.static_plan->table, nullptr, threads_));
+    }
     return Run(offload, in, layout.resident, ArenaPages(arena, slots));
   }
 

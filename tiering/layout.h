@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,7 @@
 #include "kernels/format.h"
 #include "kernels/page_geometry.h"
 #include "kernels/precision_policy.h"
+#include "tiering/static_scales.h"
 
 namespace kvtier {
 
@@ -28,6 +30,8 @@ struct LayoutSpec {
   std::vector<std::string> layer_names;  // optional, for name patterns in the policy
   std::string policy_fingerprint;       // canonical text of the policy, part of the layout id
   std::string model_name;
+  // Calibrated static scales for the offload copy (docs/calibration.md); part of the layout id.
+  std::optional<StaticScalesPolicy> static_scales;
 };
 
 struct Layout {
@@ -39,6 +43,10 @@ struct Layout {
   PageGeometry offload;
   PageGeometry offload_first_block;  // the first block of a sequence (equals `offload` without sink rules)
   std::string model_name;
+  // With static scales: the layers quantized with them and their scale table; `offload` then has
+  // static-scale segments (no per-block parameters) and the other layers unquantized.
+  std::shared_ptr<StaticScalePlan> static_plan;
+  LayoutSpec spec;  // as registered (layer names, policy; LoadStaticScales derives variants from it)
 
   const PageGeometry& offload_for(bool first_block) const { return first_block ? offload_first_block : offload; }
   // Bytes of one block in the host/SSD tiers: offload data followed by its parameter record.
@@ -56,6 +64,8 @@ class LayoutRegistry {
   // Null when unknown.
   const Layout* Find(uint64_t id) const;
   size_t size() const;
+  // Values clipped by static scales, summed over the layouts that use them.
+  uint64_t StaticScaleClipped() const;
 
  private:
   mutable Mutex mu_;

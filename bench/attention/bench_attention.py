@@ -6,11 +6,15 @@ Times, for Hq 32 / Hkv 8 / D 128, block 16, shapes B1x32768, B8x8192, B32x4096, 
   - kvtier paged decode (C ABI, libkvtier_kernels_capi.so) over a shuffled page pool in fp16, bf16,
     fp8_e4m3, fp8_e5m2, int8 (K per-channel, V per-token) and int4 (K per-channel, V per-token groups of 32);
   - prefix-extend: 512 new tokens on an 8192-token prefix, B8: SDPA (flash, no mask), SDPA with the causal
-    mask, and kvtier extend over fp16 / fp8 / int8 pages.
+    mask, and kvtier extend over fp16 / fp8 / int8 pages;
+  - with --flashinfer (FlashInfer importable, e.g. from shared/tools/peer-flashinfer's bundle): FlashInfer's
+    paged decode (fp16 and fp8_e4m3 pages, page 16, HND, CUDA-core and tensor-core variants, the faster
+    one kept) and paged prefill (fa3 and fa2 backends) on the same K/V, in the same run.
 Pages are quantized from the same K/V as SDPA's (torch code mirroring kernels/format.h), so every row also
 reports the relative L2 error against SDPA. Timing: CUDA graph of one call, replayed; CUDA events around
 each replay, L2 flushed (256 MiB write) before each, warm-up, median of N.
-Usage: KVTIER_CAPI=path/to/libkvtier_kernels_capi.so python3 bench_attention.py [--quick]
+Usage: KVTIER_CAPI=path/to/libkvtier_kernels_capi.so python3 bench_attention.py [--quick] [--flashinfer]
+       [--formats fp16,int4] [--no-extend]
 Writes attention_bench.json into $OUT (or the current folder) and prints a summary table last.
 """
 import ctypes
@@ -29,6 +33,8 @@ HQ, HKV, D, BS = 32, 8, 128, 16
 HBM_GBS = 3000.0  # ~3 TB/s reference for H100 HBM3 (DESIGN.md measured copy ~2975 GB/s)
 QUICK = "--quick" in sys.argv
 PROFILE = "--profile" in sys.argv  # one run of each kernel, no timing (for ncu)
+WITH_FI = "--flashinfer" in sys.argv
+NO_EXTEND = "--no-extend" in sys.argv
 ITERS = 20 if QUICK else 60
 
 lib = ctypes.CDLL(os.environ.get("KVTIER_CAPI", os.path.join(os.path.dirname(__file__), "libkvtier_kernels_capi.so")))
@@ -54,6 +60,24 @@ def check(rc):
 
 
 FLUSH = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device=DEV)
+
+
+def bench_eager(fn, iters=ITERS):
+    """Median microseconds of one call of fn (no graph: launch overhead included), L2 flushed before each."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    ts = []
+    for _ in range(iters):
+        FLUSH.fill_(1)
+        st.record()
+        fn()
+        en.record()
+        torch.cuda.synchronize()
+        ts.append(st.elapsed_time(en) * 1000.0)
+    ts.sort()
+    return ts[len(ts) // 2]
 
 
 def bench(fn, iters=ITERS):
@@ -113,9 +137,56 @@ def fp16_down(x):
     return torch.where(over, stepped, bits).to(torch.int16).view(torch.float16)
 
 
+def e4m3_round_up(t):
+    """E4M3 value >= t (0 <= t, clamped to 448), kernels/fp4.h E4m3CodeRoundUp."""
+    t = t.clamp(max=448.0)
+    c = t.to(torch.float8_e4m3fn)
+    bits = c.view(torch.uint8)
+    bits = torch.where((c.float() < t) & (bits < 0x7e), bits + 1, bits)
+    return bits.view(torch.float8_e4m3fn)
+
+
+E2M1_BOUNDS = None
+
+
+def quantize_fp4(x, op):
+    """fp4_e2m1 (NVFP4 arrangement, format.h): K groups of 16 tokens per channel, V groups of 16 channels per
+    token; E4M3 scale per group (rounded up), fp32 segment scale G = absmax / 2688 after the group bytes."""
+    global E2M1_BOUNDS
+    S = x.shape[0]
+    G = x.abs().amax(dim=(2, 3)) / 2688.0  # [S, H]
+    if op == 0:
+        m = x.view(S, HKV, BS // 16, 16, D).abs().amax(dim=3)  # [S, H, BS/16, D]
+        Gx = G.view(S, HKV, 1, 1)
+    else:
+        m = x.view(S, HKV, BS, D // 16, 16).abs().amax(dim=4)  # [S, H, BS, D/16]
+        Gx = G.view(S, HKV, 1, 1)
+    g6 = Gx * 6.0
+    t = torch.where(g6 > 0, m / torch.where(g6 > 0, g6, torch.ones_like(g6)), torch.zeros_like(m))
+    sc = e4m3_round_up(t)  # [.., groups]
+    scale = sc.float() * Gx
+    if op == 0:
+        full = scale.view(S, HKV, BS // 16, 1, D).expand(S, HKV, BS // 16, 16, D).reshape(S, HKV, BS, D)
+    else:
+        full = scale.view(S, HKV, BS, D // 16, 1).expand(S, HKV, BS, D // 16, 16).reshape(S, HKV, BS, D)
+    y = torch.where(full > 0, x / torch.where(full > 0, full, torch.ones_like(full)), torch.zeros_like(x))
+    if E2M1_BOUNDS is None:  # ties to the even code: 0.25->0, 0.75->1.0, 1.25->1.0, 1.75->2, 2.5->2, 3.5->4, 5->4
+        below = lambda b: torch.nextafter(torch.tensor(b), torch.tensor(-1.0)).item()
+        E2M1_BOUNDS = torch.tensor([0.25, below(0.75), 1.25, below(1.75), 2.5, below(3.5), 5.0], device=DEV)
+    mag = torch.bucketize(y.abs(), E2M1_BOUNDS, right=False).to(torch.uint8)
+    code = mag | (torch.signbit(y).to(torch.uint8) << 3)
+    code = code.reshape(S, HKV, BS, D)
+    codes = (code[..., 0::2] | (code[..., 1::2] << 4)).contiguous()
+    prm = torch.cat([sc.reshape(S, HKV, -1).view(torch.uint8), G.reshape(S, HKV, 1).contiguous().view(torch.uint8)
+                     .reshape(S, HKV, 4)], dim=2)
+    return codes, prm.contiguous()
+
+
 def quantize(x, fmt, op):
     """x: [S, Hkv, BS, D] fp32 segments -> (codes uint8 [S, Hkv, BS, row], params uint8 [S, Hkv, n] or None)."""
     S = x.shape[0]
+    if fmt == "fp4_e2m1":
+        return quantize_fp4(x, op)
     if fmt in ("fp16", "bf16"):
         dt = torch.float16 if fmt == "fp16" else torch.bfloat16
         return x.to(dt).contiguous().view(torch.uint8).view(S, HKV, BS, -1), None
@@ -222,12 +293,113 @@ class Pool:
             pass
 
 
-FORMATS = ["fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "int8", "int4"]
+# ---- FlashInfer (peer): paged KV [pages][2][Hkv][BS][D] (HND: one head's block contiguous, like kvtier) ----
+fi = None
+if WITH_FI:
+    try:
+        import flashinfer as fi
+        FI_WS = torch.zeros(256 * 1024 * 1024, dtype=torch.uint8, device=DEV)
+    except Exception as ex:  # the run goes on without the peer, and says so
+        print("flashinfer unavailable:", ex, flush=True)
+        fi = None
+
+
+def fi_pool(k, v, dtype):
+    B, _, L, _ = k.shape
+    npg = L // BS
+    kk = k.view(B, HKV, npg, BS, D).permute(0, 2, 1, 3, 4).reshape(B * npg, HKV, BS, D)
+    vv = v.view(B, HKV, npg, BS, D).permute(0, 2, 1, 3, 4).reshape(B * npg, HKV, BS, D)
+    perm = torch.randperm(B * npg, device=DEV)
+    pool = torch.empty(B * npg, 2, HKV, BS, D, dtype=dtype, device=DEV)
+    pool[perm, 0] = kk.to(dtype)
+    pool[perm, 1] = vv.to(dtype)
+    indices = perm.int()
+    indptr = torch.arange(0, B + 1, device=DEV, dtype=torch.int32) * npg
+    last = torch.full((B,), BS, device=DEV, dtype=torch.int32)
+    return pool, indptr, indices, last
+
+
+def fi_time(run):
+    """Graph replay when the wrapper can be captured (it is built with use_cuda_graph), else eager."""
+    try:
+        return bench(run), "graph"
+    except Exception as ex:  # noqa: BLE001 -- capture refused: time it eagerly and record that
+        print("  (graph capture failed, timing eagerly:", str(ex)[:120], ")", flush=True)
+        torch.cuda.synchronize()
+        return bench_eager(run), "eager"
+
+
+def fi_decode(q, k, v, ref, sdpa, row):
+    B = q.shape[0]
+    qq = q.view(B, HQ, D).contiguous()
+    for name, dt in [("fp16", torch.float16), ("fp8_e4m3", torch.float8_e4m3fn)]:
+        pool, indptr, indices, last = fi_pool(k, v, dt)
+        best = None
+        for tc in (False, True):
+            try:
+                w = fi.BatchDecodeWithPagedKVCacheWrapper(FI_WS, "HND", use_cuda_graph=True, use_tensor_cores=tc,
+                                                          paged_kv_indptr_buffer=indptr.clone(),
+                                                          paged_kv_indices_buffer=indices.clone(),
+                                                          paged_kv_last_page_len_buffer=last.clone())
+                w.plan(indptr, indices, last, HQ, HKV, D, BS, q_data_type=torch.float16, kv_data_type=dt)
+                out = w.run(qq, pool)
+                torch.cuda.synchronize()
+                err = rel_err(out, ref.view(B, HQ, D))
+                us, mode = fi_time(lambda: w.run(qq, pool))
+                print(f"B{B} L{k.shape[2]} FlashInfer {name:9s} tc={int(tc)} {us:8.1f} us  x{sdpa / us:5.2f} vs SDPA"
+                      f"  err {err:.2e} ({mode})", flush=True)
+                if best is None or us < best["us"]:
+                    best = {"us": round(us, 1), "speedup_vs_sdpa": round(sdpa / us, 2), "tensor_cores": tc,
+                            "timing": mode, "rel_err_vs_sdpa": float(f"{err:.3g}")}
+            except Exception as ex:  # record and go on: a missing peer row must not lose the run
+                print(f"B{B} FlashInfer {name} tc={tc}: FAILED {type(ex).__name__}: {str(ex)[:300]}", flush=True)
+        row.setdefault("flashinfer", {})[name] = best or {"error": "all variants failed"}
+        del pool
+        torch.cuda.empty_cache()
+
+
+def fi_extend(q, k, v, ref, ext, n_new):
+    B = q.shape[0]
+    qq = q.permute(0, 2, 1, 3).reshape(B * n_new, HQ, D).contiguous()
+    pool, indptr, indices, last = fi_pool(k, v, torch.float16)
+    qo_indptr = torch.arange(0, B + 1, device=DEV, dtype=torch.int32) * n_new
+    for backend in ("fa3", "fa2"):
+        try:
+            w = fi.BatchPrefillWithPagedKVCacheWrapper(FI_WS, "HND", use_cuda_graph=True, backend=backend,
+                                                       qo_indptr_buf=qo_indptr.clone(),
+                                                       paged_kv_indptr_buf=indptr.clone(),
+                                                       paged_kv_indices_buf=indices.clone(),
+                                                       paged_kv_last_page_len_buf=last.clone())
+            w.plan(qo_indptr, indptr, indices, last, HQ, HKV, D, BS, causal=True, q_data_type=torch.float16,
+                   kv_data_type=torch.float16)
+            out = w.run(qq, pool)
+            torch.cuda.synchronize()
+            err = rel_err(out.view(B, n_new, HQ, D).permute(0, 2, 1, 3), ref)
+            us, mode = fi_time(lambda: w.run(qq, pool))
+            ext[f"flashinfer_fp16_{backend}"] = {"us": round(us, 1),
+                                                  "vs_sdpa_flash": round(us / ext["sdpa_flash_nomask_us"], 2),
+                                                  "timing": mode, "rel_err_vs_sdpa": float(f"{err:.3g}")}
+            print(f"extend FlashInfer fp16 {backend} {us:8.1f} us  err {err:.2e} ({mode})", flush=True)
+        except Exception as ex:
+            print(f"extend FlashInfer {backend}: FAILED {type(ex).__name__}: {str(ex)[-600:]}", flush=True)
+            ext[f"flashinfer_fp16_{backend}"] = {"error": f"{type(ex).__name__}: {ex}"[:300]}
+    del pool
+    torch.cuda.empty_cache()
+
+
+FORMATS = ["fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "int8", "int4"] + (["fp4_e2m1"] if "--fp4" in sys.argv else [])
 SHAPES = [(1, 32768), (8, 8192), (32, 4096), (64, 8192)]
-EXTEND_FORMATS = ["fp16", "fp8_e4m3", "int8"]
+EXTEND_FORMATS = ["fp16", "fp8_e4m3", "int8"] + (["fp4_e2m1"] if "--fp4" in sys.argv else [])
+for i, a in enumerate(sys.argv):
+    if a == "--shapes":  # e.g. 32x4096,64x8192
+        SHAPES = [tuple(int(x) for x in t.split("x")) for t in sys.argv[i + 1].split(",")]
+    if a == "--formats":
+        FORMATS = sys.argv[i + 1].split(",")
+        EXTEND_FORMATS = [f for f in EXTEND_FORMATS if f in FORMATS]
 if PROFILE:
     FORMATS, SHAPES, EXTEND_FORMATS = ["fp16", "fp8_e4m3", "int4"], [(32, 4096)], ["fp16"]
-res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "Hq": HQ, "Hkv": HKV, "D": D,
+res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+       "flashinfer": getattr(fi, "__version__", None), "Hq": HQ, "Hkv": HKV, "D": D,
        "block": BS, "hbm_ref_GBs": HBM_GBS, "iters": ITERS, "timing": "CUDA graph replay, events, L2 flushed, median",
        "decode": [], "extend": {}}
 _src = torch.empty(1 << 31, dtype=torch.uint8, device=DEV).fill_(3)
@@ -241,10 +413,29 @@ print(res["device"], "torch", torch.__version__, "device copy (read+write)", res
       flush=True)
 torch.manual_seed(0)
 
-for B, L in SHAPES:
+def decode_inputs(B, L):
+    """The shape's q, K, V (seeded: the FlashInfer phase regenerates the same tensors)."""
+    torch.manual_seed(1000 * B + L)
     q = torch.randn(B, HQ, 1, D, device=DEV, dtype=torch.float16)
     k = torch.randn(B, HKV, L, D, device=DEV, dtype=torch.float16)
     v = torch.randn(B, HKV, L, D, device=DEV, dtype=torch.float16)
+    return q, k, v
+
+
+def wait_for_fi_warm():
+    """bench_attention.sh JIT-compiles FlashInfer's modules in the background (fi_warm.py) while kvtier runs;
+    wait for their markers so that no timed call compiles."""
+    marks = os.environ.get("FI_WARM_MARKERS", "")
+    if not marks:
+        return
+    t0 = time.time()
+    while not all(os.path.exists(m) for m in marks.split(",")) and time.time() - t0 < 900:
+        time.sleep(2)
+    print(f"FlashInfer JIT warm-up: waited {time.time() - t0:.0f} s", flush=True)
+
+
+for B, L in SHAPES:
+    q, k, v = decode_inputs(B, L)
     ref = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
     sdpa = bench(lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
     fp16_bytes = 2 * B * HKV * L * D * 2
@@ -277,8 +468,11 @@ for B, L in SHAPES:
     torch.cuda.empty_cache()
 
 # ---- prefix-extend: 512 new tokens on an 8192-token cached prefix, B8, causal ----
+if NO_EXTEND:
+    EXTEND_FORMATS = []
 B, P, N = 8, 8192, 512
 L = P + N
+torch.manual_seed(77)
 q = torch.randn(B, HQ, N, D, device=DEV, dtype=torch.float16)
 k = torch.randn(B, HKV, L, D, device=DEV, dtype=torch.float16)
 v = torch.randn(B, HKV, L, D, device=DEV, dtype=torch.float16)
@@ -309,6 +503,25 @@ for fmt in EXTEND_FORMATS:
         ext[fmt] = {"error": f"{type(ex).__name__}: {ex}"[:300]}
     torch.cuda.empty_cache()
 res["extend"] = ext
+outdir = os.environ.get("OUT", ".")
+if not PROFILE:  # written now and again after the FlashInfer phase (a cut-off run keeps kvtier and SDPA)
+    with open(os.path.join(outdir, "attention_bench.json"), "w") as f:
+        json.dump(res, f, indent=1)
+
+# ---- FlashInfer, same process and device, same inputs (extend first: its tensors are still here) ----
+if fi is not None:
+    wait_for_fi_warm()
+    if not NO_EXTEND and "--no-fi-extend" not in sys.argv:
+        fi_extend(q, k, v, ref, ext, N)
+    del q, k, v, ref
+    torch.cuda.empty_cache()
+    for row in res["decode"]:
+        B, L = row["B"], row["L"]
+        q, k, v = decode_inputs(B, L)
+        ref = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        fi_decode(q, k, v, ref, row["sdpa_us"], row)
+        del q, k, v, ref
+        torch.cuda.empty_cache()
 
 if PROFILE:
     sys.exit(0)
@@ -321,5 +534,9 @@ for r in res["decode"]:
     cells = " ".join(f"{r[x]['speedup_vs_sdpa']:5.2f}x {r[x]['us']:7.1f}us" if "us" in r[x] else f"{'ERR':>16s}"
                      for x in FORMATS)
     print(f"B{r['B']:<2d}x{r['L']:<6d} {r['sdpa_us']:8.1f} {cells}")
-print("fp16 pages % HBM:", [r["fp16"].get("hbm_pct") for r in res["decode"]])
+if fi is not None:
+    print("FlashInfer (us, speedup vs SDPA): " + "; ".join(
+        f"B{r['B']}x{r['L']} " + " ".join(f"{n} {x.get('us')} ({x.get('speedup_vs_sdpa')}x)"
+                                          for n, x in r.get("flashinfer", {}).items()) for r in res["decode"]))
+print("% HBM:", {f: [r[f].get("hbm_pct") for r in res["decode"] if f in r] for f in FORMATS})
 print("extend:", json.dumps(ext))

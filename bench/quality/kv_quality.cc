@@ -208,6 +208,8 @@ int main() {
   const SegmentCodec e4m3{Format::kFp8E4m3, Grouping::kPerSegment, 0}, e5m2{Format::kFp8E5m2, Grouping::kPerSegment, 0};
   const SegmentCodec i8c{Format::kInt8, Grouping::kPerChannel, 0}, i8t{Format::kInt8, Grouping::kPerToken, 0};
   const SegmentCodec i4c{Format::kInt4, Grouping::kPerChannel, 0}, i4t{Format::kInt4, Grouping::kPerToken, 32};
+  // fp4_e2m1: E4M3 scale per 16 values (K: 16 tokens of a channel, V: 16 channels of a token) + fp32 per segment.
+  const SegmentCodec f4c{Format::kFp4E2m1, Grouping::kPerChannel, 16}, f4t{Format::kFp4E2m1, Grouping::kPerToken, 16};
   const Config configs[] = {
       {"fp16", fp16, fp16, false},
       {"bf16", bf16, bf16, false},
@@ -222,6 +224,11 @@ int main() {
       {"K4V8 (K int4 per-token g32, V int8 per-token)", i4t, i8t, false},
       {"int4 + Hadamard (K per-token g32, V per-token g32)", i4t, i4t, true},
       {"int4 + Hadamard (K per-channel, V per-token g32)", i4c, i4t, true},
+      {"fp4_e2m1 (K per-channel g16, V per-token g16)", f4c, f4t, false},
+      {"fp4_e2m1 (K per-token g16, V per-token g16)", f4t, f4t, false},
+      {"K8V-fp4 (K int8 per-channel, V fp4_e2m1 per-token g16)", i8c, f4t, false},
+      {"Kfp4-V8 (K fp4_e2m1 per-channel g16, V int8 per-token)", f4c, i8t, false},
+      {"fp4_e2m1 + Hadamard (K per-token g16, V per-token g16)", f4t, f4t, true},
   };
   std::printf("{\n  \"generator\": \"bench/quality/kv_quality.cc\",\n");
   std::printf("  \"shape\": {\"head_dim\": %d, \"block\": %d, \"kv_heads\": %d, \"query_heads_per_kv\": %d},\n", kDim,

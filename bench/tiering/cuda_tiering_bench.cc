@@ -3,12 +3,13 @@
 // pinned cudaMemcpyAsync of the same bytes measured in the same run:
 //   (a) fp16 -> fp16 page-out / page-in vs the raw D2H / H2D copy rate (target >= 90 %)
 //   (b) fp16 -> int8 page-out / page-in counted in fp16-equivalent bytes vs the raw rate (target >= 1.8x)
-// Usage: cuda_tiering_bench [out.json]. Prints a markdown table; writes JSON when given a path.
+// Usage: cuda_tiering_bench [out.json [chunk_pages]]. Prints a markdown table; writes JSON when given a path.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <string>
@@ -52,13 +53,15 @@ struct Row {
   double seconds = 0, fp16_gbps = 0, wire_gbps = 0, baseline_gbps = 0, ratio = 0;
 };
 
-int Run(const char* json_path) {
+int Run(const char* json_path, uint32_t chunk_pages) {
   const GpuInfo& gpu = ProbeGpu();
   if (!gpu.available) {
     std::fprintf(stderr, "no GPU: %s\n", gpu.why_not.c_str());
     return 2;
   }
-  auto backend = MakeCudaDeviceBackend(gpu.device);
+  CudaDeviceBackendOptions options;
+  if (chunk_pages > 0) options.chunk_pages = chunk_pages;
+  auto backend = MakeCudaDeviceBackend(gpu.device, options);
   auto pinned = MakePinnedHostAllocator(256ull << 20);
   if (!backend.ok() || !pinned.ok()) {
     std::fprintf(stderr, "setup: %s %s\n", backend.status().ToString().c_str(), pinned.status().ToString().c_str());
@@ -70,8 +73,8 @@ int Run(const char* json_path) {
   std::string json = absl::StrFormat(
       "{\"device\": \"%s\", \"backend\": \"%s\", \"page_shape\": "
       "\"32 layers x 8 kv heads x head_dim 128 x block 16 (fp16 page 2 MiB)\", "
-      "\"repeats\": %d, \"statistic\": \"median\", \"results\": [",
-      gpu.name, dev.name(), kRepeats);
+      "\"chunk_pages\": %d, \"repeats\": %d, \"statistic\": \"median\", \"results\": [",
+      gpu.name, dev.name(), options.chunk_pages, kRepeats);
   // Raw pinned copies of the same sizes, same process, same stream kind.
   const uint64_t fp16_page = 2ull << 20;
   auto raw_dev = AllocateDevice(fp16_page * kMaxBatch);
@@ -149,9 +152,9 @@ int Run(const char* json_path) {
   }
   json += "\n]}\n";
   std::printf(
-      "device: %s (%s)\n\n| op | batch | median ms | fp16-equiv GB/s | wire GB/s | raw pinned copy GB/s | ratio |\n"
+      "device: %s (%s), chunk_pages %u\n\n| op | batch | median ms | fp16-equiv GB/s | wire GB/s | raw pinned copy GB/s | ratio |\n"
       "|---|---|---|---|---|---|---|\n",
-      gpu.name.c_str(), dev.name().c_str());
+      gpu.name.c_str(), dev.name().c_str(), options.chunk_pages);
   for (const Row& r : rows)
     std::printf("| %s | %d | %.2f | %.1f | %.1f | %.1f | %.2f |\n", r.what.c_str(), r.batch, r.seconds * 1e3,
                 r.fp16_gbps, r.wire_gbps, r.baseline_gbps, r.ratio);
@@ -162,4 +165,7 @@ int Run(const char* json_path) {
 }  // namespace
 }  // namespace kvtier
 
-int main(int argc, char** argv) { return kvtier::Run(argc > 1 ? argv[1] : nullptr); }
+int main(int argc, char** argv) {
+  const uint32_t chunk_pages = argc > 2 ? static_cast<uint32_t>(std::strtoul(argv[2], nullptr, 10)) : 0;
+  return kvtier::Run(argc > 1 ? argv[1] : nullptr, chunk_pages);
+}

@@ -5,8 +5,9 @@
 // in DeviceBatch, which must hold the same values. Everything is enqueued on `stream`; nothing
 // synchronizes. Supported on CUDA (anything else is rejected before launch with kInvalidArgument):
 //   page formats per head run (K/V): fp16/fp16, bf16/bf16, fp8_e4m3/fp8_e4m3, fp8_e5m2/fp8_e5m2,
-//   int8/int8, int4/int4, int8/int4, with the default groupings (K per-channel, V per-token with any
-//   group size); head_dim 64/96/128/256; block size 16/32/64; q/out fp16, bf16 or fp32.
+//   int8/int8, int4/int4, int8/int4, fp4_e2m1/fp4_e2m1, with the default groupings (K per-channel, V
+//   per-token with any group size; fp4: groups of 16 tokens / 16 channels); head_dim 64/96/128/256; block
+//   size 16/32/64; q/out fp16, bf16 or fp32. Pool data and parameter mirror 16-byte aligned.
 // A layer whose heads use several formats is run as one launch per head run (HeadRunsOf).
 #pragma once
 

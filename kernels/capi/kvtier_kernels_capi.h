@@ -6,7 +6,7 @@
  *    thread, valid until the next call on that thread).
  *  - Pointers are passed as uintptr_t. "_dev" pointers are device memory, "_host" host memory. Streams are
  *    cudaStream_t values as uintptr_t (0 = legacy default stream; torch: torch.cuda.current_stream().cuda_stream).
- *  - Formats are names: "fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "int8", "int4" (default groupings: K per
+ *  - Formats are names: "fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "int8", "int4", "fp4_e2m1" (default groupings: K per
  *    channel, V per token, int4 V in groups of 32, fp8 per segment). dtype of q/out: 0 fp16, 1 bf16, 2 fp32.
  *  - q / out are [rows][num_q_heads][head_dim] contiguous. block_table is [num_seqs][stride] int32 slot ids.
  * The CPU entry points work in builds without CUDA (CI); the CUDA ones then return 14 (unavailable).

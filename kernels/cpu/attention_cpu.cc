@@ -27,7 +27,8 @@ void DecodeSegmentFast(const SegmentCodec& c, SegmentDims d, const uint8_t* data
   } else {
     const int groups = NumGroups(c, d);
     QParams qp[1024];
-    for (int gi = 0; gi < groups; ++gi) qp[gi] = T::LoadParams(params + gi * T::kParamBytes);
+    const float seg_scale = LoadSegmentScale<F>(c, d, params);  // two-level formats (fp4_e2m1); else 0
+    for (int gi = 0; gi < groups; ++gi) qp[gi] = LoadGroupParams<F>(params + gi * T::kParamBytes, seg_scale);
     for (int t = 0; t < d.tokens; ++t)
       for (int ch = 0; ch < d.channels; ++ch) {
         const int i = t * d.channels + ch;

@@ -63,11 +63,13 @@ static void DecodeSegment(const SegmentCodec& c, SegmentDims d, const uint8_t* d
     for (int i = 0; i < n; ++i) out[i] = T::Decode(LoadCode<F>(data, i), QParams{});
     return;
   } else {
-    // Parameters as arrays: per channel (kPerChannel), per group of one token (kPerToken) or one.
+    // Parameters as arrays: per (token group, channel) (kPerChannel), per group of one token (kPerToken)
+    // or one.
     const int groups = NumGroups(c, d);
+    const float seg_scale = LoadSegmentScale<F>(c, d, params);
     float scale[1024], offset[1024];
     for (int g = 0; g < groups; ++g) {
-      const QParams p = T::LoadParams(params + g * T::kParamBytes);
+      const QParams p = LoadGroupParams<F>(params + g * T::kParamBytes, seg_scale);
       scale[g] = p.scale;
       offset[g] = p.offset;
     }
@@ -79,20 +81,22 @@ static void DecodeSegment(const SegmentCodec& c, SegmentDims d, const uint8_t* d
     const int width = per_channel                         ? d.channels
                       : c.grouping == Grouping::kPerToken ? ChannelsPerGroup(c, d.channels)
                                                           : n;
+    const int tokens_per_group = per_channel ? TokensPerGroup(c, d.tokens) : 1;
     for (int first = 0; first < n; first += width) {
       float* o = out + first;
+      // Per channel: group of channel k in this row = base + k; otherwise the row's one group g.
+      const int base = per_channel ? (first / d.channels / tokens_per_group) * d.channels : 0;
+      const int g = first / width;
       if constexpr (T::kBits == 4) {  // byte by byte: both nibbles of one load
         const uint8_t* bytes = data + first / 2;
-        const int g = first / width;
         for (int k = 0; k < width / 2; ++k) {
-          const int g0 = per_channel ? 2 * k : g, g1 = per_channel ? 2 * k + 1 : g;
+          const int g0 = per_channel ? base + 2 * k : g, g1 = per_channel ? base + 2 * k + 1 : g;
           o[2 * k] = T::Decode(bytes[k] & 0xfu, QParams{scale[g0], 0.0f, offset[g0]});
           o[2 * k + 1] = T::Decode(bytes[k] >> 4, QParams{scale[g1], 0.0f, offset[g1]});
         }
       } else if (per_channel) {
-        for (int k = 0; k < width; ++k) o[k] = DecodeOne<F>(data, first + k, lut, scale[k], offset[k]);
+        for (int k = 0; k < width; ++k) o[k] = DecodeOne<F>(data, first + k, lut, scale[base + k], offset[base + k]);
       } else {
-        const int g = first / width;
         for (int k = 0; k < width; ++k) o[k] = DecodeOne<F>(data, first + k, lut, scale[g], offset[g]);
       }
     }
@@ -170,29 +174,46 @@ static void EncodeSegment(const SegmentCodec& c, SegmentDims d, const float* v, 
     return;
   } else {
     const int groups = NumGroups(c, d);
+    // Statistics of every group first (two-level formats derive the segment scale from all of them).
+    GroupStats stats[1024];
+    if (c.grouping == Grouping::kPerChannel) {
+      const int tg = TokensPerGroup(c, d.tokens);
+      float lo[1024], hi[1024];
+      for (int g = 0; g < groups; ++g) lo[g] = __builtin_inff(), hi[g] = -__builtin_inff();
+      for (int t0 = 0; t0 < d.tokens; t0 += tg)
+        MinMaxColumns(v + t0 * d.channels, tg, d.channels, lo + (t0 / tg) * d.channels, hi + (t0 / tg) * d.channels);
+      for (int g = 0; g < groups; ++g) stats[g] = GroupStats{lo[g], hi[g]};
+    } else if (c.grouping == Grouping::kPerToken) {
+      const int width = ChannelsPerGroup(c, d.channels);
+      for (int g = 0; g < groups; ++g) stats[g] = StatsOf(v + g * width, width);
+    } else {
+      stats[0] = StatsOf(v, n);
+    }
+    float seg_scale = 0.0f;
+    if constexpr (kTwoLevel<F>) {
+      GroupStats all;
+      for (int g = 0; g < groups; ++g) {  // selects, as in StatsOf (libm fminf/fmaxf are calls here)
+        all.lo = stats[g].lo < all.lo ? stats[g].lo : all.lo;
+        all.hi = stats[g].hi > all.hi ? stats[g].hi : all.hi;
+      }
+      seg_scale = MakeSegmentScale<F>(all);
+      StoreSegmentScale<F>(c, d, params, seg_scale);
+    }
     float inv[1024], offset[1024];
-    auto set_params = [&](int g, const GroupStats& s) {
-      const QParams p = T::MakeParams(s);
+    for (int g = 0; g < groups; ++g) {
+      const QParams p = MakeGroupParams<F>(stats[g], seg_scale);
       T::StoreParams(params + g * T::kParamBytes, p);
       inv[g] = p.inv_scale;
       offset[g] = p.offset;
-    };
-    if (c.grouping == Grouping::kPerChannel) {
-      float lo[256], hi[256];
-      for (int ch = 0; ch < d.channels; ++ch) lo[ch] = __builtin_inff(), hi[ch] = -__builtin_inff();
-      MinMaxColumns(v, d.tokens, d.channels, lo, hi);
-      for (int ch = 0; ch < d.channels; ++ch) set_params(ch, GroupStats{lo[ch], hi[ch]});
-    } else if (c.grouping == Grouping::kPerToken) {
-      const int width = ChannelsPerGroup(c, d.channels);
-      for (int g = 0; g < groups; ++g) set_params(g, StatsOf(v + g * width, width));
-    } else {
-      set_params(0, StatsOf(v, n));
     }
-    // Codes. Per channel: the parameters vary along the row; otherwise they are constant over `width`
-    // consecutive values (a per-token group or the whole segment).
+    // Codes. Per channel: the parameters vary along the row (and change every token group); otherwise
+    // they are constant over `width` consecutive values (a per-token group or the whole segment).
     if (c.grouping == Grouping::kPerChannel) {
-      for (int t = 0; t < d.tokens; ++t)
-        EncodeRun<F>(v + t * d.channels, d.channels, inv, offset, data, t * d.channels);
+      const int tg = TokensPerGroup(c, d.tokens);
+      for (int t = 0; t < d.tokens; ++t) {
+        const int base = (t / tg) * d.channels;
+        EncodeRun<F>(v + t * d.channels, d.channels, inv + base, offset + base, data, t * d.channels);
+      }
     } else {
       const int width = c.grouping == Grouping::kPerToken ? ChannelsPerGroup(c, d.channels) : n;
       for (int g = 0; g * width < n; ++g) {

@@ -7,6 +7,10 @@ namespace kvtier {
 
 KernelStatus CheckTranscodable(const PageGeometry& src, const PageGeometry& dst) {
   if (!(src.shape() == dst.shape())) return InvalidArgument("transcode between pages of different shapes");
+  for (const PageGeometry* g : {&src, &dst})
+    for (const SegmentPlacement& p : g->segments())
+      if (p.codec.grouping == Grouping::kStaticChannel)
+        return InvalidArgument("static-scale segments need the static transcode (kernels/static_transcode.h)");
   return KernelStatus::Ok();
 }
 

@@ -50,6 +50,10 @@ template <>
 struct CodeChunk<Format::kInt4> {
   using Raw = uint32_t;
 };
+template <>
+struct CodeChunk<Format::kFp4E2m1> {
+  using Raw = uint32_t;
+};
 
 __device__ __forceinline__ float2 Half2Bits(uint32_t bits) {
   __half2 h;
@@ -125,6 +129,9 @@ __device__ __forceinline__ void DecodeCodes(const typename CodeChunk<F>::Raw& r,
       out[4 * i + 2] = hi.x;
       out[4 * i + 3] = hi.y;
     }
+  } else if constexpr (F == Format::kFp4E2m1) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) out[e] = Fp4E2m1::Decode(r >> (4 * e));  // E2M1 values, group scales apart
   } else {
 #pragma unroll
     for (int k = 0; k < 4; ++k) {

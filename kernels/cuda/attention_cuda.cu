@@ -58,27 +58,41 @@ KernelStatus LaunchError(cudaError_t err, const char* what, const HeadRun& run) 
   return CudaStatus(err, what);
 }
 
+cuda_attn::DecodeStage StageFor(const PageGeometry& g, const HeadRun& run) {
+  const LayoutShape& sh = g.shape();
+  const SegmentDims dims = g.dims();
+  auto slices = [&](const SegmentCodec& c, bool key) {
+    const FormatInfo fi = GetFormatInfo(c.format);
+    const uint32_t groups = static_cast<uint32_t>(NumGroups(c, dims));
+    const uint32_t group_bytes = groups * static_cast<uint32_t>(fi.param_bytes);
+    const uint32_t tail = groups > 0 ? static_cast<uint32_t>(fi.segment_param_bytes) : 0u;
+    return key ? cuda_attn::KParamSlice(sh.head_dim, sh.block_size, group_bytes, tail,
+                                        c.grouping == Grouping::kPerChannel && c.group_size != 0)
+               : cuda_attn::VParamSlice(sh.block_size, group_bytes, tail, c.grouping == Grouping::kPerToken);
+  };
+  return cuda_attn::MakeDecodeStage(sh.head_dim, GetFormatInfo(run.key.format).bits,
+                                    GetFormatInfo(run.value.format).bits, slices(run.key, true),
+                                    slices(run.value, false));
+}
+
 // Resident decode CTAs per SM (the wave size the split count is planned against), asked of the CUDA
 // occupancy calculator for each head run's kernel and shared memory; the most demanding run decides.
 int DecodeCtasPerSm(const PageGeometry& g, int layer) {
   const int D = g.shape().head_dim;
   int ctas = 16;
   for (const HeadRun& run : HeadRunsOf(g, layer)) {
-    const cuda_attn::TileLayout t = LayoutFor(g, layer, run, /*pad_rows=*/true);
+    const cuda_attn::DecodeStage st = StageFor(g, run);
     const Format fk = run.key.format, fv = run.value.format;
-    const int kb = GetFormatInfo(fk).bits, vb = GetFormatInfo(fv).bits;
-    const size_t pipeline =
-        size_t(t.stage_bytes) *
-        cuda_attn::DecodeStagesFor(D, kb, vb, cuda_attn::DecodeTileParamBytes(D, kb, vb, IsFp8(fk)));
-    const size_t smem = std::max(pipeline, sizeof(float) * (cuda_attn::kDecodeThreads / 32) * 16 * (D + 2));
     int n = 1;
     cudaError_t err;
     if (fk == Format::kFp16 || fk == Format::kBf16) {
-      err = cuda_attn::DecodeOccupancyF16(fk, fv, D, smem, &n);
+      err = cuda_attn::DecodeOccupancyF16(fk, fv, D, st, &n);
     } else if (IsFp8(fk)) {
-      err = cuda_attn::DecodeOccupancyFp8(fk, fv, D, smem, &n);
+      err = cuda_attn::DecodeOccupancyFp8(fk, fv, D, st, &n);
+    } else if (fk == Format::kFp4E2m1) {
+      err = cuda_attn::DecodeOccupancyFp4(fk, fv, D, st, &n);
     } else {
-      err = cuda_attn::DecodeOccupancyInt(fk, fv, D, smem, &n);
+      err = cuda_attn::DecodeOccupancyInt(fk, fv, D, st, &n);
     }
     if (err != cudaSuccess) n = 1;  // unsupported runs are rejected later, with their own message
     ctas = std::min(ctas, std::max(n, 1));
@@ -102,6 +116,11 @@ KernelStatus CheckCudaSupport(const HeadRun& run, int head_dim) {
     return InvalidArgument("CUDA attention: int8 V must have one scale per token (group_size 0)");
   if (v == Format::kInt4 && VGroup(run, head_dim) % 8 != 0)
     return InvalidArgument("CUDA attention: int4 V group size must be a multiple of 8");
+  if ((k == Format::kFp4E2m1) != (v == Format::kFp4E2m1))
+    return InvalidArgument("CUDA attention: fp4_e2m1 pages need fp4_e2m1 for both K and V");
+  if (k == Format::kFp4E2m1 && (run.key.grouping != Grouping::kPerChannel || run.key.group_size != 16 ||
+                                run.value.grouping != Grouping::kPerToken || run.value.group_size != 16))
+    return InvalidArgument("CUDA attention: fp4_e2m1 needs K per channel and V per token, groups of 16");
   if ((IsFp8(k) && run.key.grouping != Grouping::kPerSegment) ||
       (IsFp8(v) && run.value.grouping != Grouping::kPerSegment))
     return InvalidArgument("CUDA attention: fp8 must be scaled per segment");
@@ -145,6 +164,8 @@ KernelStatus PagedDecodeCuda(const DecodeParams& p, const CudaLaunch& launch) {
   for (const HeadRun& run : runs) KVTIER_RETURN_IF_KERNEL_ERROR(CheckCudaSupport(run, D));
   if (launch.device.seq_lens == nullptr || launch.device.block_table == nullptr)
     return InvalidArgument("CUDA attention: device batch mirrors are null");
+  if (reinterpret_cast<uintptr_t>(p.pool.data) % 16 != 0 || reinterpret_cast<uintptr_t>(p.pool.params) % 16 != 0)
+    return InvalidArgument("CUDA attention: pool data and parameter mirror must be 16-byte aligned");
   if (launch.workspace_bytes < plan->workspace_bytes || (plan->workspace_bytes > 0 && launch.workspace == nullptr))
     return InvalidArgument("CUDA attention: workspace of " + std::to_string(launch.workspace_bytes) + " bytes, " +
                            std::to_string(plan->workspace_bytes) + " needed");
@@ -168,7 +189,8 @@ KernelStatus PagedDecodeCuda(const DecodeParams& p, const CudaLaunch& launch) {
     k.num_splits = plan->num_splits;
     k.scale_log2 = SoftmaxScale(p.sm_scale, D) * kLog2e;
     k.v_group = VGroup(run, D);
-    k.tile = LayoutFor(g, p.layer, run, /*pad_rows=*/true);
+    k.chunks_log2 = g.shape().block_size == 16 ? 0 : g.shape().block_size == 32 ? 1 : 2;
+    k.stage = StageFor(g, run);
     const dim3 grid(plan->num_splits, run.num_heads * k.g_chunks, p.batch.num_seqs);
     const Format fk = run.key.format, fv = run.value.format;
     cudaError_t err;
@@ -176,6 +198,8 @@ KernelStatus PagedDecodeCuda(const DecodeParams& p, const CudaLaunch& launch) {
       err = cuda_attn::LaunchDecodeF16(fk, fv, D, k, grid, launch.stream);
     } else if (IsFp8(fk)) {
       err = cuda_attn::LaunchDecodeFp8(fk, fv, D, k, grid, launch.stream);
+    } else if (fk == Format::kFp4E2m1) {
+      err = cuda_attn::LaunchDecodeFp4(fk, fv, D, k, grid, launch.stream);
     } else {
       err = cuda_attn::LaunchDecodeInt(fk, fv, D, k, grid, launch.stream);
     }
@@ -217,13 +241,15 @@ KernelStatus PagedExtendCuda(const ExtendParams& p, const CudaLaunch& launch) {
     k.scale_log2 = SoftmaxScale(p.sm_scale, D) * kLog2e;
     k.v_group = VGroup(run, D);
     k.tile = LayoutFor(g, p.layer, run, /*pad_rows=*/direct);
-    k.mma_tile_off = 2 * k.tile.stage_bytes;
+    k.mma_tile_off = cuda_attn::kExtendStages * k.tile.stage_bytes;
     const dim3 grid((max_rows + cuda_attn::kExtendRows - 1) / cuda_attn::kExtendRows, run.num_heads, p.batch.num_seqs);
     cudaError_t err;
     if (direct) {
       err = cuda_attn::LaunchExtendF16(fk, fv, D, k, grid, launch.stream);
     } else if (IsFp8(fk)) {
       err = cuda_attn::LaunchExtendFp8(fk, fv, D, k, grid, launch.stream);
+    } else if (fk == Format::kFp4E2m1) {
+      err = cuda_attn::LaunchExtendFp4(fk, fv, D, k, grid, launch.stream);
     } else {
       err = cuda_attn::LaunchExtendInt(fk, fv, D, k, grid, launch.stream);
     }

@@ -12,11 +12,11 @@ cudaError_t LaunchDecodeF16(Format fk, Format fv, int head_dim, const DecodeKern
   return cudaErrorNotSupported;
 }
 
-cudaError_t DecodeOccupancyF16(Format fk, Format fv, int head_dim, size_t smem, int* ctas) {
+cudaError_t DecodeOccupancyF16(Format fk, Format fv, int head_dim, const DecodeStage& s, int* ctas) {
   if (fk == Format::kFp16 && fv == Format::kFp16)
-    return DispatchDecodeOccupancy<Format::kFp16, Format::kFp16>(head_dim, smem, ctas);
+    return DispatchDecodeOccupancy<Format::kFp16, Format::kFp16>(head_dim, s, ctas);
   if (fk == Format::kBf16 && fv == Format::kBf16)
-    return DispatchDecodeOccupancy<Format::kBf16, Format::kBf16>(head_dim, smem, ctas);
+    return DispatchDecodeOccupancy<Format::kBf16, Format::kBf16>(head_dim, s, ctas);
   return cudaErrorNotSupported;
 }
 

@@ -12,11 +12,11 @@ cudaError_t LaunchDecodeFp8(Format fk, Format fv, int head_dim, const DecodeKern
   return cudaErrorNotSupported;
 }
 
-cudaError_t DecodeOccupancyFp8(Format fk, Format fv, int head_dim, size_t smem, int* ctas) {
+cudaError_t DecodeOccupancyFp8(Format fk, Format fv, int head_dim, const DecodeStage& s, int* ctas) {
   if (fk == Format::kFp8E4m3 && fv == Format::kFp8E4m3)
-    return DispatchDecodeOccupancy<Format::kFp8E4m3, Format::kFp8E4m3>(head_dim, smem, ctas);
+    return DispatchDecodeOccupancy<Format::kFp8E4m3, Format::kFp8E4m3>(head_dim, s, ctas);
   if (fk == Format::kFp8E5m2 && fv == Format::kFp8E5m2)
-    return DispatchDecodeOccupancy<Format::kFp8E5m2, Format::kFp8E5m2>(head_dim, smem, ctas);
+    return DispatchDecodeOccupancy<Format::kFp8E5m2, Format::kFp8E5m2>(head_dim, s, ctas);
   return cudaErrorNotSupported;
 }
 

@@ -14,13 +14,13 @@ cudaError_t LaunchDecodeInt(Format fk, Format fv, int head_dim, const DecodeKern
   return cudaErrorNotSupported;
 }
 
-cudaError_t DecodeOccupancyInt(Format fk, Format fv, int head_dim, size_t smem, int* ctas) {
+cudaError_t DecodeOccupancyInt(Format fk, Format fv, int head_dim, const DecodeStage& s, int* ctas) {
   if (fk == Format::kInt8 && fv == Format::kInt8)
-    return DispatchDecodeOccupancy<Format::kInt8, Format::kInt8>(head_dim, smem, ctas);
+    return DispatchDecodeOccupancy<Format::kInt8, Format::kInt8>(head_dim, s, ctas);
   if (fk == Format::kInt4 && fv == Format::kInt4)
-    return DispatchDecodeOccupancy<Format::kInt4, Format::kInt4>(head_dim, smem, ctas);
+    return DispatchDecodeOccupancy<Format::kInt4, Format::kInt4>(head_dim, s, ctas);
   if (fk == Format::kInt8 && fv == Format::kInt4)
-    return DispatchDecodeOccupancy<Format::kInt8, Format::kInt4>(head_dim, smem, ctas);
+    return DispatchDecodeOccupancy<Format::kInt8, Format::kInt4>(head_dim, s, ctas);
   return cudaErrorNotSupported;
 }
 

@@ -3,7 +3,8 @@
 //
 // One CTA = (query tile, KV head, sequence). A query tile is 128 *rows*; row r is (new token r / G,
 // query head r % G of the GQA group), so each KV tile is staged once for all query heads of the group.
-// 8 warps own 16 rows each. KV tiles of 64 tokens are staged by LoadTile (2-stage cp.async); 16-bit pages
+// 8 warps own 16 rows each. KV tiles of 64 tokens are staged by LoadTile (3-stage cp.async, one barrier per
+// tile; the causal mask is applied only on tiles that cross a warp's diagonal); 16-bit pages
 // land in padded rows that the warps read directly with ldmatrix; quantized pages are first dequantized
 // (scales and offsets applied, through the conversion layer) into a padded fp16 tile. S = Q K^T and
 // O += P V run on tensor cores with fp32 accumulators; softmax is online in base 2; the causal mask
@@ -12,6 +13,7 @@
 
 #include <cuda_runtime.h>
 
+#include <climits>
 #include <cstdint>
 
 #include "kernels/cuda/attention_convert.cuh"
@@ -22,6 +24,7 @@ namespace kvtier::cuda_attn {
 
 inline constexpr int kExtendThreads = 256;
 inline constexpr int kExtendRows = 128;  // query rows per CTA (16 per warp)
+inline constexpr int kExtendStages = 3;  // cp.async pipeline depth (KV tiles)
 
 struct ExtendKernelParams {
   PagedKvView kv;           // one head run of one layer; device block table
@@ -90,19 +93,40 @@ __global__ void __launch_bounds__(kExtendThreads) PagedExtendKernel(const __grid
   const int last_row = min(rows, tile_row0 + kExtendRows) - 1;
   const int max_pos = len - n + last_row / p.group;
   const int num_tiles = max_pos / kAttnTile + 1;
-  LoadTile<kExtendThreads, kRowK, kRowV, kDirect>(p.kv, p.tile, FetchTileSlots(p.kv, seq, len, 0), h, len, 0, smem);
-  CpAsyncCommit();
-  TileSlots next_slots = FetchTileSlots(p.kv, seq, len, min(1, num_tiles - 1));
-  for (int tile = 0; tile < num_tiles; ++tile) {
-    if (tile + 1 < num_tiles) {
-      LoadTile<kExtendThreads, kRowK, kRowV, kDirect>(p.kv, p.tile, next_slots, h, len, tile + 1,
-                                                      smem + ((tile + 1) % 2) * p.tile.stage_bytes);
-      if (tile + 2 < num_tiles) next_slots = FetchTileSlots(p.kv, seq, len, tile + 2);
+  // Keys up to the smallest position of the warp's real rows need no causal mask (padding rows compute
+  // on zero q and are never stored), so only the tiles crossing the diagonal pay for the comparisons.
+  int my_min = INT_MAX;
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+    if (row_pos[i] >= 0) my_min = min(my_min, row_pos[i]);
+  const int warp_min_pos = __reduce_min_sync(0xffffffffu, my_min);
+  // kExtendStages-deep cp.async pipeline with one barrier per tile: the barrier after tile t's copies
+  // land also proves every warp is done with tile t - 1, whose stage the copy of tile t + 2 reuses.
+  TileSlots next_slots = FetchTileSlots(p.kv, seq, len, 0);
+#pragma unroll
+  for (int s0 = 0; s0 < kExtendStages - 1; ++s0) {
+    if (s0 < num_tiles) {
+      LoadTile<kExtendThreads, kRowK, kRowV, kDirect>(p.kv, p.tile, next_slots, h, len, s0,
+                                                      smem + s0 * p.tile.stage_bytes);
+      next_slots = FetchTileSlots(p.kv, seq, len, min(s0 + 1, num_tiles - 1));
     }
     CpAsyncCommit();
-    CpAsyncWait<1>();
+  }
+  int stage_rd = 0, stage_wr = kExtendStages - 1;
+  for (int tile = 0; tile < num_tiles; ++tile) {
+    CpAsyncWait<kExtendStages - 2>();
     __syncthreads();
-    uint8_t* st = smem + (tile % 2) * p.tile.stage_bytes;
+    const int ahead = tile + kExtendStages - 1;
+    if (ahead < num_tiles) {
+      LoadTile<kExtendThreads, kRowK, kRowV, kDirect>(p.kv, p.tile, next_slots, h, len, ahead,
+                                                      smem + stage_wr * p.tile.stage_bytes);
+      if (ahead + 1 < num_tiles) next_slots = FetchTileSlots(p.kv, seq, len, ahead + 1);
+    }
+    CpAsyncCommit();
+    uint8_t* st = smem + stage_rd * p.tile.stage_bytes;
+    stage_rd = stage_rd + 1 == kExtendStages ? 0 : stage_rd + 1;
+    stage_wr = stage_wr + 1 == kExtendStages ? 0 : stage_wr + 1;
+    const bool need_mask = tile * kAttnTile + kAttnTile - 1 > warp_min_pos;
     const uint8_t* kt = st;
     const uint8_t* vt = st + p.tile.v_off;
     // Keys at or past len are masked out of S, but P = 0 times stale V could still be NaN: zero those rows.
@@ -138,15 +162,26 @@ __global__ void __launch_bounds__(kExtendThreads) PagedExtendKernel(const __grid
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       float mx = m[i];
+      if (need_mask) {
 #pragma unroll
-      for (int j = 0; j < kNT; ++j)
+        for (int j = 0; j < kNT; ++j)
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int key = tile * kAttnTile + j * 8 + 2 * t4 + e;
-          float& x = s[j][2 * i + e];
-          x = key <= row_pos[i] ? x * p.scale_log2 : -INFINITY;
-          mx = fmaxf(mx, x);
-        }
+          for (int e = 0; e < 2; ++e) {
+            const int key = tile * kAttnTile + j * 8 + 2 * t4 + e;
+            float& x = s[j][2 * i + e];
+            x = key <= row_pos[i] ? x * p.scale_log2 : -INFINITY;
+            mx = fmaxf(mx, x);
+          }
+      } else {
+#pragma unroll
+        for (int j = 0; j < kNT; ++j)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float& x = s[j][2 * i + e];
+            x *= p.scale_log2;
+            mx = fmaxf(mx, x);
+          }
+      }
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const float base = mx == -INFINITY ? 0.0f : mx;
@@ -181,7 +216,6 @@ __global__ void __launch_bounds__(kExtendThreads) PagedExtendKernel(const __grid
         Mma16816<kBf>(o[2 * cp + 1], pa, b[2], b[3]);
       }
     }
-    __syncthreads();
   }
   CpAsyncWait<0>();
 #pragma unroll
@@ -201,7 +235,8 @@ __global__ void __launch_bounds__(kExtendThreads) PagedExtendKernel(const __grid
 
 template <int D, Format FK, Format FV>
 cudaError_t LaunchPagedExtend(const ExtendKernelParams& p, dim3 grid, cudaStream_t stream) {
-  const size_t smem = 2 * size_t(p.tile.stage_bytes) + (kIs16Bit<FK> ? 0 : 2 * size_t(kAttnTile) * (D * 2 + 16));
+  const size_t smem =
+      kExtendStages * size_t(p.tile.stage_bytes) + (kIs16Bit<FK> ? 0 : 2 * size_t(kAttnTile) * (D * 2 + 16));
   auto* kernel = &PagedExtendKernel<D, FK, FV>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;

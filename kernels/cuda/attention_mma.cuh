@@ -59,6 +59,14 @@ __device__ __forceinline__ uint32_t PackPair(float x, float y) {
   return r;
 }
 
+// Two E4M3 bytes (bits 0..15 of w) -> fp16x2 (exact: E4M3 values are fp16 values).
+__device__ __forceinline__ uint32_t E4m3x2ToHalf2(uint32_t w) {
+  const __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w & 0xffffu), __NV_E4M3);
+  uint32_t bits;
+  memcpy(&bits, &r, 4);
+  return bits;
+}
+
 // Dequantizes the staged raw tile into the padded fp16 tile: K with its per-channel scale/offset or
 // per-segment scale, V with its per-token (group) scale/offset or per-segment scale. V rows at or past
 // `valid` (tokens past the sequence's end) become zeros.
@@ -78,9 +86,18 @@ __device__ __forceinline__ void DequantTile(const TileLayout& L, int bs, int v_g
             *reinterpret_cast<const typename CodeChunk<FK>::Raw*>(st + t * L.k_pitch + c * FormatTraits<FK>::kBits), v);
         const uint8_t* kp = st + L.kp_off + jb * L.k_seg_param_bytes;
         const uint16_t* kp16 = reinterpret_cast<const uint16_t*>(kp);
+        float fp4_s[8] = {};
+        if constexpr (FK == Format::kFp4E2m1) {  // E4M3 byte of (16-token group, channel), times G
+          const float seg = *reinterpret_cast<const float*>(kp + (bs / 16) * D);
+#pragma unroll
+          for (int e = 0; e < 8; ++e)
+            fp4_s[e] = __half2float(__ushort_as_half(static_cast<uint16_t>(
+                           E4m3x2ToHalf2(kp[(tb / 16) * D + c * 8 + e]) & 0xffffu))) * seg;
+        }
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
           const int ch = c * 8 + e;
+          if constexpr (FK == Format::kFp4E2m1) v[e] *= fp4_s[e];
           if constexpr (FK == Format::kInt8) v[e] *= __half2float(__ushort_as_half(kp16[ch]));
           if constexpr (FK == Format::kInt4)
             v[e] = fmaf(v[e], __half2float(__ushort_as_half(kp16[2 * ch])),
@@ -103,6 +120,9 @@ __device__ __forceinline__ void DequantTile(const TileLayout& L, int bs, int v_g
           z = __half2float(__ushort_as_half(vp16[2 * grp + 1]));
         }
         if constexpr (FV == Format::kFp8E4m3 || FV == Format::kFp8E5m2) s = *reinterpret_cast<const float*>(vp);
+        if constexpr (FV == Format::kFp4E2m1)  // E4M3 byte of (token, 16-channel group), times G
+          s = __half2float(__ushort_as_half(static_cast<uint16_t>(E4m3x2ToHalf2(vp[grp]) & 0xffffu))) *
+              *reinterpret_cast<const float*>(vp + bs * (D / 16));
 #pragma unroll
         for (int e = 0; e < 8; ++e) v[e] = t < valid ? fmaf(v[e], s, z) : 0.0f;
       }
@@ -130,13 +150,18 @@ __device__ __forceinline__ void DequantTile(const TileLayout& L, int bs, int v_g
 
 template <Format F>
 inline constexpr bool kIsFp8 = F == Format::kFp8E4m3 || F == Format::kFp8E5m2;
+template <Format F>
+inline constexpr bool kIsFp4 = F == Format::kFp4E2m1;
+// 4-bit formats: a lane's fragment pairs are nibbles (k, k + 4) of a 32-bit word.
+template <Format F>
+inline constexpr bool kIsNibble = F == Format::kInt4 || F == Format::kFp4E2m1;
 
 // Channel of (k-step ks, lane column t4, fragment element e in 0..3: b0 = e 0,1, b1 = e 2,3).
 template <Format F>
 __device__ __forceinline__ int KChannel(int ks, int t4, int e) {
   if constexpr (kIs16Bit<F>) {
     return ks * 16 + 2 * t4 + (e % 2) + 8 * (e / 2);
-  } else if constexpr (F == Format::kInt4) {
+  } else if constexpr (kIsNibble<F>) {
     return 32 * (ks / 2) + 8 * t4 + 2 * (ks % 2) + (e / 2) + 4 * (e % 2);
   } else {
     return 32 * (ks / 2) + 8 * t4 + 4 * (ks % 2) + e;
@@ -198,9 +223,16 @@ __device__ __forceinline__ uint32_t Nibbles4ToHalf2(uint32_t x, int k) {
   return HSub2(h, 0x64006400u);
 }
 
+// E2M1 nibbles (k, k + 4) of x -> fp16x2 holding value * 2^-14 (exact; fp4.h DecodeWordToHalf2Scaled
+// with this kernel's pairing): magnitude bits to fp16 bits 9..11, sign to bit 15.
+__device__ __forceinline__ uint32_t Fp4Nibbles4ToHalf2Scaled(uint32_t x, int k) {
+  const uint32_t y = x >> (4 * k);
+  return ((y << 9) & 0x0e000e00u) | ((y << 12) & 0x80008000u);
+}
+
 // Raw codes a lane reads per token row and pair of k-steps (8 codes).
 template <Format F>
-using KRaw8 = std::conditional_t<F == Format::kInt4, uint32_t, uint2>;
+using KRaw8 = std::conditional_t<kIsNibble<F>, uint32_t, uint2>;
 
 // b0/b1 code values of k-step 2 * kp + hh from the 8 codes of pair kp.
 template <Format F>
@@ -208,6 +240,9 @@ __device__ __forceinline__ void KCodes(const KRaw8<F>& raw, int hh, uint32_t& b0
   if constexpr (F == Format::kInt4) {
     b0 = Nibbles4ToHalf2(raw, 2 * hh);
     b1 = Nibbles4ToHalf2(raw, 2 * hh + 1);
+  } else if constexpr (F == Format::kFp4E2m1) {
+    b0 = Fp4Nibbles4ToHalf2Scaled(raw, 2 * hh);
+    b1 = Fp4Nibbles4ToHalf2Scaled(raw, 2 * hh + 1);
   } else {
     const uint32_t w = hh ? raw.y : raw.x;
     b0 = Codes8ToHalf2<F, false>(w);

@@ -45,6 +45,9 @@ KernelOr<CudaTranscodePlan> CudaTranscodePlan::Create(const PageGeometry& src, c
   if (channels != 64 && channels != 128 && channels != 256)
     return InvalidArgument("CUDA transcode supports head_dim 64, 128 and 256, not " + std::to_string(channels) +
                            "; use TranscodePagesCpu");
+  for (int s = 0; s < src.num_segments(); ++s)
+    if (src.segment(s).codec.format == Format::kFp4E2m1 || dst.segment(s).codec.format == Format::kFp4E2m1)
+      return InvalidArgument("CUDA transcode does not handle fp4_e2m1 yet; use TranscodePagesCpu");
   // Entries sorted by codec pair, so that neighbouring warps run the same code path.
   std::vector<int> order(src.num_segments());
   std::iota(order.begin(), order.end(), 0);

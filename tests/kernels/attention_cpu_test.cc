@@ -46,12 +46,18 @@ double DecodeFastVsRef(const Case& c, const std::vector<int32_t>& lens, int thre
 
 TEST(AttentionCpu, FastPathMatchesReferenceForEveryFormat) {
   const std::vector<int32_t> lens = {1, 15, 16, 17, 33, 100};
-  for (Format f : {Format::kFp16, Format::kBf16, Format::kFp8E4m3, Format::kFp8E5m2, Format::kInt8, Format::kInt4}) {
+  for (Format f : {Format::kFp16, Format::kBf16, Format::kFp8E4m3, Format::kFp8E5m2, Format::kInt8, Format::kInt4,
+                   Format::kFp4E2m1}) {
     const double err = DecodeFastVsRef({f, f, 64, 16, 2, 4, ActDtype::kFp32}, lens, 2, 11);
     EXPECT_LT(err, 1e-5) << GetFormatInfo(f).name;
   }
   const double mixed = DecodeFastVsRef({Format::kInt8, Format::kInt4, 64, 16, 2, 4, ActDtype::kFp32}, lens, 2, 12);
   EXPECT_LT(mixed, 1e-5) << "K int8 / V int4";
+  // fp4 (two-level scales) with block 32: K groups of 16 tokens per channel, two per block.
+  const double k8vfp4 = DecodeFastVsRef({Format::kInt8, Format::kFp4E2m1, 128, 32, 2, 4, ActDtype::kFp32}, lens, 2, 13);
+  EXPECT_LT(k8vfp4, 1e-5) << "K int8 / V fp4";
+  const double fp4_32 = DecodeFastVsRef({Format::kFp4E2m1, Format::kFp4E2m1, 96, 32, 2, 4, ActDtype::kFp32}, lens, 2, 14);
+  EXPECT_LT(fp4_32, 1e-5) << "fp4, head_dim 96, block 32";
 }
 
 TEST(AttentionCpu, FastPathMatchesReferenceOverShapes) {
@@ -78,7 +84,7 @@ TEST(AttentionCpu, QuantizedPagesStayWithinTheFormatsErrorOfExactAttention) {
   };
   // Stated per format (relative L2 error of the attention output vs exact math on the fp16 values).
   for (const Tol& t : {Tol{Format::kBf16, 1e-2}, Tol{Format::kFp8E4m3, 6e-2}, Tol{Format::kFp8E5m2, 1.2e-1},
-                       Tol{Format::kInt8, 2e-2}, Tol{Format::kInt4, 2e-1}}) {
+                       Tol{Format::kInt8, 2e-2}, Tol{Format::kInt4, 2e-1}, Tol{Format::kFp4E2m1, 2.5e-1}}) {
     const PageGeometry exact = UniformGeometry(shape, Format::kFp16, Format::kFp16);
     const PageGeometry quant = UniformGeometry(shape, t.f, t.f);
     const int64_t slots = SlotsNeeded(lens, 16);

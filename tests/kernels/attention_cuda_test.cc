@@ -111,7 +111,8 @@ TEST_F(AttentionCuda, DecodeMatchesReferenceForEveryFormat) {
   for (Pair f :
        {Pair{Format::kFp16, Format::kFp16}, Pair{Format::kBf16, Format::kBf16},
         Pair{Format::kFp8E4m3, Format::kFp8E4m3}, Pair{Format::kFp8E5m2, Format::kFp8E5m2},
-        Pair{Format::kInt8, Format::kInt8}, Pair{Format::kInt4, Format::kInt4}, Pair{Format::kInt8, Format::kInt4}})
+        Pair{Format::kInt8, Format::kInt8}, Pair{Format::kInt4, Format::kInt4}, Pair{Format::kInt8, Format::kInt4},
+        Pair{Format::kFp4E2m1, Format::kFp4E2m1}})
     for (ActDtype dt : {ActDtype::kFp16, ActDtype::kBf16}) {
       const PageGeometry g = UniformGeometry({2, 2, 128, 16}, f.k, f.v);
       const Outcome r = DecodeVsRef(g, lens, 4, dt, 100 + static_cast<int>(f.k));
@@ -124,7 +125,7 @@ TEST_F(AttentionCuda, DecodeMatchesReferenceOverShapes) {
   for (int d : {64, 96, 128, 256})
     for (int bs : {16, 32, 64})
       for (int group : {1, 4, 6, 8, 20}) {
-        for (Format f : {Format::kFp16, Format::kInt4}) {
+        for (Format f : {Format::kFp16, Format::kInt4, Format::kFp4E2m1}) {
           const PageGeometry g = UniformGeometry({1, 2, d, bs}, f, f);
           const Outcome r = DecodeVsRef(g, {1, bs - 1, bs + 1, 5 * bs + 3}, group, ActDtype::kFp32, d * 7 + bs + group);
           EXPECT_LT(r.err, Tolerance(f, ActDtype::kFp32))
@@ -140,6 +141,21 @@ TEST_F(AttentionCuda, LongSequencesUseSplitKAndMatch) {
   EXPECT_LT(r.err, Tolerance(Format::kFp8E4m3, ActDtype::kFp32)) << r.what;
   const Outcome mix = DecodeVsRef(g, {20000, 1, 17, 4096}, 4, ActDtype::kFp32, 8);
   EXPECT_LT(mix.err, Tolerance(Format::kFp8E4m3, ActDtype::kFp32)) << mix.what;
+}
+
+TEST_F(AttentionCuda, Fp4LongSequencesAndLargeBlocksMatch) {
+  for (int bs : {16, 64}) {
+    const PageGeometry g = UniformGeometry({1, 8, 128, bs}, Format::kFp4E2m1, Format::kFp4E2m1);
+    const Outcome r = DecodeVsRef(g, {20000, 1, 17, 4096, 33}, 4, ActDtype::kFp16, 11 + bs);
+    EXPECT_LT(r.err, Tolerance(Format::kFp4E2m1, ActDtype::kFp16)) << "bs=" << bs << " " << r.what;
+  }
+}
+
+TEST_F(AttentionCuda, Fp4WithOtherFormatsIsRejectedBeforeLaunch) {
+  const PageGeometry g = UniformGeometry({1, 2, 64, 16}, Format::kFp4E2m1, Format::kInt4);
+  const Outcome r = DecodeVsRef(g, {20}, 2, ActDtype::kFp16, 1);
+  EXPECT_EQ(r.err, INFINITY);
+  EXPECT_NE(r.what.find("fp4_e2m1"), std::string::npos) << r.what;
 }
 
 TEST_F(AttentionCuda, MixedFormatsPerHeadMatchReference) {
@@ -182,7 +198,8 @@ Outcome ExtendVsRef(const PageGeometry& g, const std::vector<int32_t>& lens, con
 TEST_F(AttentionCuda, ExtendMatchesReferenceForEveryFormat) {
   const std::vector<int32_t> lens = {17, 200, 64, 1500};
   const std::vector<int32_t> indptr = {0, 17, 20, 84, 184};  // 17 (no prefix), 3, 64 (no prefix), 100
-  for (Format f : {Format::kFp16, Format::kBf16, Format::kFp8E4m3, Format::kFp8E5m2, Format::kInt8, Format::kInt4})
+  for (Format f : {Format::kFp16, Format::kBf16, Format::kFp8E4m3, Format::kFp8E5m2, Format::kInt8, Format::kInt4,
+                   Format::kFp4E2m1})
     for (int d : {64, 128, 256}) {
       const PageGeometry g = UniformGeometry({1, 2, d, 16}, f, f);
       const ActDtype dt = f == Format::kBf16 ? ActDtype::kBf16 : ActDtype::kFp16;

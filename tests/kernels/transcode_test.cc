@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <tuple>
 #include <vector>
 
 namespace kvtier {
@@ -184,6 +185,33 @@ TEST(Transcode, FastPathQuantizedToQuantizedMatchesReference) {
   ASSERT_TRUE(TranscodePagesCpu(int8, in, fp8, out).ok());
   EXPECT_EQ(fast.data, ref.data);
   EXPECT_EQ(fast.params, ref.params);
+}
+
+// fp4 (two-level scales) on either side of a quantized-to-quantized transcode, and K8V-fp4.
+TEST(Transcode, FastPathFp4ToAndFromQuantizedMatchesReference) {
+  for (LayoutShape shape : {LayoutShape{2, 2, 128, 16}, LayoutShape{1, 2, 64, 64}}) {
+    const PageGeometry fp16 =
+        Geometry(shape, DefaultCodec(Format::kFp16, Operand::kKey), DefaultCodec(Format::kFp16, Operand::kValue));
+    const PageGeometry int8 =
+        Geometry(shape, DefaultCodec(Format::kInt8, Operand::kKey), DefaultCodec(Format::kInt8, Operand::kValue));
+    const PageGeometry fp4 = Geometry(shape, DefaultCodec(Format::kFp4E2m1, Operand::kKey),
+                                      DefaultCodec(Format::kFp4E2m1, Operand::kValue));
+    const PageGeometry k8vfp4 =
+        Geometry(shape, DefaultCodec(Format::kInt8, Operand::kKey), DefaultCodec(Format::kFp4E2m1, Operand::kValue));
+    Page src = PlainPage(fp16, Format::kFp16, 301, true), a(int8), b(fp4);
+    ASSERT_TRUE(TranscodePageRef(fp16, src.view(), int8, a.mut()).ok());
+    ASSERT_TRUE(TranscodePageRef(fp16, src.view(), fp4, b.mut()).ok());
+    for (auto [from, page, to] : {std::tuple{&int8, &a, &fp4}, std::tuple{&fp4, &b, &int8}, std::tuple{&fp4, &b, &k8vfp4},
+                                  std::tuple{&int8, &a, &k8vfp4}}) {
+      Page ref(*to), fast(*to);
+      ASSERT_TRUE(TranscodePageRef(*from, page->view(), *to, ref.mut()).ok());
+      const PageView in[] = {page->view()};
+      const MutablePageView out[] = {fast.mut()};
+      ASSERT_TRUE(TranscodePagesCpu(*from, in, *to, out).ok());
+      EXPECT_EQ(fast.data, ref.data);
+      EXPECT_EQ(fast.params, ref.params);
+    }
+  }
 }
 
 TEST(Transcode, BatchRejectsMissingParameterRecords) {

@@ -152,7 +152,7 @@ TEST_F(CudaDeviceBackendTest, PageOutMatchesTheHostDeviceBitForBitAndPagesInWith
 
 TEST_F(CudaDeviceBackendTest, BatchesLargerThanTheStagingAreConvertedInChunks) {
   CudaDeviceBackendOptions small;
-  small.staging_bytes = 3 * 128 * 1024;  // three activation pages
+  small.staging_bytes = 3 * 128 * 1024;  // 1.5 activation pages per buffer: one page per chunk, 11 chunks
   auto b = MakeCudaDeviceBackend(ProbeGpu().device, small);
   ASSERT_TRUE(b.ok()) << b.status();
   const Layout* layout = RegisterLayout(registry_, kShape, Format::kFp16, Format::kFp16);
