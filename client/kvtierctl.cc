@@ -16,6 +16,8 @@
 //   flush [--tier=ssd|host]      copy every committed block down (ssd: durable); exit 1 if some did not fit
 //   drain --tier=gpu|host [--wait_ms=N]  empty a tier into the ones below without dropping blocks;
 //                                exit 1 if blocks remain (pinned or private, or no room below)
+//   lookup also prints each block's estimated time to bring it to the GPU
+//   policy | events | pin | unpin | invalidate | warm FILE | quota   cache policy (kvtierctl_policy.cc)
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -26,6 +28,7 @@
 #include "absl/strings/str_split.h"
 #include "client/cli_args.h"
 #include "client/client.h"
+#include "client/kvtierctl_policy.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace kvtier {
@@ -85,6 +88,11 @@ void PrintStatus(const v1::StatsResponse& s) {
               static_cast<unsigned long long>(s.checksum_failures()));
   std::printf("sessions %llu, layouts %llu\n", static_cast<unsigned long long>(s.sessions()),
               static_cast<unsigned long long>(s.layouts()));
+  for (const auto& t : s.tenants())
+    for (const auto& u : t.tiers())
+      std::printf("tenant %-12s %-5s used %12s quota %12s pinned %12s\n", t.tenant().c_str(), TierLabel(u.tier()),
+                  Human(u.used_bytes()).c_str(), u.quota_bytes() ? Human(u.quota_bytes()).c_str() : "-",
+                  Human(u.pinned_bytes()).c_str());
   std::printf("static scales: %llu values clipped; calibration %s\n",
               static_cast<unsigned long long>(s.static_scale_clipped()), s.calibrating() ? "running" : "off");
 }
@@ -178,9 +186,11 @@ int Run(const CliArgs& args) {
                 "sessions | lookup --layout=ID --tokens=T1,T2,... | calibrate start [--layout=ID] [--session=ID] | "
                 "calibrate stop | "
                 "calibrate export FILE [--layout=ID] | scales load FILE --layout=ID [--include=P,..] [--exclude=P,..] "
-                "[--format=F]\n");
-                "sessions | lookup --layout=ID --tokens=T1,T2,... | flush [--tier=ssd|host] | "
-                "drain --tier=gpu|host [--wait_ms=N]\n");
+                "[--format=F] | flush [--tier=ssd|host] | drain --tier=gpu|host [--wait_ms=N] | "
+                "policy | events [--from=SEQ] [--count=N] [--snapshot] "
+                "[--of-tenant=T] | pin --layout=ID --tokens=... --ttl-ms=N [--retain] | unpin --pin=ID | "
+                "invalidate --layout=ID [--tokens=...] | invalidate --tenant=T | warm FILE [--to=host|gpu] | "
+                "quota set --tenant=T [--gpu=B] [--host=B] [--ssd=B] | quota get\n");
     return args.positional.empty() ? 2 : 0;
   }
   ClientOptions o;
@@ -250,8 +260,9 @@ int Run(const CliArgs& args) {
     }
     std::printf("matched %d of %zu tokens in %d blocks\n", r->matched_tokens(), tokens.size(), r->blocks_size());
     for (const auto& b : r->blocks())
-      std::printf("  block %llu tier %s slot %d\n", static_cast<unsigned long long>(b.block_id()), TierLabel(b.tier()),
-                  b.slot());
+      std::printf("  block %llu tier %s slot %d eta %.1f us\n", static_cast<unsigned long long>(b.block_id()),
+                  TierLabel(b.tier()), b.slot(), b.eta_seconds() * 1e6);
+    std::printf("whole prefix to the GPU: %.1f us\n", r->eta_seconds() * 1e6);
     return 0;
   }
   if (cmd == "evict") {
@@ -308,6 +319,9 @@ int Run(const CliArgs& args) {
     }
     return r->drained() ? 0 : 1;
   }
+  bool handled = false;
+  const int rc = RunPolicyCommand(**client, args, json, &handled);
+  if (handled) return rc;
   std::fprintf(stderr, "kvtierctl: unknown command '%s'\n", cmd.c_str());
   return 2;
 }

@@ -1,4 +1,5 @@
 #include "daemon/config.h"
+#include "daemon/config_policy.h"
 
 #include "daemon/fault_spec.h"
 
@@ -131,6 +132,7 @@ absl::Status ValidateConfig(const DaemonConfig& c) {
     return absl::InvalidArgumentError("config: tls_client_ca_file needs tls_cert_file and tls_key_file");
   if (!c.tls_cert_file().empty() && c.tcp_address().empty())
     return absl::InvalidArgumentError("config: TLS is for the TCP listener, but tcp_address is empty");
+  if (auto st = ValidateCachePolicyConfig(c); !st.ok()) return st;
   return absl::OkStatus();
 }
 

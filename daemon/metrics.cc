@@ -45,6 +45,7 @@ MetricsSample TakeMetricsSample(const BlockStore& store, const SessionRegistry& 
   s.ssd_write = l.ssd_write.Take();
   s.ssd_read = l.ssd_read.Take();
   s.sessions = sessions.size();
+  TakePolicySample(store, sessions, &s);
   return s;
 }
 
@@ -106,6 +107,7 @@ std::string RenderPrometheusText(const MetricsSample& sample) {
   Histogram(&out, "kvtier_ssd_write_duration_seconds", "Duration of one host-to-SSD write batch.", sample.ssd_write);
   Histogram(&out, "kvtier_ssd_read_duration_seconds", "Duration of one SSD-to-host read-and-verify batch.",
             sample.ssd_read);
+  AppendPolicyMetrics(sample, &out);
   return out;
 }
 

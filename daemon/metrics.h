@@ -28,10 +28,17 @@ struct MetricsSample {
   StoreStats store;
   LatencyHistogram::Snapshot page_out, page_in, ssd_write, ssd_read;
   uint64_t sessions = 0;
+  // Cache policy (metrics_policy.cc).
+  PolicyStats policy;
+  std::vector<KvEventLog::ConsumerInfo> event_consumers;
+  absl::flat_hash_map<uint64_t, std::string> tenant_names;  // namespace id -> name, from live sessions
 };
 
 MetricsSample TakeMetricsSample(const BlockStore& store, const SessionRegistry& sessions);
 std::string RenderPrometheusText(const MetricsSample& sample);
+// The cache-policy families (hit rate per tier, removals by reason, admission, pins, quotas, event lag).
+void TakePolicySample(const BlockStore& store, const SessionRegistry& sessions, MetricsSample* sample);
+void AppendPolicyMetrics(const MetricsSample& sample, std::string* out);
 
 class MetricsServer {
  public:

@@ -1,4 +1,5 @@
 #include "daemon/server.h"
+#include "daemon/config_policy.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -51,6 +52,7 @@ absl::StatusOr<std::unique_ptr<KvTierServer>> KvTierServer::Start(const kvtier::
   BlockStoreOptions options;
   options.gpu_pool_bytes = config.limits().gpu_pool_bytes();
   options.host_tier_bytes = config.limits().host_tier_bytes();
+  options.policy = CachePolicyOptionsFromConfig(config);
   std::unique_ptr<SsdTier> ssd;
   if (!config.ssd_dir().empty() && config.limits().ssd_tier_bytes() > 0) {
     SsdTierOptions so;
@@ -75,6 +77,7 @@ absl::StatusOr<std::unique_ptr<KvTierServer>> KvTierServer::Start(const kvtier::
   }
   s->store_ =
       std::make_unique<BlockStore>(options, std::move(device), std::move(choice.host_allocator), std::move(ssd));
+  if (auto st = ApplyConfiguredQuotas(config, *s->store_); !st.ok()) return st;
   s->sessions_ = std::make_unique<SessionRegistry>(s->store_.get());
   s->service_ = std::make_unique<KvTierService>(config, s->store_.get(), s->sessions_.get());
   s->service_->SetDefaultStaticScales(*std::move(static_scales));
@@ -140,6 +143,12 @@ absl::StatusOr<std::unique_ptr<KvTierServer>> KvTierServer::Start(const kvtier::
   if (s->server_ == nullptr)
     return absl::UnavailableError(absl::StrCat("gRPC server failed to start on unix:", socket, " ",
                                                config.tcp_address()));
+  if (!config.cache_policy().kv_events_zmq_endpoint().empty()) {
+    auto zmq = KvEventZmqPublisher::Start(config.cache_policy().kv_events_zmq_endpoint(),
+                                          config.cache_policy().kv_events_zmq_topic(), s->store_.get());
+    if (!zmq.ok()) return zmq.status();
+    s->kv_events_zmq_ = std::move(*zmq);
+  }
   if (!config.metrics_address().empty()) {
     auto metrics = MetricsServer::Start(config.metrics_address(), s->store_.get(), s->sessions_.get());
     if (!metrics.ok()) return metrics.status();

@@ -10,6 +10,7 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
+#include "daemon/kv_event_zmq.h"
 #include "daemon/metrics.h"
 #include "daemon/service.h"
 #include "daemon/session_registry.h"
@@ -41,6 +42,7 @@ class KvTierServer {
   std::unique_ptr<FdBroker> fd_broker_;  // GetPoolHandle's descriptor socket (unix socket_path only)
   std::unique_ptr<KvTierService> service_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<KvEventZmqPublisher> kv_events_zmq_;  // reads the store's events; stops before it
   std::unique_ptr<MetricsServer> metrics_;  // declared last: stops before what it reads is destroyed
   bool shut_down_ = false;
   int tcp_port_ = 0;

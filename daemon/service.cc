@@ -94,6 +94,7 @@ grpc::ServerWriteReactor<v1::SessionEvent>* KvTierService::Attach(grpc::Callback
     return new Refuse();
   }
   Session s = sessions_->Open(std::move(tenant), std::move(salt), admin, req->client_name(), req->pid());
+  OnSessionOpened(s);
   return new AttachReactor(sessions_, std::move(s), config_.lease_ms());
 }
 

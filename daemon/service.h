@@ -3,7 +3,9 @@
 // (status_map.h). Handlers never block on I/O other than the store's own bounded work.
 #pragma once
 
+#include <atomic>
 #include <memory>
+#include <string>
 #include <optional>
 
 #include "absl/functional/function_ref.h"
@@ -15,6 +17,9 @@
 #include "daemon/prefetcher.h"
 #include "daemon/session_registry.h"
 #include "daemon/token_file.h"
+#include "absl/container/flat_hash_map.h"
+#include "daemon/session_registry.h"
+#include "tiering/sync.h"
 #include "tiering/block_store.h"
 
 namespace kvtier {
@@ -93,9 +98,45 @@ class KvTierService final : public kvtier::v1::KvTier::CallbackService {
   void set_fd_broker(FdBroker* broker) { fd_broker_ = broker; }
   // The tenant token file's table (null: no token file). Set before the server starts.
   void set_tokens(std::shared_ptr<const TokenTable> tokens) { tokens_ = std::move(tokens); }
+  // Cache policy (service_policy.cc).
+  grpc::ServerWriteReactor<kvtier::v1::KvEventBatch>* StreamKvEvents(
+      grpc::CallbackServerContext* ctx, const kvtier::v1::StreamKvEventsRequest* req) override;
+  grpc::ServerUnaryReactor* KvSnapshot(grpc::CallbackServerContext* ctx, const kvtier::v1::KvSnapshotRequest* req,
+                                       kvtier::v1::KvSnapshotResponse* resp) override;
+  grpc::ServerUnaryReactor* PinPrefix(grpc::CallbackServerContext* ctx, const kvtier::v1::PinPrefixRequest* req,
+                                      kvtier::v1::PinPrefixResponse* resp) override;
+  grpc::ServerUnaryReactor* ReleasePin(grpc::CallbackServerContext* ctx, const kvtier::v1::ReleasePinRequest* req,
+                                       kvtier::v1::ReleasePinResponse* resp) override;
+  grpc::ServerUnaryReactor* Invalidate(grpc::CallbackServerContext* ctx, const kvtier::v1::InvalidateRequest* req,
+                                       kvtier::v1::InvalidateResponse* resp) override;
+  grpc::ServerWriteReactor<kvtier::v1::WarmProgress>* Warm(grpc::CallbackServerContext* ctx,
+                                                           const kvtier::v1::WarmRequest* req) override;
+  grpc::ServerUnaryReactor* SetTenantQuota(grpc::CallbackServerContext* ctx,
+                                           const kvtier::v1::SetTenantQuotaRequest* req,
+                                           kvtier::v1::SetTenantQuotaResponse* resp) override;
+  grpc::ServerUnaryReactor* PolicyStats(grpc::CallbackServerContext* ctx, const kvtier::v1::PolicyStatsRequest* req,
+                                        kvtier::v1::PolicyStatsResponse* resp) override;
+
+  // A new session (Attach): its private blocks are charged to its tenant; its tenant's name is kept for
+  // events and stats.
+  void OnSessionOpened(const Session& s);
+  // The tenant name of a namespace id (what events and stats show).
+  std::string TenantName(uint64_t tenant_ns) const;
+  // The namespace id of a tenant name under this daemon's tenant list (salt = name unless configured).
+  uint64_t TenantNsOf(const std::string& tenant) const;
+  // Per-tenant usage, quotas and pins per tier: every tenant for an admin session, else its own.
+  void FillTenantStats(const Session& s,
+                       google::protobuf::RepeatedPtrField<kvtier::v1::TenantPolicyStats>* out) const;
 
  private:
   class AttachReactor;
+  template <class Msg>
+  class ThreadedWriter;
+  class EventStream;
+  class WarmStream;
+  mutable Mutex tenant_mu_;
+  absl::flat_hash_map<uint64_t, std::string> tenant_names_ ABSL_GUARDED_BY(tenant_mu_);
+  std::atomic<int> event_streams_{0};
 
   // The session named by a request, or NOT_FOUND; admin-only calls also need an admin session.
   grpc::Status ResolveSession(uint64_t id, bool need_admin, Session* out) const;

@@ -170,6 +170,8 @@ grpc::ServerUnaryReactor* KvTierService::Lookup(grpc::CallbackServerContext* ctx
       loc->set_block_id(b.block_id);
       loc->set_tier(ToWire(b.tier));
       loc->set_slot(b.slot);
+      loc->set_eta_seconds(b.eta_seconds);
+      resp->set_eta_seconds(resp->eta_seconds() + b.eta_seconds);
     }
     resp->set_matched_tokens(out->matched_tokens);
     return grpc::Status::OK;
@@ -188,7 +190,7 @@ grpc::ServerUnaryReactor* KvTierService::Release(grpc::CallbackServerContext* ct
 grpc::ServerUnaryReactor* KvTierService::Stats(grpc::CallbackServerContext* ctx, const v1::StatsRequest* req,
                                                v1::StatsResponse* resp) {
   // Stats are tier totals and counters, with no per-tenant content: any attached session may ask.
-  return WithSession(ctx, req->session_id(), false, [&](const Session&) -> grpc::Status {
+  return WithSession(ctx, req->session_id(), false, [&](const Session& s) -> grpc::Status {
     const StoreStats st = store_->Stats();
     for (const auto& t : st.tiers) {
       auto* w = resp->add_tiers();
@@ -215,6 +217,7 @@ grpc::ServerUnaryReactor* KvTierService::Stats(grpc::CallbackServerContext* ctx,
     resp->set_ssd_writes(st.ssd_writes);
     resp->set_ssd_reads(st.ssd_reads);
     resp->set_ssd_restored(st.ssd_restored);
+    FillTenantStats(s, resp->mutable_tenants());  // service_policy.cc
     return grpc::Status::OK;
   });
 }

@@ -10,6 +10,8 @@ apt_packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   librocksdb-dev liburing-dev libzstd-dev libabsl-dev libxxhash-dev
   libgtest-dev libgmock-dev libbenchmark-dev libcivetweb-dev libsystemd-dev
+  # KV events over ZeroMQ in the vLLM wire format (daemon/kv_event_zmq.cc)
+  libzmq3-dev libmsgpack-dev
   # deployment checks (tests/deploy): systemd-analyze, linters, offline Kubernetes manifest validation
   systemd yamllint shellcheck python3-yaml python3-kubernetes
   # daemon auth test: self-signed TLS certificates; perf for bench/daemon profiles
@@ -33,7 +35,7 @@ fi
 
 if [ "${KVTIER_SETUP_PYTHON:-1}" = "1" ]; then
   py_missing=()
-  for m in grpc:grpcio grpc_tools:grpcio-tools google.protobuf:protobuf numpy:numpy; do
+  for m in grpc:grpcio grpc_tools:grpcio-tools google.protobuf:protobuf numpy:numpy zmq:pyzmq msgpack:msgpack; do
     python3 -c "import ${m%%:*}" 2>/dev/null || py_missing+=("${m##*:}")
   done
   if [ ${#py_missing[@]} -gt 0 ]; then

@@ -9,6 +9,12 @@
 
 namespace kvtier {
 
+namespace internal_policy {
+// Set by BlockStore::Warm around its lookups (block_store_policy.cc): kept out of the lookup counters.
+extern thread_local bool tls_warming;
+}  // namespace internal_policy
+using internal_policy::tls_warming;
+
 namespace {
 absl::Status DroppedDuringCall() {
   return absl::DataLossError("a block was dropped (its record failed verification) during the call");
@@ -32,6 +38,23 @@ BlockStore::BlockStore(BlockStoreOptions options, std::unique_ptr<DeviceBackend>
       host_(options.host_tier_bytes, std::move(host_allocator)),
       ssd_(std::move(ssd)),
       gpu_limit_(options.gpu_pool_bytes) {
+  events_ = std::make_unique<KvEventLog>(options_.policy.event_buffer);
+  {
+    MutexLock lock(&mu_);
+    h2g_bw_ = options_.policy.host_to_gpu_bytes_per_second;
+    ssd_bw_ = options_.policy.ssd_read_bytes_per_second;
+    for (Tier t : {Tier::kGpu, Tier::kHost, Tier::kSsd}) {
+      const TierPolicyOptions& o = t == Tier::kGpu    ? options_.policy.gpu
+                                   : t == Tier::kHost ? options_.policy.host
+                                                      : options_.policy.ssd;
+      auto policy = MakeEvictionPolicy(o.eviction);
+      if (!policy.ok()) {  // validated by the daemon's config check; fall back rather than die
+        KVTIER_LOG(kError, "eviction_policy") << "tier=" << TierName(t) << " error=\"" << policy.status() << "\"";
+        policy = MakeEvictionPolicy("lru");
+      }
+      eviction_[static_cast<int>(t)] = std::move(*policy);
+    }
+  }
   if (ssd_ != nullptr) RestoreFromSsd();
   mover_ = std::thread([this] { MoverLoop(); });
 }
@@ -113,7 +136,8 @@ bool BlockStore::WaitNotMoving(std::span<Entry* const> entries) {
   return all_present;
 }
 
-void BlockStore::FreeBlockLocked(Entry& e, bool dropped, std::vector<BlockKey>* ssd_keys) {
+void BlockStore::FreeBlockLocked(Entry& e, bool dropped, std::vector<BlockKey>* ssd_keys, RemoveReason reason) {
+  OnRemovedLocked(e, reason);
   if (e.committed) {
     auto it = index_.find(e.key);
     if (it != index_.end() && it->second == e.id) index_.erase(it);
@@ -169,6 +193,9 @@ absl::StatusOr<std::vector<AllocatedBlock>> BlockStore::Allocate(SessionId sessi
   const uint64_t need = ResidentBytes(*layout) * static_cast<uint64_t>(count);
   PageArena* arena = ArenaLocked(*layout);
   if (arena == nullptr) return absl::ResourceExhaustedError("GPU pool arena could not be created");
+  if (auto ns = session_ns_.find(session); ns != session_ns_.end() && !MakeTenantRoomLocked(ns->second, Tier::kGpu, need))
+    return absl::ResourceExhaustedError(absl::StrCat("the tenant's GPU quota has no room for ", need,
+                                                     " bytes (its own blocks there are pinned)"));
   if (!MakeGpuRoomLocked(need) || arena->free_slots() < count)
     return absl::ResourceExhaustedError(absl::StrCat("GPU pool full: need ", need, " bytes, used ", gpu_used_,
                                                      " of ", gpu_limit_, " and nothing evictable"));
@@ -184,6 +211,7 @@ absl::StatusOr<std::vector<AllocatedBlock>> BlockStore::Allocate(SessionId sessi
     out.push_back({e->id, e->slot});
     owned_[session].insert(e->id);
     gpu_blocks_.insert(e->id);
+    ChargeLocked(*e);
     entries_.emplace(e->id, std::move(e));
   }
   gpu_used_ += need;
@@ -368,6 +396,7 @@ absl::StatusOr<std::vector<CommitOutcome>> BlockStore::Commit(SessionId session,
       // Someone published this prefix first: keep theirs, free ours, pin theirs for the session.
       Entry* existing = FindLocked(it->second);
       Pin(session, *existing);
+      OnUsedLocked(*existing);
       out.push_back({keys[i], existing->id, true});
       ++counters_.blocks_deduplicated;
       FreeBlockLocked(e, /*dropped=*/false);
@@ -382,6 +411,7 @@ absl::StatusOr<std::vector<CommitOutcome>> BlockStore::Commit(SessionId session,
     if (!e.parent.IsZero())
       if (auto pit = index_.find(e.parent); pit != index_.end()) ++FindLocked(pit->second)->children;
     Pin(session, e);
+    OnStoredLocked(e, items[i].tokens);
     out.push_back({e.key, e.id, false});
     ++counters_.blocks_committed;
   }
@@ -405,8 +435,10 @@ absl::StatusOr<LookupOutcome> BlockStore::Lookup(SessionId session, std::string_
     keys.push_back(parent);
   }
   MutexLock lock(&mu_);
-  ++counters_.lookups;
-  counters_.lookup_blocks_requested += full_blocks;
+  if (!tls_warming) {  // warm-up (block_store_policy.cc) is not lookup traffic
+    ++counters_.lookups;
+    counters_.lookup_blocks_requested += full_blocks;
+  }
   // Two passes over hash tables far larger than the caches, each prefetching a few probes ahead: the
   // walk is a chain of independent misses otherwise (a 32K-token lookup is 2048 of each).
   constexpr size_t kAhead = 8;
@@ -424,6 +456,11 @@ absl::StatusOr<LookupOutcome> BlockStore::Lookup(SessionId session, std::string_
     if (i + kAhead < hit_ids.size()) entries_.prefetch(hit_ids[i + kAhead]);
     hits.push_back(FindLocked(hit_ids[i]));
   }
+  if (!tls_warming)
+    for (Entry* e : hits) {  // hit rate per tier: where each block was found
+      ++policy_counters_.lookup_hits_by_tier[static_cast<int>(e->tier)];
+      OnUsedLocked(*e);
+    }
   if (pin || promote)
     for (Entry* e : hits) Pin(session, *e);
   if (promote) {
@@ -436,10 +473,10 @@ absl::StatusOr<LookupOutcome> BlockStore::Lookup(SessionId session, std::string_
   LookupOutcome out;
   for (Entry* e : hits) {
     Touch(*e);
-    out.blocks.push_back({e->key, e->id, e->tier, e->tier == Tier::kGpu ? e->slot : -1});
+    out.blocks.push_back({e->key, e->id, e->tier, e->tier == Tier::kGpu ? e->slot : -1, EtaSecondsLocked(*e)});
   }
   out.matched_tokens = static_cast<int32_t>(hits.size()) * bs;
-  counters_.lookup_blocks_hit += hits.size();
+  if (!tls_warming) counters_.lookup_blocks_hit += hits.size();
   return out;
 }
 
@@ -543,6 +580,7 @@ void BlockStore::ReleaseSession(SessionId session) {
       if (Entry* e = FindLocked(id)) e->pins -= n;
     pins_.erase(it);
   }
+  session_ns_.erase(session);
 }
 
 int64_t BlockStore::PinnedBy(SessionId session) const {

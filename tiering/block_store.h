@@ -31,6 +31,7 @@
 #pragma once
 
 #include <condition_variable>
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -44,6 +45,9 @@
 #include "absl/status/statusor.h"
 #include "tiering/sync.h"
 #include "tiering/block_key.h"
+#include "tiering/cache_policy.h"
+#include "tiering/eviction_policy.h"
+#include "tiering/kv_events.h"
 #include "tiering/device_backend.h"
 #include "tiering/host_tier.h"
 #include "tiering/latency_histogram.h"
@@ -68,6 +72,7 @@ struct BlockStoreOptions {
   double host_high_watermark = 0.95;  // with an SSD tier: host -> SSD above this fraction...
   double host_low_watermark = 0.85;   // ...down to this one
   int max_blocks_per_call = 4096;
+  CachePolicyOptions policy;  // eviction/admission per tier, events, bandwidths (cache_policy.h)
 };
 
 struct AllocatedBlock {
@@ -93,6 +98,7 @@ struct BlockLocationInfo {
   BlockId block_id;
   Tier tier;
   int32_t slot;
+  double eta_seconds = 0;  // estimated time to bring it to the GPU tier (0 when it is there)
 };
 
 struct LookupOutcome {
@@ -213,6 +219,67 @@ class BlockStore {
   // Test hook: flips one byte of a host-tier block's record, as a memory or media error would.
   bool CorruptHostRecordForTest(BlockId id);
 
+  // ---- Cache policy layer (block_store_policy.cc, cache_policy.h) ----
+  // The namespace id of a tenant salt (what events and quotas name a tenant by).
+  static uint64_t TenantNs(std::string_view tenant_salt);
+  // The KV event stream; it lives as long as the store.
+  KvEventLog& events() const { return *events_; }
+  // Charges a session's private blocks to the tenant of `tenant_salt` (quotas); call once per session.
+  void SetSessionTenant(SessionId session, std::string_view tenant_salt);
+  // Every committed block (of one tenant namespace, or all with only_ns == 0) and the event sequence
+  // number the snapshot is current to: events from `next_seq` on happened after it.
+  struct SnapshotBlock {
+    BlockKey key, parent;
+    uint64_t layout_id = 0, tenant_ns = 0;
+    Tier tier = Tier::kGpu;
+    std::string format;
+    int32_t block_size = 0;
+  };
+  struct KvSnapshot {
+    uint64_t next_seq = 0;
+    std::vector<SnapshotBlock> blocks;
+  };
+  KvSnapshot TakeSnapshot(uint64_t only_ns) const;
+  // Sets a tenant's quota per tier (0: none). Lowering one drains: the mover demotes the tenant's excess.
+  absl::Status SetTenantQuota(uint64_t tenant_ns, const TenantQuota& quota);
+  // Pins the cached prefix of `tokens` for `ttl_ms`: hard pins keep the blocks in their tier (and count
+  // against the tenant's quota there); retention hints only make them the last eviction choice.
+  struct PinOutcome {
+    uint64_t pin_id = 0;
+    int64_t blocks = 0;
+    int64_t expires_unix_ms = 0;
+  };
+  absl::StatusOr<PinOutcome> PinPrefix(std::string_view tenant_salt, uint64_t layout_id,
+                                       std::span<const int32_t> tokens, int64_t ttl_ms, bool hard);
+  // Ends a pin early; `tenant_ns` 0 is an admin (any tenant's pin).
+  absl::Status ReleasePin(uint64_t pin_id, uint64_t tenant_ns);
+  // Removes blocks from every tier, with kRemoved/kInvalidated events. Scopes: the blocks of the cached
+  // prefix of `tokens` and every block chained below them; all blocks of a tenant; all blocks of a layout.
+  // Blocks pinned by live sessions stay (counted in `skipped_pinned`); retention pins on removed blocks end.
+  struct InvalidateScope {
+    enum class Kind { kPrefix, kTenant, kLayout } kind = Kind::kPrefix;
+    std::string tenant_salt;  // kPrefix
+    uint64_t tenant_ns = 0;   // kTenant (and kPrefix: filled in from the salt)
+    uint64_t layout_id = 0;   // kPrefix, kLayout
+    std::vector<int32_t> tokens;  // kPrefix
+  };
+  struct InvalidateOutcome {
+    int64_t removed = 0;
+    int64_t skipped_pinned = 0;
+  };
+  absl::StatusOr<InvalidateOutcome> Invalidate(const InvalidateScope& scope);
+  // Warm-up: brings the cached prefix of `tokens` up to `target` (GPU, or host from SSD) without keeping
+  // pins. Returns how many blocks of the prefix were found and how many are now in `target` or above.
+  struct WarmOutcome {
+    int64_t found = 0;
+    int64_t in_target = 0;
+  };
+  absl::StatusOr<WarmOutcome> Warm(SessionId session, std::string_view tenant_salt, uint64_t layout_id,
+                                   std::span<const int32_t> tokens, Tier target);
+  PolicyStats GetPolicyStats() const;
+  // Runs the pin-expiry and quota-drain pass now (the mover runs it every 200 ms).
+  void RunPolicyMaintenance();
+
  private:
   // One page-table entry.
   struct Entry {
@@ -235,6 +302,14 @@ class BlockStore {
     uint64_t ssd_copy_checksum = 0;  // that record's checksum (a later page-out may quantize anew)
     int32_t children = 0;
     uint64_t last_use = 0;
+    // Cache policy (block_store_policy.cc).
+    std::vector<int32_t> tokens;  // committed blocks: its tokens, for events (empty after a warm restart)
+    uint32_t uses = 0;            // commit, deduplicated commits and lookup hits (admission)
+    int32_t depth = 0;            // position in its sequence (0: first block), for the cost policy
+    int32_t retain = 0;           // retention hints on it
+    uint64_t charged_ns = 0;      // what its tenant account is charged for it now
+    Tier charged_tier = Tier::kGpu;
+    uint64_t charged_bytes = 0;
     // The static scale set the block's offload copy is quantized with (its layout's; 0: none). Carried in
     // the SSD metadata, so that a restored block is only ever served by a layout with the same set.
     uint64_t scale_set_id = 0;
@@ -252,11 +327,14 @@ class BlockStore {
   // Removes a block from every structure and frees its memory. An SSD-tier block's record is removed from
   // the SSD tier at once, or its key is appended to `ssd_keys` for the caller to remove in one batch (or
   // to drop, when the record is already gone).
-  void FreeBlockLocked(Entry& e, bool dropped, std::vector<BlockKey>* ssd_keys = nullptr)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `reason` is what a committed block's kRemoved event and the evictions-by-reason counters say.
+  void FreeBlockLocked(Entry& e, bool dropped, std::vector<BlockKey>* ssd_keys = nullptr,
+                       RemoveReason reason = RemoveReason::kEvicted) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  // Selects up to `n` eviction victims in `tier` (leaves first, then least recently used).
-  std::vector<Entry*> PickVictimsLocked(Tier tier, int64_t n) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Selects up to `n` eviction victims in `tier` (only of tenant `only_ns` when non-zero), in the order
+  // of cache_policy.h: quota class, leaves first, then the tier's eviction policy.
+  std::vector<Entry*> PickVictimsLocked(Tier tier, int64_t n, uint64_t only_ns = 0)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Pages `victims` out to the host tier (dropping what does not fit, unless !may_drop: then it stays);
   // releases the lock meanwhile.
   EvictOutcome PageOutLocked(std::vector<Entry*> victims, bool may_drop = true) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -300,6 +378,37 @@ class BlockStore {
 
   void MoverLoop();
 
+  // Cache policy hooks (block_store_policy.cc), called wherever a block enters or leaves a tier.
+  // A committed block was published into the GPU tier (`tokens` are its tokens).
+  void OnStoredLocked(Entry& e, const std::vector<int32_t>& tokens) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A committed block moved from `from` to its current tier; `evicted` when it was pushed down.
+  void OnMovedLocked(Entry& e, Tier from, bool evicted) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A block is about to be freed (FreeBlockLocked).
+  void OnRemovedLocked(Entry& e, RemoveReason reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A lookup hit or a deduplicated commit used the block.
+  void OnUsedLocked(Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Re-charges e's tenant account for the tier and bytes it occupies now.
+  void ChargeLocked(Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint64_t TierBytesLocked(const Entry& e) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::string FormatInTierLocked(const Entry& e) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EmitLocked(KvEventType type, const Entry& e, Tier from, RemoveReason reason)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Admission into `tier` (host or SSD) from above.
+  bool AdmitLocked(const Entry& e, Tier tier) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Makes room for `bytes` more of tenant `ns` in `tier` inside its quota by demoting (or, in the SSD
+  // tier, dropping) the tenant's own unpinned blocks; false if they cannot make room.
+  bool MakeTenantRoomLocked(uint64_t ns, Tier tier, uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Eviction class of a block (cache_policy.h): 0 over quota, 1 no quota, 2 within quota, 3 retained.
+  int PriorityClassLocked(const Entry& e) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Tenant namespace a block is charged to (its own once committed, its session's while private).
+  uint64_t TenantOfLocked(const Entry& e) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RecordTransfer(bool from_ssd, uint64_t bytes, absl::Duration took) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  double EtaSecondsLocked(const Entry& e) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ExpirePinsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status ReleasePinLocked(uint64_t pin_id, uint64_t tenant_ns) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DrainQuotasLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  EvictionPolicy& PolicyFor(Tier t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return *eviction_[static_cast<int>(t)]; }
+
   const BlockStoreOptions options_;
   std::unique_ptr<DeviceBackend> device_;
   LayoutRegistry layouts_;
@@ -332,6 +441,25 @@ class BlockStore {
   std::condition_variable mover_cv_;
   bool mover_kick_ = false;  // guarded by mover_mu_
   bool mover_stop_ = false;  // guarded by mover_mu_
+
+  // Cache policy state (block_store_policy.cc).
+  struct RetentionPin {
+    uint64_t tenant_ns = 0;
+    bool hard = false;
+    absl::Time expires;
+    std::vector<BlockId> blocks;
+    std::array<uint64_t, 4> bytes{};  // hard pins: bytes held per tier when pinned (quota)
+  };
+  std::unique_ptr<KvEventLog> events_;
+  std::array<std::unique_ptr<EvictionPolicy>, 4> eviction_ ABSL_GUARDED_BY(mu_);  // by Tier value
+  absl::flat_hash_map<uint64_t, TenantUsage> tenants_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<SessionId, uint64_t> session_ns_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, RetentionPin> retention_pins_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_pin_id_ ABSL_GUARDED_BY(mu_) = 1;
+  PolicyStats policy_counters_ ABSL_GUARDED_BY(mu_);
+  double h2g_bw_ ABSL_GUARDED_BY(mu_) = 0, ssd_bw_ ABSL_GUARDED_BY(mu_) = 0;
+  mutable absl::flat_hash_map<std::pair<uint64_t, int>, std::string> format_names_ ABSL_GUARDED_BY(mu_);
+
   std::thread mover_;
 };
 

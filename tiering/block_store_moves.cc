@@ -8,25 +8,22 @@
 
 namespace kvtier {
 
-std::vector<BlockStore::Entry*> BlockStore::PickVictimsLocked(Tier tier, int64_t n) {
+std::vector<BlockStore::Entry*> BlockStore::PickVictimsLocked(Tier tier, int64_t n, uint64_t only_ns) {
   const auto& set = tier == Tier::kGpu ? gpu_blocks_ : tier == Tier::kHost ? host_blocks_ : ssd_blocks_;
-  std::vector<Entry*> candidates;
+  std::vector<EvictionCandidate> candidates;
   for (BlockId id : set) {
     Entry* e = FindLocked(id);
-    if (e->committed && e->pins == 0 && !e->moving) candidates.push_back(e);
+    if (e->committed && e->pins == 0 && !e->moving && (only_ns == 0 || e->ns == only_ns))
+      candidates.push_back({id, e->children == 0, PriorityClassLocked(*e), 0});
   }
-  // Leaves of the prefix tree first (their ancestors stay useful to other sequences), then LRU.
-  auto order = [](const Entry* a, const Entry* b) {
-    if ((a->children == 0) != (b->children == 0)) return a->children == 0;
-    return a->last_use < b->last_use;
-  };
-  if (n > 0 && static_cast<size_t>(n) < candidates.size()) {
-    std::partial_sort(candidates.begin(), candidates.begin() + n, candidates.end(), order);
-    candidates.resize(n);
-  } else {
-    std::sort(candidates.begin(), candidates.end(), order);
-  }
-  return candidates;
+  // Quota class, then leaves of the prefix tree (their ancestors stay useful to other sequences), then
+  // the tier's eviction policy (cache_policy.h, eviction_policy.h).
+  const size_t want = n > 0 ? std::min(static_cast<size_t>(n), candidates.size()) : candidates.size();
+  PolicyFor(tier).Rank(candidates, want);
+  std::vector<Entry*> out;
+  out.reserve(want);
+  for (size_t i = 0; i < want; ++i) out.push_back(FindLocked(candidates[i].id));
+  return out;
 }
 
 bool BlockStore::MakeHostRoomLocked(uint64_t bytes, bool may_drop) {
@@ -45,6 +42,13 @@ bool BlockStore::MakeHostRoomLocked(uint64_t bytes, bool may_drop) {
   while (!host_.HasRoom(bytes)) {
     std::vector<Entry*> v = PickVictimsLocked(Tier::kHost, 32);
     if (v.empty()) return false;
+    {  // only as many as the shortfall needs
+      const uint64_t short_by = host_.used() + bytes > host_.capacity() ? host_.used() + bytes - host_.capacity() : 0;
+      uint64_t freed = 0;
+      size_t take = 0;
+      while (take < v.size() && freed < short_by) freed += v[take++]->record_bytes;
+      v.resize(std::max<size_t>(take, 1));
+    }
     if (ssd_ != nullptr) {
       const EvictOutcome o = DemoteToSsdLocked(std::move(v), may_drop);
       if (o.moved == 0 && o.dropped == 0) return false;
@@ -89,6 +93,19 @@ EvictOutcome BlockStore::PageOutLocked(std::vector<Entry*> victims, bool may_dro
           ++outcome.moved;
           continue;
         }
+        if (!AdmitLocked(*e, Tier::kHost)) {  // the admission filter keeps it out of the host tier
+          e->moving = false;
+          FreeBlockLocked(*e, /*dropped=*/true, nullptr, RemoveReason::kAdmission);
+          ++outcome.dropped;
+          continue;
+        }
+        if (!MakeTenantRoomLocked(e->ns, Tier::kHost, record_bytes) || e->pins > 0) {
+          e->moving = false;
+          if (e->pins > 0) continue;  // pinned meanwhile: stays on the GPU
+          FreeBlockLocked(*e, /*dropped=*/true, nullptr, RemoveReason::kQuota);  // its tenant's host quota is full
+          ++outcome.dropped;
+          continue;
+        }
         std::unique_ptr<HostRecord> r = host_.Allocate(record_bytes);
         // Making room may release the lock (host -> SSD), and a lookup may pin the block meanwhile.
         if (r == nullptr && chunk.empty() && MakeHostRoomLocked(record_bytes, may_drop))
@@ -126,6 +143,7 @@ void BlockStore::FinishPageOutLocked(const Layout& layout, Entry& e, std::unique
   host_blocks_.insert(e.id);
   ++counters_.page_outs;
   if (resident > e.record_bytes) counters_.bytes_saved_by_quantization += resident - e.record_bytes;
+  OnMovedLocked(e, Tier::kGpu, /*evicted=*/true);
 }
 
 EvictOutcome BlockStore::PageOutChunkLocked(const Layout& layout, const PageGeometry& offload,
@@ -197,10 +215,11 @@ absl::flat_hash_set<BlockId> BlockStore::PageInLocked(std::vector<Entry*> blocks
           continue;
         }
         KVTIER_LOG(kError, "checksum_mismatch") << "block=" << e->id << " tier=host action=drop";
-        FreeBlockLocked(*e, /*dropped=*/true);
+        FreeBlockLocked(*e, /*dropped=*/true, nullptr, RemoveReason::kCorrupt);
         continue;
       }
-      if (arena == nullptr || !MakeGpuRoomLocked(resident) || arena->free_slots() == 0) {
+      if (arena == nullptr || !MakeTenantRoomLocked(e->ns, Tier::kGpu, resident) || !MakeGpuRoomLocked(resident) ||
+          arena->free_slots() == 0) {
         failed.insert(e->id);
         e->moving = false;
         continue;
@@ -215,8 +234,10 @@ absl::flat_hash_set<BlockId> BlockStore::PageInLocked(std::vector<Entry*> blocks
     mu_.Unlock();
     const absl::Time started = absl::Now();
     absl::Status st = device_->PageIn(*layout, offload, *arena, slots, src);
-    latencies_.page_in.Record(absl::Now() - started);
+    const absl::Duration took = absl::Now() - started;
+    latencies_.page_in.Record(took);
     mu_.Lock();
+    if (st.ok()) RecordTransfer(/*from_ssd=*/false, moving.size() * layout->offload_record_bytes(geometry.second), took);
     for (size_t i = 0; i < moving.size(); ++i) {
       Entry& e = *moving[i];
       e.moving = false;
@@ -232,6 +253,7 @@ absl::flat_hash_set<BlockId> BlockStore::PageInLocked(std::vector<Entry*> blocks
       gpu_blocks_.insert(e.id);
       clean_copies_.insert(e.id);  // the record stays as the block's clean copy
       ++counters_.page_ins;
+      OnMovedLocked(e, Tier::kHost, /*evicted=*/false);
     }
     if (!st.ok()) {
       KVTIER_LOG(kError, "page_in_failed") << "blocks=" << moving.size() << " error=\"" << st << "\"";
@@ -244,6 +266,11 @@ bool BlockStore::MakeGpuRoomLocked(uint64_t bytes) {
   while (gpu_used_ + bytes > gpu_limit_) {
     std::vector<Entry*> v = PickVictimsLocked(Tier::kGpu, 64);
     if (v.empty()) return false;
+    // Only as many as the shortfall needs: evicting more than that throws away what the policy kept.
+    uint64_t freed = 0;
+    size_t take = 0;
+    while (take < v.size() && gpu_used_ + bytes > gpu_limit_ + freed) freed += ResidentBytes(*v[take++]->layout);
+    v.resize(std::max<size_t>(take, 1));
     const EvictOutcome o = PageOutLocked(std::move(v));
     if (o.moved == 0 && o.dropped == 0) return false;  // victims got pinned meanwhile; give up
   }
@@ -350,6 +377,8 @@ void BlockStore::MoverLoop() {
     }
     MutexLock lock(&mu_);
     if (stopping_) return;
+    ExpirePinsLocked();   // retention pins past their TTL
+    DrainQuotasLocked();  // tenants over a (lowered) quota give back their excess
     if (gpu_used_ > gpu_limit_ * options_.gpu_high_watermark) {
       const auto low = static_cast<uint64_t>(gpu_limit_ * options_.gpu_low_watermark);
       while (gpu_used_ > low && !stopping_) {

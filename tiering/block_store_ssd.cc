@@ -106,11 +106,39 @@ void BlockStore::MakeSsdRoomLocked(uint64_t bytes, bool may_drop) {
 EvictOutcome BlockStore::DemoteToSsdLocked(std::vector<Entry*> victims, bool may_drop) {
   EvictOutcome outcome;
   if (victims.empty() || ssd_ == nullptr) return outcome;
-  uint64_t bytes = 0;
+  // Admission and the tenants' SSD quotas first: what they refuse is dropped, not written.
+  std::vector<Entry*> admitted;
   for (Entry* e : victims) {
-    e->moving = true;  // before the lock is released below
-    if (!e->ssd_copy) bytes += e->record_bytes;
+    // Blocks that already have an SSD copy (Flush) were admitted when it was written; Drain (!may_drop)
+    // never drops, so admission does not apply to it.
+    if (may_drop && !e->ssd_copy && !AdmitLocked(*e, Tier::kSsd)) {
+      FreeBlockLocked(*e, /*dropped=*/true, nullptr, RemoveReason::kAdmission);
+      ++outcome.dropped;
+    } else {
+      admitted.push_back(e);
+    }
   }
+  victims = std::move(admitted);
+  for (Entry* e : victims) e->moving = true;  // before the lock is released below
+  {
+    std::vector<Entry*> fits;
+    for (Entry* e : victims) {
+      if (MakeTenantRoomLocked(e->ns, Tier::kSsd, e->record_bytes)) {
+        fits.push_back(e);
+      } else if (e->pins == 0 && may_drop) {
+        e->moving = false;
+        FreeBlockLocked(*e, /*dropped=*/true, nullptr, RemoveReason::kQuota);
+        ++outcome.dropped;
+      } else {
+        e->moving = false;  // pinned meanwhile, or a drain: stays in host memory
+      }
+    }
+    victims = std::move(fits);
+  }
+  if (victims.empty()) return outcome;
+  uint64_t bytes = 0;
+  for (Entry* e : victims)
+    if (!e->ssd_copy) bytes += e->record_bytes;
   MakeSsdRoomLocked(bytes, may_drop);
   // Victims with an SSD copy (Flush) are already there: only the others are written.
   std::vector<std::string> metas;
@@ -145,7 +173,7 @@ EvictOutcome BlockStore::DemoteToSsdLocked(std::vector<Entry*> victims, bool may
       ++counters_.ssd_write_failures;
       KVTIER_LOG(kWarning, "ssd_write_failed") << "block=" << e.id << " error=\"" << written << "\"";
       if (e.pins == 0 && may_drop) {  // nothing acknowledged is lost: this block was only ever in our memory
-        FreeBlockLocked(e, /*dropped=*/true);
+        FreeBlockLocked(e, /*dropped=*/true, nullptr, RemoveReason::kWriteFailed);
         ++outcome.dropped;
       }
       continue;
@@ -162,6 +190,7 @@ EvictOutcome BlockStore::DemoteToSsdLocked(std::vector<Entry*> victims, bool may
     ssd_blocks_.insert(e.id);
     ++counters_.ssd_writes;
     ++outcome.moved;
+    OnMovedLocked(e, Tier::kHost, /*evicted=*/true);
   }
   if (!undo.empty()) (void)ssd_->Remove(undo);
   return outcome;
@@ -181,7 +210,8 @@ absl::flat_hash_set<BlockId> BlockStore::PromoteFromSsdLocked(std::vector<Entry*
   std::vector<std::unique_ptr<HostRecord>> records;
   std::vector<BlockKey> keys;
   for (Entry* e : blocks) {
-    std::unique_ptr<HostRecord> r = host_.Allocate(e->record_bytes);
+    std::unique_ptr<HostRecord> r =
+        MakeTenantRoomLocked(e->ns, Tier::kHost, e->record_bytes) ? host_.Allocate(e->record_bytes) : nullptr;
     if (r == nullptr) {
       e->moving = false;
       deferred->push_back(e);
@@ -210,8 +240,14 @@ absl::flat_hash_set<BlockId> BlockStore::PromoteFromSsdLocked(std::vector<Entry*
         verdict[i] = absl::DataLossError("SSD record does not match its page-table checksum");
     }
   }
-  latencies_.ssd_read.Record(absl::Now() - started);
+  const absl::Duration took = absl::Now() - started;
+  latencies_.ssd_read.Record(took);
   mu_.Lock();
+  {
+    uint64_t read_bytes = 0;
+    for (const auto& r : records) read_bytes += r->size();
+    RecordTransfer(/*from_ssd=*/true, read_bytes, took);
+  }
   std::vector<BlockKey> promoted;
   for (size_t i = 0; i < reading.size(); ++i) {
     Entry& e = *reading[i];
@@ -222,7 +258,7 @@ absl::flat_hash_set<BlockId> BlockStore::PromoteFromSsdLocked(std::vector<Entry*
       KVTIER_LOG(kError, "ssd_read_failed") << "block=" << e.id << " error=\"" << verdict[i] << "\"";
       if (verdict[i].code() == absl::StatusCode::kDataLoss) {  // corrupt: dropped, never served
         ++counters_.checksum_failures;
-        FreeBlockLocked(e, /*dropped=*/true);
+        FreeBlockLocked(e, /*dropped=*/true, nullptr, RemoveReason::kCorrupt);
       }
       continue;
     }
@@ -232,6 +268,7 @@ absl::flat_hash_set<BlockId> BlockStore::PromoteFromSsdLocked(std::vector<Entry*
     host_blocks_.insert(e.id);
     promoted.push_back(e.key);
     ++counters_.ssd_reads;
+    OnMovedLocked(e, Tier::kSsd, /*evicted=*/false);
   }
   if (!promoted.empty()) (void)ssd_->Remove(promoted);  // tiers are exclusive
   return failed;
@@ -260,6 +297,10 @@ void BlockStore::RestoreFromSsd() {
     e->last_use = info.sequence;  // older writes are older uses
     index_.emplace(e->key, e->id);
     ssd_blocks_.insert(e->id);
+    e->uses = 1;
+    PolicyFor(Tier::kSsd).OnInsert({e->id, e->key, e->record_bytes, 1.0});
+    ChargeLocked(*e);
+    EmitLocked(KvEventType::kStored, *e, Tier::kSsd, RemoveReason::kEvicted);
     entries_.emplace(e->id, std::move(e));
     ++counters_.ssd_restored;
     return true;

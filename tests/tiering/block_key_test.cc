@@ -4,6 +4,10 @@
 #include <gtest/gtest.h>
 #include <xxhash.h>
 
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -20,6 +24,55 @@ TEST(BlockKey, ChainDependsOnEveryInput) {
   EXPECT_NE(a, ChainKey(BlockKey{1, 0}, 7, "tenant-a", t));  // parent
   t[15] = 0;
   EXPECT_NE(a, ChainKey({}, 7, "tenant-a", t));  // tokens
+}
+
+// docs/block_hash.md's test vectors (tests/tiering/block_key_vectors.txt), also checked by the Python
+// implementation (client/python/kvtier/block_hash.py, tests/client/block_hash_test.py). One vector a line:
+//   layout_id salt_hex parent_hex tokens_csv key_hex
+// ("-" for an empty salt; parent_hex of 32 zeros for the first block; key_hex in the 16-byte wire form).
+// KVTIER_WRITE_VECTORS=FILE rewrites the keys of the file's inputs with this implementation.
+std::string HexBytes(const std::string& b) {
+  std::string out;
+  char buf[3];
+  for (unsigned char c : b) {
+    std::snprintf(buf, sizeof buf, "%02x", c);
+    out += buf;
+  }
+  return out;
+}
+std::string UnHex(const std::string& h) {
+  std::string out;
+  for (size_t i = 0; i + 1 < h.size(); i += 2) out.push_back(static_cast<char>(std::stoi(h.substr(i, 2), nullptr, 16)));
+  return out;
+}
+
+TEST(BlockKey, MatchesThePublishedTestVectors) {
+  std::ifstream in(KVTIER_SOURCE_DIR "/tests/tiering/block_key_vectors.txt");
+  ASSERT_TRUE(in) << "block_key_vectors.txt";
+  std::string line, rewritten;
+  int checked = 0;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') {
+      rewritten += line + "\n";
+      continue;
+    }
+    std::istringstream ls(line);
+    uint64_t layout = 0;
+    std::string salt_hex, parent_hex, tokens_csv, key_hex;
+    ls >> layout >> salt_hex >> parent_hex >> tokens_csv >> key_hex;
+    const std::string salt = salt_hex == "-" ? "" : UnHex(salt_hex);
+    BlockKey parent;
+    ASSERT_TRUE(BlockKey::FromBytes(UnHex(parent_hex), &parent)) << line;
+    std::vector<int32_t> tokens;
+    std::stringstream ts(tokens_csv);
+    for (std::string t; std::getline(ts, t, ',');) tokens.push_back(static_cast<int32_t>(std::stol(t)));
+    const std::string got = HexBytes(ChainKey(parent, layout, salt, tokens).ToBytes());
+    EXPECT_EQ(got, key_hex) << line;
+    rewritten += std::to_string(layout) + " " + salt_hex + " " + parent_hex + " " + tokens_csv + " " + got + "\n";
+    ++checked;
+  }
+  EXPECT_GE(checked, 8);
+  if (const char* out = std::getenv("KVTIER_WRITE_VECTORS")) std::ofstream(out) << rewritten;
 }
 
 // The key is XXH3-128 of the byte layout in docs/block_hash.md; rebuilt here independently, fed to the

@@ -11,5 +11,6 @@ _ensure_generated()
 
 from kvtier.client import Client, KvTierError, Layout  # noqa: E402
 from kvtier import oracle  # noqa: E402
+from kvtier import block_hash  # noqa: E402
 
-__all__ = ["Client", "KvTierError", "Layout", "oracle"]
+__all__ = ["Client", "KvTierError", "Layout", "oracle", "block_hash"]

@@ -144,3 +144,43 @@ class Client:
                                                   layer=layer, num_q_heads=num_q_heads, sequences=seqs,
                                                   queries=queries, sm_scale=sm_scale))
         return r.output
+
+    # ---- Cache policy (docs/cache_policy.md) ----
+
+    def kv_events(self, start_seq=0, tenant="", max_batch=0):
+        """Yields KvEventBatch messages (from_seq, next_seq, lost, events, head_seq) until the stream ends;
+        a batch whose from_seq differs from the previous next_seq, or with lost > 0, means a gap: resync
+        with kv_snapshot(). Cancel by calling .cancel() on the returned iterator."""
+        return self._stub.StreamKvEvents(pb.StreamKvEventsRequest(session_id=self.session_id, start_seq=start_seq,
+                                                                  tenant=tenant, max_batch=max_batch))
+
+    def kv_snapshot(self, tenant=""):
+        """Every cached block visible to this session, and next_seq to stream events from."""
+        return self._call("KvSnapshot", pb.KvSnapshotRequest(session_id=self.session_id, tenant=tenant))
+
+    def pin_prefix(self, layout, tokens, ttl_ms, retain=False):
+        """Pins the cached prefix of `tokens` for ttl_ms (retain=True: a retention hint); returns the reply
+        (pin_id, blocks, expires_unix_ms)."""
+        mode = pb.PIN_MODE_RETAIN if retain else pb.PIN_MODE_HARD
+        return self._call("PinPrefix", pb.PinPrefixRequest(session_id=self.session_id, layout_id=layout.layout_id,
+                                                           tokens=list(tokens), ttl_ms=ttl_ms, mode=mode))
+
+    def release_pin(self, pin_id):
+        self._call("ReleasePin", pb.ReleasePinRequest(session_id=self.session_id, pin_id=pin_id))
+
+    def invalidate_prefix(self, layout, tokens):
+        """Removes the block ending the prefix and every block chained below it, from every tier."""
+        return self._call("Invalidate", pb.InvalidateRequest(
+            session_id=self.session_id, prefix=pb.InvalidatePrefix(layout_id=layout.layout_id, tokens=list(tokens))))
+
+    def warm(self, layout, prefixes, target="host"):
+        """Brings each token list in `prefixes` up to the host or GPU tier; yields WarmProgress messages."""
+        req = pb.WarmRequest(session_id=self.session_id, target=pb.TIER_GPU if target == "gpu" else pb.TIER_HOST,
+                             prefixes=[pb.WarmPrefix(layout_id=layout.layout_id, tokens=list(p)) for p in prefixes])
+        try:
+            yield from self._stub.Warm(req)
+        except grpc.RpcError as e:
+            raise KvTierError(e.code(), e.details()) from None
+
+    def policy_stats(self):
+        return self._call("PolicyStats", pb.PolicyStatsRequest(session_id=self.session_id))
