@@ -223,6 +223,8 @@ absl::StatusOr<v1::LoadStaticScalesResponse> Client::LoadStaticScales(uint64_t l
   req.set_scales_file(std::move(scales_file));
   *req.mutable_policy() = policy;
   return Call<v1::LoadStaticScalesResponse>(*stub_, &v1::KvTier::Stub::LoadStaticScales, req);
+}
+
 absl::StatusOr<v1::FlushResponse> Client::Flush(v1::Tier to) {
   v1::FlushRequest req;
   req.set_session_id(session_id_);
