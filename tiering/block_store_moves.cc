@@ -93,7 +93,8 @@ EvictOutcome BlockStore::PageOutLocked(std::vector<Entry*> victims, bool may_dro
           ++outcome.moved;
           continue;
         }
-        if (!AdmitLocked(*e, Tier::kHost)) {  // the admission filter keeps it out of the host tier
+        // The admission filter keeps it out of the host tier (a drain, !may_drop, never drops).
+        if (may_drop && !AdmitLocked(*e, Tier::kHost)) {
           e->moving = false;
           FreeBlockLocked(*e, /*dropped=*/true, nullptr, RemoveReason::kAdmission);
           ++outcome.dropped;
@@ -101,7 +102,7 @@ EvictOutcome BlockStore::PageOutLocked(std::vector<Entry*> victims, bool may_dro
         }
         if (!MakeTenantRoomLocked(e->ns, Tier::kHost, record_bytes) || e->pins > 0) {
           e->moving = false;
-          if (e->pins > 0) continue;  // pinned meanwhile: stays on the GPU
+          if (e->pins > 0 || !may_drop) continue;  // pinned meanwhile, or a drain: stays on the GPU
           FreeBlockLocked(*e, /*dropped=*/true, nullptr, RemoveReason::kQuota);  // its tenant's host quota is full
           ++outcome.dropped;
           continue;
