@@ -47,13 +47,7 @@ class AdminTest : public ::testing::Test {
     std::filesystem::remove_all(dir_);
   }
   std::unique_ptr<Client> Connect(const std::string& tenant, const std::string& token) {
-    ClientOptions o;
-    o.target = "unix:" + config_.socket_path();
-    o.tenant = tenant;
-    o.token = token;
-    auto c = Client::Connect(o);
-    EXPECT_TRUE(c.ok()) << c.status();
-    return c.ok() ? std::move(*c) : nullptr;
+    return testing::ConnectAs(config_.socket_path(), tenant, token);
   }
   std::unique_ptr<Client> Admin() { return Connect("alpha", "admin-secret"); }
 

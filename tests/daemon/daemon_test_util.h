@@ -4,10 +4,12 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <memory>
 #include <string>
 
 #include <gtest/gtest.h>
 
+#include "client/client.h"
 #include "kvtier/v1/kvtier.pb.h"
 
 namespace kvtier::testing {
@@ -31,6 +33,19 @@ inline std::filesystem::path MakeTestDir(const std::string& prefix) {
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   return dir;
+}
+
+// A client of the server listening on `socket_path`, as `tenant` with `token`; null (and a test failure)
+// when it cannot connect.
+inline std::unique_ptr<Client> ConnectAs(const std::string& socket_path, const std::string& tenant,
+                                         const std::string& token) {
+  ClientOptions o;
+  o.target = "unix:" + socket_path;
+  o.tenant = tenant;
+  o.token = token;
+  auto c = Client::Connect(o);
+  EXPECT_TRUE(c.ok()) << c.status();
+  return c.ok() ? std::move(*c) : nullptr;
 }
 
 }  // namespace kvtier::testing

@@ -46,13 +46,7 @@ class PolicyServiceTest : public ::testing::Test {
     std::filesystem::remove_all(dir_);
   }
   std::unique_ptr<Client> Connect(const std::string& tenant, const std::string& token) {
-    ClientOptions o;
-    o.target = "unix:" + config_.socket_path();
-    o.tenant = tenant;
-    o.token = token;
-    auto c = Client::Connect(o);
-    EXPECT_TRUE(c.ok()) << c.status();
-    return c.ok() ? std::move(*c) : nullptr;
+    return testing::ConnectAs(config_.socket_path(), tenant, token);
   }
   // Registers the small layout and writes + commits every full block of `prompt`; returns the layout id.
   uint64_t Publish(Client& c, const std::vector<int32_t>& prompt) {
