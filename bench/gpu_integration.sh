@@ -13,6 +13,7 @@ out=${OUT:-/tmp/kvtier-gpu-out}
 mkdir -p "$out"
 work=$(mktemp -d /tmp/kvtier-gpu.XXXXXX)
 tar -xJf "$archive" -C "$work"
+# shellcheck source=/dev/null  # the bundle is unpacked at run time
 . "$work/bundle/env.sh"
 # Tests that start kvtierd find it at the path of the build they were compiled in.
 build_kvtierd=$(strings "$work/bundle/bin/e2e_pool_gpu_test" | grep -m1 '/build/release/daemon/kvtierd$' || true)
