@@ -16,21 +16,12 @@ namespace {
 
 constexpr LayoutShape kShape{4, 2, 64, 16};
 
-LayoutSpec Int8OffloadSpec() {
-  LayoutSpec spec;
-  spec.shape = kShape;
-  spec.policy = PrecisionPolicy::Uniform(Format::kFp16, Format::kInt8);
-  spec.policy_fingerprint = "fp16/int8";
-  return spec;
-}
+LayoutSpec Int8OffloadSpec() { return testing::Fp16Int8Spec(kShape); }
 
 class BlockStoreTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           ("kvtier-bs-" + std::to_string(getpid()) + "-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::remove_all(dir_);
+    dir_ = testing::FreshTestDir("kvtier-bs-");
     Reset(64ull << 20, 64ull << 20);
   }
   void TearDown() override {

@@ -15,21 +15,12 @@ namespace {
 
 constexpr LayoutShape kShape{4, 2, 64, 16};
 
-LayoutSpec Spec() {
-  LayoutSpec spec;
-  spec.shape = kShape;
-  spec.policy = PrecisionPolicy::Uniform(Format::kFp16, Format::kInt8);
-  spec.policy_fingerprint = "fp16/int8";
-  return spec;
-}
+LayoutSpec Spec() { return testing::Fp16Int8Spec(kShape); }
 
 class CachePolicyTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           ("kvtier-cp-" + std::to_string(getpid()) + "-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::remove_all(dir_);
+    dir_ = testing::FreshTestDir("kvtier-cp-");
   }
   void TearDown() override {
     store_.reset();

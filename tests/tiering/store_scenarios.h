@@ -2,7 +2,11 @@
 // prompt's blocks with oracle content, and many sessions reading their prompts back while blocks move.
 #pragma once
 
+#include <gtest/gtest.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <filesystem>
 #include <random>
 #include <string>
 #include <thread>
@@ -12,6 +16,24 @@
 #include "tiering/block_store.h"
 
 namespace kvtier::testing {
+
+// The tiering tests' usual layout: fp16 pages on the GPU, int8 (K per-channel, V per-token) below.
+inline LayoutSpec Fp16Int8Spec(const LayoutShape& shape) {
+  LayoutSpec spec;
+  spec.shape = shape;
+  spec.policy = PrecisionPolicy::Uniform(Format::kFp16, Format::kInt8);
+  spec.policy_fingerprint = "fp16/int8";
+  return spec;
+}
+
+// An empty path for the running test's files (SSD tier), named after the test; the caller removes it.
+inline std::filesystem::path FreshTestDir(const std::string& prefix) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   (prefix + std::to_string(::getpid()) + "-" +
+                    ::testing::UnitTest::GetInstance()->current_test_info()->name());
+  std::filesystem::remove_all(dir);
+  return dir;
+}
 
 inline std::vector<int32_t> ScenarioPrompt(int n, int salt) {
   std::vector<int32_t> p(n);
