@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "client/client.h"
+#include "tests/e2e/daemon_fixture.h"
 #include "tests/e2e/process.h"
 
 namespace kvtier {
@@ -13,32 +14,9 @@ namespace {
 using testing::ChildProcess;
 using testing::JsonNumber;
 
-class AttendWorkersTest : public ::testing::Test {
+class AttendWorkersTest : public testing::DaemonProcessTest {
  protected:
-  void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           ("kvtier-e2e4-" + std::to_string(getpid()) + "-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::create_directories(dir_);
-    socket_ = (dir_ / "kvtierd.sock").string();
-    StartDaemon();
-  }
-  void StartDaemon() {
-    std::filesystem::remove(socket_);
-    daemon_ = std::make_unique<ChildProcess>(
-        std::vector<std::string>{KVTIERD_PATH, "--socket_path=" + socket_, "--lease_ms=2000",
-                                 "--limits.gpu_pool_bytes=268435456", "--limits.host_tier_bytes=268435456",
-                                 "--ssd_dir=" + (dir_ / "ssd").string(), "--limits.ssd_tier_bytes=268435456"},
-        (dir_ / "kvtierd.log").string());
-    ASSERT_TRUE(testing::WaitForPath(socket_, 10000)) << "kvtierd did not create its socket";
-  }
-  void TearDown() override {
-    if (daemon_) {
-      daemon_->Signal(SIGTERM);
-      EXPECT_EQ(daemon_->Wait(), 0) << "kvtierd did not shut down cleanly";
-    }
-    std::filesystem::remove_all(dir_);
-  }
+  AttendWorkersTest() : DaemonProcessTest("kvtier-e2e4-") {}
   std::unique_ptr<Client> Admin() {
     ClientOptions o;
     o.target = "unix:" + socket_;
@@ -53,9 +31,6 @@ class AttendWorkersTest : public ::testing::Test {
     return line;
   }
 
-  std::filesystem::path dir_;
-  std::string socket_;
-  std::unique_ptr<ChildProcess> daemon_;
 };
 
 TEST_F(AttendWorkersTest, FourWorkersShareAPrefixAndSurviveOneBeingKilled) {

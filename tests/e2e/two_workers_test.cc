@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "client/client.h"
+#include "tests/e2e/daemon_fixture.h"
 #include "tests/e2e/process.h"
 
 namespace kvtier {
@@ -10,32 +11,9 @@ namespace {
 using testing::ChildProcess;
 using testing::JsonNumber;
 
-class TwoWorkersTest : public ::testing::Test {
+class TwoWorkersTest : public testing::DaemonProcessTest {
  protected:
-  void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           ("kvtier-e2e-" + std::to_string(getpid()) + "-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::create_directories(dir_);
-    socket_ = (dir_ / "kvtierd.sock").string();
-    StartDaemon();
-  }
-  void StartDaemon() {
-    std::filesystem::remove(socket_);
-    daemon_ = std::make_unique<ChildProcess>(
-        std::vector<std::string>{KVTIERD_PATH, "--socket_path=" + socket_, "--lease_ms=2000",
-                                 "--limits.gpu_pool_bytes=268435456", "--limits.host_tier_bytes=268435456",
-                                 "--ssd_dir=" + (dir_ / "ssd").string(), "--limits.ssd_tier_bytes=268435456"},
-        (dir_ / "kvtierd.log").string());
-    ASSERT_TRUE(testing::WaitForPath(socket_, 10000)) << "kvtierd did not create its socket";
-  }
-  void TearDown() override {
-    if (daemon_) {
-      daemon_->Signal(SIGTERM);
-      EXPECT_EQ(daemon_->Wait(), 0) << "kvtierd did not shut down cleanly";
-    }
-    std::filesystem::remove_all(dir_);
-  }
+  TwoWorkersTest() : DaemonProcessTest("kvtier-e2e-") {}
   std::string Worker(const std::vector<std::string>& extra, int* exit_code) {
     std::vector<std::string> argv{WORKER_PATH, "--socket=" + socket_};
     argv.insert(argv.end(), extra.begin(), extra.end());
@@ -52,9 +30,6 @@ class TwoWorkersTest : public ::testing::Test {
     return c.ok() ? std::move(*c) : nullptr;
   }
 
-  std::filesystem::path dir_;
-  std::string socket_;
-  std::unique_ptr<ChildProcess> daemon_;
 };
 
 TEST_F(TwoWorkersTest, SecondProcessReusesThePrefixAcrossAPageOutAndPageIn) {
