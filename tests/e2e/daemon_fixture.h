@@ -34,7 +34,8 @@ class DaemonProcessTest : public ::testing::Test {
                                  "--limits.gpu_pool_bytes=268435456", "--limits.host_tier_bytes=268435456",
                                  "--ssd_dir=" + (dir_ / "ssd").string(), "--limits.ssd_tier_bytes=268435456"},
         (dir_ / "kvtierd.log").string());
-    ASSERT_TRUE(WaitForPath(socket_, 10000)) << "kvtierd did not create its socket";
+    const std::string error = WaitForDaemon(*daemon_, socket_, dir_ / "kvtierd.log");
+    ASSERT_TRUE(error.empty()) << error;
   }
   void TearDown() override {
     if (daemon_) {

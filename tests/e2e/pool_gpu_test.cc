@@ -33,7 +33,8 @@ TEST(PoolGpuTest, TwoProcessesShareTheGpuPool) {
   const std::string socket = (dir / "kvtierd.sock").string();
   ChildProcess daemon({KVTIERD_PATH, "--socket_path=" + socket, "--limits.gpu_pool_bytes=268435456"},
                       (dir / "kvtierd.log").string());
-  ASSERT_TRUE(testing::WaitForPath(socket, 20000)) << "kvtierd did not start";
+  const std::string error = testing::WaitForDaemon(daemon, socket, dir / "kvtierd.log");
+  ASSERT_TRUE(error.empty()) << error;
   ClientOptions o;
   o.target = "unix:" + socket;
   auto c = Client::Connect(o);

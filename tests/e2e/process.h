@@ -8,6 +8,8 @@
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -71,17 +73,30 @@ class ChildProcess {
   }
   // Waits for exit; returns the exit status (or -signal).
   int Wait() {
+    if (reaped_) return exit_status_;
     int status = 0;
     waitpid(pid_, &status, 0);
     reaped_ = true;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+    exit_status_ = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+    return exit_status_;
   }
   void Signal(int sig) { kill(pid_, sig); }
+  // True once the child has exited (it is reaped; exit_status() says how).
+  bool Exited() {
+    if (reaped_) return true;
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) != pid_) return false;
+    reaped_ = true;
+    exit_status_ = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+    return true;
+  }
+  int exit_status() const { return exit_status_; }
 
  private:
   pid_t pid_ = -1;
   int out_fd_ = -1;
   bool reaped_ = false;
+  int exit_status_ = 0;
   std::string buffer_;
 };
 
@@ -92,12 +107,32 @@ inline double JsonNumber(const std::string& line, const std::string& key) {
   return std::stod(line.substr(pos + key.size() + 3));
 }
 
-inline bool WaitForPath(const std::filesystem::path& p, int timeout_ms) {
-  for (int waited = 0; waited < timeout_ms; waited += 10) {
-    if (std::filesystem::exists(p)) return true;
+inline std::string ReadTextFile(const std::filesystem::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Waits until a kvtierd child has created its socket. Fails at once if the daemon exits first, and
+// otherwise after `timeout_ms` (generous: sanitizer builds on a loaded 2-core CI host start slowly);
+// either way the message carries the daemon's log.
+inline std::string WaitForDaemon(ChildProcess& daemon, const std::filesystem::path& socket,
+                                 const std::filesystem::path& log, int timeout_ms = 60000) {
+  const auto start = std::chrono::steady_clock::now();
+  const auto deadline = start + std::chrono::milliseconds(timeout_ms);
+  while (!std::filesystem::exists(socket)) {
+    if (daemon.Exited()) {
+      return "kvtierd exited with status " + std::to_string(daemon.exit_status()) + " before creating " +
+             socket.string() + "; its log:\n" + ReadTextFile(log);
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      return "kvtierd did not create " + socket.string() + " within " + std::to_string(timeout_ms) +
+             " ms; its log:\n" + ReadTextFile(log);
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  return false;
+  return "";
 }
 
 }  // namespace kvtier::testing

@@ -38,13 +38,6 @@ v1::LayoutSpec NamedLayout() {
   return l;
 }
 
-std::string ReadFile(const std::filesystem::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 class StaticScalesE2e : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -66,7 +59,8 @@ class StaticScalesE2e : public ::testing::Test {
     std::vector<std::string> argv{KVTIERD_PATH};
     argv.insert(argv.end(), extra.begin(), extra.end());
     daemon_ = std::make_unique<ChildProcess>(argv, (dir_ / "kvtierd.log").string());
-    ASSERT_TRUE(testing::WaitForPath(socket_, 10000)) << "kvtierd did not start:\n" << ReadFile(dir_ / "kvtierd.log");
+    const std::string error = testing::WaitForDaemon(*daemon_, socket_, dir_ / "kvtierd.log");
+    ASSERT_TRUE(error.empty()) << error;
   }
   void StopDaemon(int sig) {
     if (!daemon_) return;
@@ -145,7 +139,7 @@ TEST_F(StaticScalesE2e, CalibrateExportRestartServeFromSsdWithinTheBound) {
   out = Ctl({"calibrate", "export", scales.string()}, &rc);
   ASSERT_EQ(rc, 0) << out;
   EXPECT_TRUE(absl::StrContains(out, absl::StrCat("layout ", calibrated_layout, ", 256 tokens"))) << out;
-  auto set = ParseStaticScalesFile(ReadFile(scales), scales.string());
+  auto set = ParseStaticScalesFile(testing::ReadTextFile(scales), scales.string());
   ASSERT_TRUE(set.ok()) << set.status();
 
   // 2. Restart with the file in the config; workload B through the static layout, down to SSD.
@@ -175,7 +169,7 @@ TEST_F(StaticScalesE2e, CalibrateExportRestartServeFromSsdWithinTheBound) {
   // The set is kept beside the SSD records, so the blocks' scales can always be configured again.
   const std::filesystem::path kept =
       dir_ / "ssd" / "scales" / absl::StrCat(absl::Hex((*set)->id, absl::kZeroPad16), ".kvscales");
-  auto kept_set = ParseStaticScalesFile(ReadFile(kept), kept.string());
+  auto kept_set = ParseStaticScalesFile(testing::ReadTextFile(kept), kept.string());
   ASSERT_TRUE(kept_set.ok()) << kept_set.status();
   EXPECT_EQ((*kept_set)->id, (*set)->id);
   EXPECT_EQ((*kept_set)->scales, (*set)->scales);
@@ -205,7 +199,7 @@ TEST_F(StaticScalesE2e, CalibrateExportRestartServeFromSsdWithinTheBound) {
   //    are never decoded with the second.
   engine_.reset();
   StopDaemon(SIGTERM);
-  std::string edited = ReadFile(scales);
+  std::string edited = testing::ReadTextFile(scales);
   const size_t at = edited.find("scale: ");
   ASSERT_NE(at, std::string::npos);
   edited.replace(at, edited.find('\n', at) - at, "scale: 0.5");
@@ -231,7 +225,7 @@ TEST_F(StaticScalesE2e, BadScalesFileInTheConfigStopsTheDaemonWithTheReason) {
   std::ofstream(conf) << Config(scales);
   ChildProcess d({KVTIERD_PATH, "--config=" + conf.string(), "--socket_path=" + socket_}, (dir_ / "bad.log").string());
   EXPECT_NE(d.Wait(), 0);
-  const std::string log = ReadFile(dir_ / "bad.log");
+  const std::string log = testing::ReadTextFile(dir_ / "bad.log");
   EXPECT_TRUE(absl::StrContains(log, "layer 0 K head 0 channel 5: scale nan is not a positive finite number")) << log;
 }
 

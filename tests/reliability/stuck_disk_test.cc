@@ -33,7 +33,8 @@ class StuckDiskTest : public ::testing::Test {
                                  "--ssd_dir=" + (dir_ / "ssd").string(), "--limits.ssd_tier_bytes=33554432",
                                  "--ssd_io_timeout_ms=500", "--fault_spec=" + fault_spec},
         (dir_ / "kvtierd.log").string());
-    EXPECT_TRUE(testing::WaitForPath(socket_, 20000)) << "kvtierd did not start";
+    const std::string error = testing::WaitForDaemon(*d, socket_, dir_ / "kvtierd.log");
+    EXPECT_TRUE(error.empty()) << error;
     return d;
   }
   std::unique_ptr<Client> Connect() {
