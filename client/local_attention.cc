@@ -1,6 +1,7 @@
 #include "client/local_attention.h"
 
 #include <cstring>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 
@@ -8,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include "kernels/attention/attention_cuda.h"
+#include "kernels/cuda/cuda_check.h"
 #endif
 
 namespace kvtier {
@@ -17,6 +19,13 @@ absl::Status FromKernel(const KernelStatus& s) {
   if (s.ok()) return absl::OkStatus();
   return absl::InvalidArgumentError(s.message());
 }
+
+#if KVTIER_WITH_CUDA
+absl::Status Cuda(cudaError_t err, const char* what) {
+  const KernelStatus s = CudaStatus(err, what);
+  return s.ok() ? absl::OkStatus() : absl::InternalError(s.message());
+}
+#endif
 
 bool IsDecode(const std::vector<int32_t>& q_indptr) {
   for (size_t i = 0; i + 1 < q_indptr.size(); ++i)
@@ -28,7 +37,7 @@ bool IsDecode(const std::vector<int32_t>& q_indptr) {
 
 LocalAttention::~LocalAttention() {
 #if KVTIER_WITH_CUDA
-  if (scratch_ != nullptr) (void)cudaFree(scratch_);
+  if (scratch_ != nullptr) IgnoreCudaError(cudaFree(scratch_));
 #endif
 }
 
@@ -62,13 +71,18 @@ absl::Status LocalAttention::Run(const LocalAttendBatch& b, void* cuda_stream) {
   const size_t need = lens_bytes + table_bytes + indptr_bytes + align(workspace);
   if (need > scratch_bytes_) {
     if (scratch_ != nullptr) {
-      if (cudaStreamSynchronize(stream) != cudaSuccess) return absl::InternalError("cudaStreamSynchronize failed");
-      (void)cudaFree(scratch_);
+      if (auto st = Cuda(cudaStreamSynchronize(stream), "cudaStreamSynchronize"); !st.ok()) return st;
+      IgnoreCudaError(cudaFree(scratch_));
       scratch_ = nullptr;
       scratch_bytes_ = 0;
     }
-    if (cudaSetDevice(pool_.device()) != cudaSuccess || cudaMalloc(&scratch_, need) != cudaSuccess)
-      return absl::ResourceExhaustedError(absl::StrCat("cudaMalloc of ", need, " bytes of attention scratch failed"));
+    if (auto st = Cuda(cudaSetDevice(pool_.device()), "cudaSetDevice"); !st.ok()) return st;
+    if (const cudaError_t e = cudaMalloc(&scratch_, need); e != cudaSuccess) {
+      IgnoreCudaError(e);
+      scratch_ = nullptr;
+      return absl::ResourceExhaustedError(absl::StrCat("cudaMalloc of ", need, " bytes of attention scratch failed: ",
+                                                       cudaGetErrorName(e)));
+    }
     scratch_bytes_ = need;
   }
   auto* base = static_cast<uint8_t*>(scratch_);
@@ -80,12 +94,14 @@ absl::Status LocalAttention::Run(const LocalAttendBatch& b, void* cuda_stream) {
   launch.workspace = workspace ? base + lens_bytes + table_bytes + indptr_bytes : nullptr;
   launch.workspace_bytes = workspace;
   // The mirrors go up on the caller's stream, ahead of the launch (pageable copies: staged by the driver).
-  if (cudaMemcpyAsync(base, b.seq_lens.data(), b.seq_lens.size() * 4, cudaMemcpyHostToDevice, stream) != cudaSuccess ||
-      cudaMemcpyAsync(base + lens_bytes, b.block_table.data(), b.block_table.size() * 4, cudaMemcpyHostToDevice,
-                      stream) != cudaSuccess ||
-      cudaMemcpyAsync(base + lens_bytes + table_bytes, b.q_indptr.data(), b.q_indptr.size() * 4,
-                      cudaMemcpyHostToDevice, stream) != cudaSuccess)
-    return absl::InternalError("uploading the batch mirrors failed");
+  for (auto [offset, src, bytes] : {std::tuple(size_t{0}, b.seq_lens.data(), b.seq_lens.size() * 4),
+                                    std::tuple(lens_bytes, b.block_table.data(), b.block_table.size() * 4),
+                                    std::tuple(lens_bytes + table_bytes, b.q_indptr.data(), b.q_indptr.size() * 4)}) {
+    if (auto st = Cuda(cudaMemcpyAsync(base + offset, src, bytes, cudaMemcpyHostToDevice, stream),
+                       "cudaMemcpyAsync(batch mirrors)");
+        !st.ok())
+      return st;
+  }
   return FromKernel(is_decode ? PagedDecodeCuda(decode, launch) : PagedExtendCuda(extend, launch));
 #else
   (void)cuda_stream;

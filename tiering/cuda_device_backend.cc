@@ -5,6 +5,7 @@
 #include <array>
 #include <cstring>
 #include <functional>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -17,6 +18,7 @@
 #include "kernels/cuda/transcode_cuda.h"
 #include "kernels/static_transcode.h"
 #include "tiering/cuda_call.h"
+#include "tiering/cuda_driver.h"
 #include "tiering/cuda_resources.h"
 #include "tiering/gpu_pool.h"
 #include "tiering/sync.h"
@@ -114,13 +116,48 @@ absl::Status Reserve(Lane& lane, uint64_t bytes, uint32_t pages) ABSL_EXCLUSIVE_
   return absl::OkStatus();
 }
 
-// Maximal runs of pages that one copy can move: pinned pages at a constant host stride (adjacent, or
-// records of one size class of the pinned allocator, whose 4 KiB rounding leaves gaps: a 2D copy), or
-// unpinned pages (one copy through host staging, where they are adjacent by construction).
+// The page-locked host allocation (one cudaHostAlloc or cudaHostRegister range) that holds a page.
+struct PinnedAllocation {
+  const uint8_t* begin = nullptr;
+  const uint8_t* end = nullptr;
+  bool Holds(const uint8_t* p, uint64_t bytes) const { return p >= begin && p + bytes <= end; }
+};
+
+// The pinned allocation that holds all of [p, p + bytes), or nullopt when the range is pageable memory
+// or not entirely in one allocation. Without the driver's range query, the range alone (no merging).
+std::optional<PinnedAllocation> PinnedAllocationOf(const uint8_t* p, uint64_t bytes) {
+  cudaPointerAttributes attr{};
+  if (!CudaCall(cudaPointerGetAttributes(&attr, p), "cudaPointerGetAttributes").ok() ||
+      attr.type != cudaMemoryTypeHost)
+    return std::nullopt;
+  auto api = CudaDriver();
+  CUdeviceptr start = 0;
+  size_t size = 0;
+  const auto at = reinterpret_cast<CUdeviceptr>(p);
+  if (!api.ok() || (*api)->PointerGetAttribute(&start, CU_POINTER_ATTRIBUTE_RANGE_START_ADDR, at) != CUDA_SUCCESS ||
+      (*api)->PointerGetAttribute(&size, CU_POINTER_ATTRIBUTE_RANGE_SIZE, at) != CUDA_SUCCESS) {
+    cudaPointerAttributes last{};
+    if (!CudaCall(cudaPointerGetAttributes(&last, p + bytes - 1), "cudaPointerGetAttributes").ok() ||
+        last.type != cudaMemoryTypeHost)
+      return std::nullopt;
+    return PinnedAllocation{p, p + bytes};
+  }
+  const PinnedAllocation a{reinterpret_cast<const uint8_t*>(start), reinterpret_cast<const uint8_t*>(start) + size};
+  if (!a.Holds(p, bytes)) return std::nullopt;
+  return a;
+}
+
+// Maximal runs of pages that one copy can move: pinned pages of one pinned allocation at a constant
+// host stride (adjacent, or records of one size class of the pinned allocator, whose 4 KiB rounding
+// leaves gaps: a 2D copy), or unpinned pages (one copy through host staging, where they are adjacent by
+// construction). A run never crosses from one pinned allocation into another, even when their addresses
+// happen to line up: the driver rejects such a copy (1D or 2D) with cudaErrorInvalidValue (seen on the
+// H100 and H200 as 5% of reads failing under the GPU stress).
 struct CopyRun {
   size_t first = 0, count = 0;
   bool pinned = false;
-  uint64_t host_stride = 0;  // pinned runs: bytes from one page to the next in host memory
+  uint64_t host_stride = 0;       // pinned runs: bytes from one page to the next in host memory
+  PinnedAllocation allocation{};  // pinned runs: where all of the run's pages lie
 };
 
 // Strides up to this are copied as one 2D copy (far below any device's maximum pitch).
@@ -130,26 +167,29 @@ template <class Ptr>
 std::vector<CopyRun> PlanCopies(std::span<Ptr const> pages, uint64_t unit) {
   std::vector<CopyRun> runs;
   for (size_t i = 0; i < pages.size(); ++i) {
-    const bool pinned = IsPinned(pages[i], unit);
-    if (!runs.empty() && runs.back().pinned == pinned) {
-      CopyRun& r = runs.back();
-      if (!pinned) {
-        ++r.count;
+    const uint8_t* here = pages[i];
+    CopyRun* r = runs.empty() ? nullptr : &runs.back();
+    // A page inside the previous run's pinned allocation is pinned (no query), and may extend the run.
+    if (r != nullptr && r->pinned && r->allocation.Holds(here, unit)) {
+      const uint8_t* first = pages[r->first];
+      if (r->count == 1 && here >= first + unit && here - first <= static_cast<ptrdiff_t>(kMaxHostStride)) {
+        r->host_stride = static_cast<uint64_t>(here - first);
+        ++r->count;
         continue;
       }
-      const uint8_t* first = pages[r.first];
-      const uint8_t* here = pages[i];
-      if (r.count == 1 && here >= first + unit && here - first <= static_cast<ptrdiff_t>(kMaxHostStride)) {
-        r.host_stride = static_cast<uint64_t>(here - first);
-        ++r.count;
+      if (r->count > 1 && here == first + r->count * r->host_stride) {
+        ++r->count;
         continue;
       }
-      if (r.count > 1 && here == first + r.count * r.host_stride) {
-        ++r.count;
-        continue;
-      }
+      runs.push_back({i, 1, true, unit, r->allocation});
+      continue;
     }
-    runs.push_back({i, 1, pinned, unit});
+    const std::optional<PinnedAllocation> pinned = PinnedAllocationOf(here, unit);
+    if (!pinned && r != nullptr && !r->pinned) {
+      ++r->count;
+      continue;
+    }
+    runs.push_back({i, 1, pinned.has_value(), unit, pinned.value_or(PinnedAllocation{})});
   }
   return runs;
 }

@@ -33,7 +33,8 @@ absl::Status Load(CudaDriverApi& api) {
                           Resolve("cuMemAddressFree", &api.MemAddressFree), Resolve("cuMemMap", &api.MemMap),
                           Resolve("cuMemUnmap", &api.MemUnmap), Resolve("cuMemSetAccess", &api.MemSetAccess),
                           Resolve("cuMemExportToShareableHandle", &api.MemExportToShareableHandle),
-                          Resolve("cuMemImportFromShareableHandle", &api.MemImportFromShareableHandle)}) {
+                          Resolve("cuMemImportFromShareableHandle", &api.MemImportFromShareableHandle),
+                          Resolve("cuPointerGetAttribute", &api.PointerGetAttribute)}) {
     if (!st.ok()) return st;
   }
   return absl::OkStatus();

@@ -24,6 +24,7 @@ struct CudaDriverApi {
   decltype(&::cuMemSetAccess) MemSetAccess = nullptr;
   decltype(&::cuMemExportToShareableHandle) MemExportToShareableHandle = nullptr;
   decltype(&::cuMemImportFromShareableHandle) MemImportFromShareableHandle = nullptr;
+  decltype(&::cuPointerGetAttribute) PointerGetAttribute = nullptr;
 };
 
 // Resolves the entry points once (thread-safe) and caches the outcome: the table, or why it is not

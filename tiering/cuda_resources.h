@@ -14,19 +14,19 @@
 namespace kvtier {
 
 struct DeviceFree {
-  void operator()(uint8_t* p) const { (void)cudaFree(p); }
+  void operator()(uint8_t* p) const { IgnoreCudaError(cudaFree(p)); }
 };
 struct PinnedFree {
-  void operator()(uint8_t* p) const { (void)cudaFreeHost(p); }
+  void operator()(uint8_t* p) const { IgnoreCudaError(cudaFreeHost(p)); }
 };
 struct StreamDestroy {
-  void operator()(CUstream_st* s) const { (void)cudaStreamDestroy(s); }
+  void operator()(CUstream_st* s) const { IgnoreCudaError(cudaStreamDestroy(s)); }
 };
 
 using DeviceBytes = std::unique_ptr<uint8_t, DeviceFree>;
 using PinnedBytes = std::unique_ptr<uint8_t, PinnedFree>;
 struct EventDestroy {
-  void operator()(CUevent_st* e) const { (void)cudaEventDestroy(e); }
+  void operator()(CUevent_st* e) const { IgnoreCudaError(cudaEventDestroy(e)); }
 };
 
 using CudaStream = std::unique_ptr<CUstream_st, StreamDestroy>;
@@ -56,19 +56,6 @@ inline absl::StatusOr<CudaEvent> CreateEvent() {
   cudaEvent_t e = nullptr;
   KVTIER_RETURN_IF_CUDA_ERROR(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
   return CudaEvent(e);
-}
-
-// True when [p, p + bytes) is page-locked host memory the copy engines can reach directly.
-inline bool IsPinned(const void* p, uint64_t bytes) {
-  for (const void* q : {p, static_cast<const void*>(static_cast<const uint8_t*>(p) + bytes - 1)}) {
-    cudaPointerAttributes attr{};
-    if (cudaPointerGetAttributes(&attr, q) != cudaSuccess) {
-      (void)cudaGetLastError();
-      return false;
-    }
-    if (attr.type != cudaMemoryTypeHost) return false;
-  }
-  return true;
 }
 
 }  // namespace kvtier

@@ -103,9 +103,9 @@ absl::Status GpuPool::InitLegacy() {
 
 GpuPool::~GpuPool() {
   if (!base_) return;
-  (void)cudaSetDevice(device_);
+  IgnoreCudaError(cudaSetDevice(device_));
   if (!vmm_) {
-    (void)cudaFree(base_);
+    IgnoreCudaError(cudaFree(base_));
     return;
   }
   const CudaDriverApi& drv = **CudaDriver();
@@ -227,7 +227,7 @@ absl::StatusOr<std::unique_ptr<GpuPoolMapping>> GpuPoolMapping::Import(const Gpu
 GpuPoolMapping::~GpuPoolMapping() {
   if (!base_) return;
   if (kind_ == GpuPoolExport::Kind::kLegacyIpc) {
-    (void)cudaIpcCloseMemHandle(base_);
+    IgnoreCudaError(cudaIpcCloseMemHandle(base_));
     return;
   }
   const CudaDriverApi& drv = **CudaDriver();

@@ -23,7 +23,7 @@ class PinnedSlab {
     KVTIER_RETURN_IF_CUDA_ERROR(cudaHostAlloc(&p, bytes, cudaHostAllocPortable));
     return std::unique_ptr<PinnedSlab>(new PinnedSlab(static_cast<uint8_t*>(p), bytes));
   }
-  ~PinnedSlab() { (void)cudaFreeHost(data_); }
+  ~PinnedSlab() { IgnoreCudaError(cudaFreeHost(data_)); }
   PinnedSlab(const PinnedSlab&) = delete;
   PinnedSlab& operator=(const PinnedSlab&) = delete;
   uint8_t* data() const { return data_; }

@@ -9,8 +9,16 @@
 
 namespace kvtier {
 
+// A failed runtime call also leaves its error in the thread's last-error slot, where the check after a
+// later kernel launch (cudaGetLastError) would find it and blame that launch. Every failure handled here
+// is consumed from the slot; IgnoreCudaError does the same for calls whose failure nothing can act on.
+inline void IgnoreCudaError(cudaError_t err) {
+  if (err != cudaSuccess) (void)cudaGetLastError();
+}
+
 inline KernelStatus CudaStatus(cudaError_t err, const char* what) {
   if (err == cudaSuccess) return KernelStatus::Ok();
+  IgnoreCudaError(err);
   return {KernelCode::kInternal, std::string(what) + ": " + cudaGetErrorName(err) + " " + cudaGetErrorString(err)};
 }
 

@@ -14,11 +14,12 @@ const GpuInfo& ProbeGpu() {
     if (err != cudaSuccess || count == 0) {
       info.why_not =
           err != cudaSuccess ? std::string("cudaGetDeviceCount: ") + cudaGetErrorString(err) : "no CUDA device visible";
-      (void)cudaGetLastError();
+      IgnoreCudaError(err);
       return;
     }
     cudaDeviceProp prop{};
-    if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) {
+    if (const cudaError_t e = cudaGetDeviceProperties(&prop, 0); e != cudaSuccess) {
+      IgnoreCudaError(e);
       info.why_not = "cudaGetDeviceProperties failed";
       return;
     }

@@ -189,8 +189,8 @@ CudaStaticTranscode& CudaStaticTranscode::operator=(CudaStaticTranscode&& o) noe
 CudaStaticTranscode::~CudaStaticTranscode() { Free(); }
 
 void CudaStaticTranscode::Free() {
-  if (device_table_) cudaFree(device_table_);
-  if (device_scales_) cudaFree(device_scales_);
+  if (device_table_) IgnoreCudaError(cudaFree(device_table_));
+  if (device_scales_) IgnoreCudaError(cudaFree(device_scales_));
   device_table_ = nullptr;
   device_scales_ = nullptr;
 }

@@ -113,7 +113,7 @@ CudaTranscodePlan::CudaTranscodePlan(CudaTranscodePlan&& other) noexcept
 
 CudaTranscodePlan& CudaTranscodePlan::operator=(CudaTranscodePlan&& other) noexcept {
   if (this != &other) {
-    if (device_table_) (void)cudaFree(device_table_);
+    if (device_table_) IgnoreCudaError(cudaFree(device_table_));
     src_ = std::move(other.src_);
     dst_ = std::move(other.dst_);
     device_table_ = std::exchange(other.device_table_, nullptr);
@@ -125,7 +125,7 @@ CudaTranscodePlan& CudaTranscodePlan::operator=(CudaTranscodePlan&& other) noexc
 }
 
 CudaTranscodePlan::~CudaTranscodePlan() {
-  if (device_table_) (void)cudaFree(device_table_);
+  if (device_table_) IgnoreCudaError(cudaFree(device_table_));
 }
 
 KernelStatus CudaTranscodePlan::Launch(const DevicePageSet& in, const DevicePageSet& out, uint32_t num_pages,

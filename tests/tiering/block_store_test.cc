@@ -233,7 +233,7 @@ TEST_F(BlockStoreTest, CorruptHostRecordIsDroppedNotServed) {
 TEST_F(BlockStoreTest, ConcurrentSessionsAlwaysReadTheirOwnPromptsContent) {
   Reset(layout_->resident.page_bytes() * 48, 64ull << 20);  // small pool: blocks keep moving between tiers
   const auto r = testing::RunConcurrentSessions(*store_, *layout_, 4, 25, /*demote_host=*/false);
-  EXPECT_EQ(r.failures, 0);
+  EXPECT_EQ(r.failures, 0) << r.first_failure;
   EXPECT_GT(r.pages_checked, 100);
   EXPECT_EQ(store_->Stats().pinned_blocks, 0u);
 }
@@ -242,7 +242,7 @@ TEST_F(BlockStoreTest, ConcurrentSessionsAlwaysReadTheirOwnPromptsContent) {
 TEST_F(BlockStoreTest, ConcurrentSessionsAcrossThreeTiersReadTheirOwnContent) {
   Reset(layout_->resident.page_bytes() * 48, layout_->offload_record_bytes() * 24, 64ull << 20);
   const auto r = testing::RunConcurrentSessions(*store_, *layout_, 4, 25, /*demote_host=*/true);
-  EXPECT_EQ(r.failures, 0);
+  EXPECT_EQ(r.failures, 0) << r.first_failure;
   EXPECT_GT(r.pages_checked, 100);
   EXPECT_EQ(store_->Stats().pinned_blocks, 0u);
   EXPECT_GT(store_->Stats().ssd_writes, 0u);  // blocks really went through the SSD tier

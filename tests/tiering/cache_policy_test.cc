@@ -535,7 +535,7 @@ TEST_F(CachePolicyTest, ConcurrentTrafficWithEventReadersPinsAndQuotas) {
   pinner.join();
   stop = true;
   reader.join();
-  EXPECT_EQ(out.failures, 0);
+  EXPECT_EQ(out.failures, 0) << out.first_failure;
   EXPECT_GT(seen.load() + lost.load(), 0u);
 }
 

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <random>
@@ -198,6 +199,52 @@ TEST_F(CudaDeviceBackendTest, BadBatchesAreRefusedWithoutTouchingTheGpu) {
             absl::StatusCode::kFailedPrecondition);
 }
 
+#if KVTIER_WITH_CUDA
+// Records in separate pinned allocations whose addresses happen to line up at a constant stride must not
+// be merged into one (2D) copy: the driver rejects a copy that crosses from one pinned allocation into
+// another with cudaErrorInvalidValue, and leaves that error on the thread for the next launch check.
+TEST_F(CudaDeviceBackendTest, RecordsInSeparatePinnedAllocationsAreCopiedPerAllocation) {
+  const Layout* layout = RegisterLayout(registry_, kShape, Format::kFp16, Format::kInt8);
+  ASSERT_NE(layout, nullptr);
+  constexpr int kPages = 12;
+  const uint64_t record = layout->offload_record_bytes();
+  std::vector<uint8_t*> allocations;
+  for (int i = 0; i < kPages / 2; ++i) {
+    void* p = nullptr;
+    ASSERT_EQ(cudaHostAlloc(&p, 2 * record, cudaHostAllocPortable), cudaSuccess);
+    allocations.push_back(static_cast<uint8_t*>(p));
+  }
+  std::sort(allocations.begin(), allocations.end());  // ascending: every neighbour pair is a 2D candidate
+  std::vector<uint8_t*> records;  // two records per allocation, then the next allocation
+  for (uint8_t* a : allocations) records.insert(records.end(), {a, a + record});
+  auto cuda_arena = cuda_->CreateArena(*layout, 2 * kPages);
+  auto host_arena = host_->CreateArena(*layout, 2 * kPages);
+  ASSERT_TRUE(cuda_arena.ok() && host_arena.ok());
+  auto pages = OraclePages(*layout, kPages, 7);
+  std::vector<int32_t> slots, back_slots;
+  for (int i = 0; i < kPages; ++i) slots.push_back(i), back_slots.push_back(kPages + i);
+  ASSERT_TRUE(cuda_->WriteActivations(*layout, **cuda_arena, slots, Pointers<const uint8_t>(pages)).ok());
+  ASSERT_TRUE(host_->WriteActivations(*layout, **host_arena, slots, Pointers<const uint8_t>(pages)).ok());
+  absl::Status out = cuda_->PageOut(*layout, layout->offload, **cuda_arena, slots, records);
+  ASSERT_TRUE(out.ok()) << out;
+  std::vector<std::vector<uint8_t>> host_records(kPages, std::vector<uint8_t>(record));
+  ASSERT_TRUE(host_->PageOut(*layout, layout->offload, **host_arena, slots, Pointers<uint8_t>(host_records)).ok());
+  for (int i = 0; i < kPages; ++i) EXPECT_EQ(std::memcmp(records[i], host_records[i].data(), record), 0) << i;
+  absl::Status in = cuda_->PageIn(*layout, layout->offload, **cuda_arena, back_slots,
+                                  std::vector<const uint8_t*>(records.begin(), records.end()));
+  ASSERT_TRUE(in.ok()) << in;
+  std::vector<std::vector<uint8_t>> back(kPages, std::vector<uint8_t>(pages[0].size()));
+  ASSERT_TRUE(cuda_->ReadActivations(*layout, **cuda_arena, back_slots, Pointers<uint8_t>(back)).ok());
+  for (int i = 0; i < kPages; ++i) {
+    const auto r = testing::CheckActivationPage(layout->activation_geometry, Format::kFp16, 7 * 1000 + i,
+                                                back[i].data(), 1.0f / 127.0f);
+    EXPECT_EQ(r.bad_values, 0) << "page " << i;
+  }
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);  // nothing failed quietly on the way
+  for (uint8_t* a : allocations) cudaFreeHost(a);
+}
+#endif
+
 TEST_F(CudaDeviceBackendTest, PinnedRecordsOfOneSizeAreAdjacentAndReused) {
   auto pinned = MakePinnedHostAllocator(1 << 20);
   ASSERT_TRUE(pinned.ok()) << pinned.status();
@@ -275,7 +322,7 @@ class CudaBlockStoreTest : public ::testing::Test {
 
 TEST_F(CudaBlockStoreTest, ConcurrentSessionsAlwaysReadTheirOwnPromptsContent) {
   const auto r = testing::RunConcurrentSessions(*store_, *layout_, 4, 25, /*demote_host=*/false);
-  EXPECT_EQ(r.failures, 0);
+  EXPECT_EQ(r.failures, 0) << r.first_failure;
   EXPECT_GT(r.pages_checked, 100);
   const StoreStats stats = store_->Stats();
   EXPECT_EQ(stats.pinned_blocks, 0u);

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <filesystem>
+#include <mutex>
 #include <random>
 #include <string>
 #include <thread>
@@ -73,6 +74,7 @@ inline absl::StatusOr<std::vector<BlockId>> WritePromptBlocks(BlockStore& store,
 struct ConcurrentOutcome {
   int failures = 0;       // failed calls and pages that did not match their prompt's oracle
   int pages_checked = 0;
+  std::string first_failure;  // what the first failure was, for the test's message
 };
 
 // `threads` sessions, each `iterations` times: write and commit a prompt drawn from a small shared set,
@@ -81,6 +83,14 @@ struct ConcurrentOutcome {
 inline ConcurrentOutcome RunConcurrentSessions(BlockStore& store, const Layout& layout, int threads, int iterations,
                                                bool demote_host) {
   std::atomic<int> failures{0}, checked{0};
+  std::mutex first_mu;
+  std::string first_failure;
+  auto fail = [&](const std::string& what) {
+    if (failures.fetch_add(1) == 0) {
+      std::lock_guard<std::mutex> lock(first_mu);
+      first_failure = what;
+    }
+  };
   std::vector<std::thread> pool;
   for (int t = 0; t < threads; ++t) {
     pool.emplace_back([&, t] {
@@ -88,27 +98,27 @@ inline ConcurrentOutcome RunConcurrentSessions(BlockStore& store, const Layout& 
       const SessionId sid = 100 + t;
       for (int iter = 0; iter < iterations; ++iter) {
         const auto prompt = ScenarioPrompt(16 * (1 + rng() % 6), static_cast<int>(rng() % 8));
-        if (!WritePromptBlocks(store, layout, sid, prompt).ok()) ++failures;
+        if (auto w = WritePromptBlocks(store, layout, sid, prompt); !w.ok()) fail("write: " + w.status().ToString());
         store.ReleaseSession(sid);
         if (rng() % 3 == 0) store.DemoteFromGpu(4);
         if (demote_host && rng() % 3 == 0) store.DemoteFromHost(4);
         auto hit = store.Lookup(sid, "t", layout.id, prompt, true, true);
         if (!hit.ok()) {
-          ++failures;
+          fail("lookup: " + hit.status().ToString());
           continue;
         }
         std::vector<BlockId> ids;
         for (const auto& b : hit->blocks) ids.push_back(b.block_id);
         auto pages = store.Read(sid, ids);
         if (!pages.ok()) {
-          ++failures;
+          fail("read: " + pages.status().ToString());
           continue;
         }
         for (size_t b = 0; b < ids.size(); ++b) {
           const auto r = CheckActivationPage(layout.activation_geometry, Format::kFp16,
                                              BlockSeed(prompt, layout.shape.block_size, static_cast<int>(b)),
                                              reinterpret_cast<const uint8_t*>((*pages)[b].data()), 1.0f / 127.0f);
-          if (r.bad_values) ++failures;
+          if (r.bad_values) fail("block " + std::to_string(b) + " of a prompt: " + std::to_string(r.bad_values) + " bad values");
           ++checked;
         }
         store.ReleaseSession(sid);
@@ -116,7 +126,8 @@ inline ConcurrentOutcome RunConcurrentSessions(BlockStore& store, const Layout& 
     });
   }
   for (auto& th : pool) th.join();
-  return {failures.load(), checked.load()};
+  std::lock_guard<std::mutex> lock(first_mu);
+  return {failures.load(), checked.load(), first_failure};
 }
 
 }  // namespace kvtier::testing
