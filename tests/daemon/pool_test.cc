@@ -150,8 +150,10 @@ TEST_F(PoolTest, UntrustedTenantsUnknownLayoutsAndBadTicketsAreRefused) {
   EXPECT_EQ(engine->GetPoolHandle(reg->layout_id() + 1).status().code(), absl::StatusCode::kNotFound);
   auto h = engine->GetPoolHandle(reg->layout_id());
   ASSERT_TRUE(h.ok()) << h.status();
-  EXPECT_EQ(h->kind(), v1::POOL_KIND_HOST_MEMFD);
-  ASSERT_EQ(h->chunks_size(), 1);
+  // The host device exports one memfd; a CUDA VMM pool one fd per committed chunk (none before a write).
+  if (h->kind() == v1::POOL_KIND_HOST_MEMFD) {
+    EXPECT_EQ(h->chunks_size(), 1);
+  }
   EXPECT_EQ(h->fd_ticket().size(), 16u);
   // A forged ticket gets nothing; the real one works once.
   std::string forged = h->fd_ticket();
@@ -160,7 +162,7 @@ TEST_F(PoolTest, UntrustedTenantsUnknownLayoutsAndBadTicketsAreRefused) {
   EXPECT_EQ(FetchFds(h->fd_socket(), "short").status().code(), absl::StatusCode::kInvalidArgument);
   auto fds = FetchFds(h->fd_socket(), h->fd_ticket());
   ASSERT_TRUE(fds.ok()) << fds.status();
-  ASSERT_EQ(fds->size(), 1u);
+  ASSERT_EQ(fds->size(), static_cast<size_t>(h->chunks_size()));
   for (int fd : *fds) close(fd);
   EXPECT_EQ(FetchFds(h->fd_socket(), h->fd_ticket()).status().code(), absl::StatusCode::kPermissionDenied);
   // A handle whose fields do not add up is refused by the client before it maps anything.

@@ -31,7 +31,7 @@ TEST(PoolGpuTest, TwoProcessesShareTheGpuPool) {
   const auto dir = std::filesystem::temp_directory_path() / ("kvtier-pool-gpu-" + std::to_string(getpid()));
   std::filesystem::create_directories(dir);
   const std::string socket = (dir / "kvtierd.sock").string();
-  ChildProcess daemon({KVTIERD_PATH, "--socket_path=" + socket, "--limits.gpu_pool_bytes=268435456"},
+  ChildProcess daemon({testing::KvtierdBinary(), "--socket_path=" + socket, "--limits.gpu_pool_bytes=268435456"},
                       (dir / "kvtierd.log").string());
   const std::string error = testing::WaitForDaemon(daemon, socket, dir / "kvtierd.log");
   ASSERT_TRUE(error.empty()) << error;

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -106,6 +107,14 @@ inline double JsonNumber(const std::string& line, const std::string& key) {
   if (pos == std::string::npos) return -1;
   return std::stod(line.substr(pos + key.size() + 3));
 }
+
+#ifdef KVTIERD_PATH
+// The kvtierd a test starts: $KVTIERD when set (a relocated bundle on the GPU machine), else the build's.
+inline std::string KvtierdBinary() {
+  const char* env = std::getenv("KVTIERD");
+  return env != nullptr && *env != '\0' ? env : KVTIERD_PATH;
+}
+#endif
 
 inline std::string ReadTextFile(const std::filesystem::path& p) {
   std::ifstream in(p);
