@@ -179,6 +179,25 @@ void BlockStore::FreeBlockLocked(Entry& e, bool dropped, std::vector<BlockKey>* 
   entries_.erase(e.id);  // destroys e (and its host record)
 }
 
+bool BlockStore::GpuPageOutInFlightLocked() const {
+  for (BlockId id : gpu_blocks_) {
+    const auto it = entries_.find(id);
+    if (it != entries_.end() && it->second->moving) return true;
+  }
+  return false;
+}
+
+bool BlockStore::AwaitGpuRoomLocked(PageArena& arena, uint64_t bytes, int slots) {
+  const auto deadline = std::chrono::steady_clock::now() + options_.gpu_room_wait;
+  while (!MakeGpuRoomLocked(bytes) || arena.free_slots() < slots) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0 || !GpuPageOutInFlightLocked()) return false;
+    const uint64_t used = gpu_used_;
+    mu_.AwaitWithTimeout([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS { return gpu_used_ < used; }, left);
+  }
+  return true;
+}
+
 absl::StatusOr<std::vector<AllocatedBlock>> BlockStore::Allocate(SessionId session, uint64_t layout_id, int count) {
   if (count < 1 || count > options_.max_blocks_per_call)
     return absl::InvalidArgumentError(absl::StrCat("count=", count, " outside [1, ", options_.max_blocks_per_call, "]"));
@@ -196,7 +215,7 @@ absl::StatusOr<std::vector<AllocatedBlock>> BlockStore::Allocate(SessionId sessi
   if (auto ns = session_ns_.find(session); ns != session_ns_.end() && !MakeTenantRoomLocked(ns->second, Tier::kGpu, need))
     return absl::ResourceExhaustedError(absl::StrCat("the tenant's GPU quota has no room for ", need,
                                                      " bytes (its own blocks there are pinned)"));
-  if (!MakeGpuRoomLocked(need) || arena->free_slots() < count)
+  if (!AwaitGpuRoomLocked(*arena, need, count))
     return absl::ResourceExhaustedError(absl::StrCat("GPU pool full: need ", need, " bytes, used ", gpu_used_,
                                                      " of ", gpu_limit_, " and nothing evictable"));
   for (int i = 0; i < count; ++i) {

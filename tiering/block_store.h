@@ -32,6 +32,7 @@
 
 #include <condition_variable>
 #include <array>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -72,6 +73,9 @@ struct BlockStoreOptions {
   double host_high_watermark = 0.95;  // with an SSD tier: host -> SSD above this fraction...
   double host_low_watermark = 0.85;   // ...down to this one
   int max_blocks_per_call = 4096;
+  // How long an Allocate waits for GPU pages already on their way out (another caller's or the mover's
+  // page-out) before it reports the pool full.
+  std::chrono::milliseconds gpu_room_wait{500};
   CachePolicyOptions policy;  // eviction/admission per tier, events, bandwidths (cache_policy.h)
 };
 
@@ -351,6 +355,10 @@ class BlockStore {
   absl::flat_hash_set<BlockId> PageInLocked(std::vector<Entry*> blocks) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Frees GPU-pool bytes until `bytes` more fit, demoting victims; false if impossible.
   bool MakeGpuRoomLocked(uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // MakeGpuRoomLocked plus `slots` free slots in `arena`; while GPU pages are being paged out (their room
+  // comes free when their copies finish), waits for them up to options_.gpu_room_wait.
+  bool AwaitGpuRoomLocked(PageArena& arena, uint64_t bytes, int slots) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool GpuPageOutInFlightLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Frees host-tier bytes until `bytes` more fit, demoting victims to SSD (or dropping them without
   // one, unless !may_drop); may release the lock; false if impossible.
   bool MakeHostRoomLocked(uint64_t bytes, bool may_drop = true) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <thread>
+
 #include "kernels/testing/kv_oracle.h"
 #include "tests/tiering/store_scenarios.h"
 #include "tiering/block_store.h"
@@ -64,6 +66,46 @@ TEST(FaultDeviceBackend, FailedCopiesAreNeverServedAsData) {
   EXPECT_GT(call_failures, 0) << "the faults never reached a caller";
   EXPECT_GT(faults->faults_injected(), 10);
   EXPECT_EQ(store.Stats().pinned_blocks, 0u);
+}
+
+// Pages being paged out (by another caller here; the mover alike) free their GPU room when their copies
+// finish: an Allocate that finds the tier full of them waits instead of reporting the pool full. With
+// every page private to a session instead, nothing can free room, and Allocate fails at once.
+TEST(FaultDeviceBackend, AllocateWaitsForPagesOnTheirWayOutButNotForPinnedOnes) {
+  std::vector<DeviceFaultRule> rules = {{DeviceOp::kPageOut, 1.0, false, absl::Milliseconds(300)}};
+  LayoutSpec spec;
+  spec.shape = kShape;
+  spec.policy = PrecisionPolicy::Uniform(Format::kFp16, Format::kInt8);
+  spec.policy_fingerprint = "fp16/int8";
+  const uint64_t page = 2 * 2 * 2 * 16 * 64 * 2;  // layers x K|V x heads x tokens x head_dim x fp16
+  BlockStoreOptions o;
+  o.gpu_pool_bytes = 4 * page;
+  o.host_tier_bytes = 8 << 20;
+  BlockStore store(o, std::make_unique<FaultInjectingDeviceBackend>(MakeHostDeviceBackend(1), rules, 7),
+                   MakeAlignedHostAllocator());
+  auto layout = store.RegisterLayout(spec);
+  ASSERT_TRUE(layout.ok()) << layout.status();
+  ASSERT_EQ((*layout)->resident.page_bytes(), page);
+  const auto prompt = testing::ScenarioPrompt(64, 1);
+  ASSERT_TRUE(testing::WritePromptBlocks(store, **layout, 1, prompt).ok());
+  store.ReleaseSession(1);  // four committed, unpinned blocks fill the GPU tier
+
+  std::thread demoter([&] { store.DemoteFromGpu(0); });
+  absl::SleepFor(absl::Milliseconds(100));  // its page-out now holds all four pages for 300 ms
+  auto fresh = store.Allocate(2, (*layout)->id, 2);
+  demoter.join();
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  auto more = store.Allocate(2, (*layout)->id, 2);
+  ASSERT_TRUE(more.ok()) << more.status();  // the GPU tier now holds four private pages of session 2
+
+  const absl::Time start = absl::Now();
+  EXPECT_EQ(store.Allocate(3, (*layout)->id, 1).status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(250));  // no wait: nothing was on its way out
+  // The blocks paged out meanwhile are intact on the host tier.
+  auto hit = store.Lookup(4, "t", (*layout)->id, prompt, false, false);
+  ASSERT_TRUE(hit.ok());
+  EXPECT_EQ(hit->blocks.size(), 4u);
+  store.ReleaseSession(2);
 }
 
 }  // namespace
