@@ -1,6 +1,10 @@
 // End to end on the host device: a real kvtierd process and engine-worker processes talking gRPC over a
 // unix socket, with self-verifying KV content.
 #include <gtest/gtest.h>
+#include <signal.h>
+
+#include <chrono>
+#include <thread>
 
 #include "client/client.h"
 #include "tests/e2e/daemon_fixture.h"
@@ -93,6 +97,35 @@ TEST_F(TwoWorkersTest, KillingAWorkerReleasesItsPins) {
   ev = admin->Evict(kvtier::v1::TIER_GPU, 0);
   ASSERT_TRUE(ev.ok());
   EXPECT_EQ(ev->blocks_moved(), 20);  // committed blocks stay cached and are now evictable
+}
+
+// A worker that hangs (SIGSTOP: its socket stays open, but nothing answers on it) loses its session, and
+// so its pins, within about the lease: kvtierd's keepalive pings on the idle Attach stream go unanswered.
+TEST_F(TwoWorkersTest, FrozenWorkerLosesItsPinsWithinTheLease) {
+  ChildProcess holder({WORKER_PATH, "--socket=" + socket_, "--role=writer", "--tokens=320", "--hold_ms=60000",
+                       "--name=frozen"},
+                      (dir_ / "worker.log").string());
+  const std::string line = holder.ReadLine();
+  ASSERT_EQ(JsonNumber(line, "committed_blocks"), 20) << line;
+  auto admin = Admin();
+  ASSERT_NE(admin, nullptr);
+  auto before = admin->Stats();
+  ASSERT_TRUE(before.ok());
+  ASSERT_EQ(before->pinned_blocks(), 20u);
+  holder.Signal(SIGSTOP);
+  const auto start = std::chrono::steady_clock::now();
+  uint64_t pinned = 20;
+  while (pinned != 0 && std::chrono::steady_clock::now() - start < std::chrono::seconds(20)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    auto s = admin->Stats();
+    ASSERT_TRUE(s.ok());
+    pinned = s->pinned_blocks();
+  }
+  const double waited_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(pinned, 0u) << "the frozen worker's session outlived its 2 s lease by " << waited_s << " s";
+  EXPECT_LT(waited_s, 8.0);  // keepalive every lease/2, answered within lease/2; slack for a loaded host
+  holder.Signal(SIGKILL);
+  holder.Wait();
 }
 
 TEST_F(TwoWorkersTest, KilledDaemonRestartsAndServesThePrefixFromSsd) {
