@@ -224,8 +224,9 @@ class Orchestrator {
     std::fprintf(stderr, "kill worker pid=%d at=%s\n", static_cast<int>(pid),
                  absl::FormatTime("%H:%M:%E3S", now, absl::UTCTimeZone()).c_str());
     const uint64_t slot = shared_->killed_next.fetch_add(1) % Shared::kKilled;
-    shared_->killed_pid[slot].store(pid);
+    shared_->killed_at_unix_ms[slot].store(absl::ToUnixMillis(now));
     shared_->killed_at_ms[slot].store(SteadyMs());
+    shared_->killed_pid[slot].store(pid);
     shared_->worker_kills.fetch_add(1);
   }
 

@@ -57,6 +57,9 @@ void CheckDeadSessions(const Options& o, Shared* shared, Session& s, absl::flat_
   for (const auto& info : ls->sessions()) {
     for (int i = 0; i < Shared::kKilled; ++i) {
       if (shared->killed_pid[i].load() != info.pid()) continue;
+      // Pids are reused (thousands of worker processes come and go): only a session attached before the
+      // kill can be the killed worker's.
+      if (info.attached_unix_ms() > shared->killed_at_unix_ms[i].load()) continue;
       const int64_t at = shared->killed_at_ms[i].load();
       if (at == 0 || now - at < o.lease_ms + 3000 || reported.contains(info.pid())) continue;
       reported.insert(info.pid());

@@ -103,10 +103,12 @@ struct Shared {
   std::atomic<uint64_t> stats_gpu_used{0}, stats_host_used{0}, stats_ssd_used{0}, stats_pinned_blocks{0};
   std::atomic<uint64_t> stats_host_capacity{0}, stats_blocks_dropped{0}, stats_checksum_failures{0};
   std::atomic<uint64_t> stats_sessions{0};
-  // Killed worker pids and when (steady ms), for the operator's leak check: a ring.
+  // Killed worker pids and when (steady ms; and unix ms, to tell the killed worker's session from that
+  // of a later process that got the same pid), for the operator's leak check: a ring.
   static constexpr int kKilled = 256;
   std::atomic<int64_t> killed_pid[kKilled] = {};
   std::atomic<int64_t> killed_at_ms[kKilled] = {};
+  std::atomic<int64_t> killed_at_unix_ms[kKilled] = {};
   std::atomic<uint64_t> killed_next{0};
   // Crash mode: prompts whose blocks the daemon acknowledged as durable (Flush), by prompt id.
   static constexpr int kAcked = 4096;
