@@ -120,6 +120,8 @@ absl::Status ValidateConfig(const DaemonConfig& c) {
     return absl::InvalidArgumentError("config: limits.ssd_tier_bytes is set but ssd_dir is empty");
   if (!c.ssd_dir().empty() && c.limits().ssd_tier_bytes() > 0 && c.limits().ssd_tier_bytes() < (16u << 20))
     return absl::InvalidArgumentError("config: limits.ssd_tier_bytes must be at least 16 MiB");
+  if (c.ssd_min_free_fraction() < 0 || c.ssd_min_free_fraction() > 0.9)
+    return absl::InvalidArgumentError("config: ssd_min_free_fraction outside [0, 0.9]");
   if (c.ssd_io_timeout_ms() < 0 || c.ssd_io_timeout_ms() > 600000)
     return absl::InvalidArgumentError("config: ssd_io_timeout_ms outside [0, 600000]");
   if (auto plan = ParseFaultSpec(c.fault_spec()); !plan.ok())

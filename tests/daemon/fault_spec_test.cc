@@ -62,6 +62,11 @@ TEST(FaultSpec, ConfigValidationRefusesABadSpecAndTimeout) {
   EXPECT_TRUE(ValidateConfig(c).ok());
   c.set_ssd_io_timeout_ms(-5);
   EXPECT_FALSE(ValidateConfig(c).ok());
+  c.set_ssd_io_timeout_ms(0);
+  c.set_ssd_min_free_fraction(0.95);
+  EXPECT_FALSE(ValidateConfig(c).ok());
+  c.set_ssd_min_free_fraction(0.2);
+  EXPECT_TRUE(ValidateConfig(c).ok());
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include "tiering/ssd/ssd_tier.h"
 
 #include <fcntl.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -126,6 +127,44 @@ TEST_P(SsdTierTest, ReopenServesTheSameRecordsAndListsThem) {
   }
   // Space used after restart is exactly what the surviving records occupy.
   EXPECT_EQ(tier->Stats().used_bytes, 18 * ssd_format::RecordExtentBytes(MetadataFor(KeyFor(0)).size(), 200000));
+}
+
+// A capacity the filesystem cannot hold without dropping below min_free_fraction free gets no new slab
+// files (Open fails when not even one fits, and says why); slabs that already exist are reused as they are.
+TEST_P(SsdTierTest, NewSlabsNeverEatIntoTheFilesystemsReserve) {
+  struct statvfs fs{};
+  ASSERT_EQ(::statvfs(dir_.c_str(), &fs), 0);
+  const double free_fraction = static_cast<double>(fs.f_bavail) / static_cast<double>(fs.f_blocks);
+  if (free_fraction + 0.01 > 0.9) GTEST_SKIP() << "the test filesystem is more than 89% free";
+  SsdTierOptions o = Options();
+  o.capacity_bytes = 8 << 20;  // two slabs
+  {
+    auto tier = OpenTier(o);
+    ASSERT_NE(tier, nullptr);
+    for (const absl::Status& s : PutRange(*tier, 0, 3, 100000)) ASSERT_TRUE(s.ok()) << s;
+  }
+  SsdTierOptions greedy = o;
+  greedy.capacity_bytes = 16 << 20;                   // two more slabs wanted...
+  greedy.min_free_fraction = free_fraction + 0.01;   // ...than the reserve allows
+  std::vector<std::string> log;
+  greedy.log = [&log](std::string_view line) { log.emplace_back(line); };
+  auto tier = OpenTier(greedy);
+  ASSERT_NE(tier, nullptr);
+  EXPECT_EQ(tier->Stats().capacity_bytes, 8u << 20);  // the two existing slabs, no new ones
+  EXPECT_EQ(CountIntact(*tier, 0, 3), 3);
+  bool logged = false;
+  for (const std::string& line : log) logged |= line.find("ssd_capacity_reduced") != std::string::npos &&
+                                               line.find("free") != std::string::npos;
+  EXPECT_TRUE(logged);
+  tier.reset();
+  std::filesystem::remove_all(dir_);  // a fresh directory: not even one slab fits
+  std::filesystem::create_directories(dir_);
+  auto none = SsdTier::Open(greedy);
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kResourceExhausted) << none.status();
+  SsdTierOptions bad = o;
+  bad.min_free_fraction = 0.95;
+  EXPECT_EQ(SsdTier::Open(bad).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_P(SsdTierTest, CompressionOnShrinksCompressibleRecordsAndRoundTrips) {

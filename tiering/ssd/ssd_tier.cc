@@ -2,6 +2,8 @@
 // ssd_tier_io.cc, capacity changes in ssd_tier_capacity.cc.
 #include "tiering/ssd/ssd_tier.h"
 
+#include <sys/statvfs.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -34,6 +36,8 @@ absl::Status ValidateOptions(const SsdTierOptions& o) {
     return absl::InvalidArgumentError("ssd tier: io_block_bytes must be a non-zero multiple of 4096");
   }
   if (o.queue_depth < 1 || o.queue_depth > 4096) return absl::InvalidArgumentError("ssd tier: queue_depth 1..4096");
+  if (!(o.min_free_fraction >= 0 && o.min_free_fraction <= 0.9))
+    return absl::InvalidArgumentError("ssd tier: min_free_fraction outside [0, 0.9]");
   if (o.io_buffers < 0 || o.worker_threads < 0 || o.io_threads < 0) {
     return absl::InvalidArgumentError("ssd tier: negative thread or buffer count");
   }
@@ -141,11 +145,33 @@ absl::Status SsdTier::Init(std::unique_ptr<IoBackend> backend) {
   return absl::OkStatus();
 }
 
+namespace {
+
+// OK when a new file of `bytes` still leaves `min_free_fraction` of the filesystem of `dir` free.
+absl::Status CheckFreeSpace(const std::string& dir, uint64_t bytes, double min_free_fraction) {
+  struct statvfs fs{};
+  if (::statvfs(dir.c_str(), &fs) != 0) return absl::OkStatus();  // unknown: the preallocation will tell
+  const long double total = static_cast<long double>(fs.f_blocks) * fs.f_frsize;
+  const long double avail = static_cast<long double>(fs.f_bavail) * fs.f_frsize;
+  const long double reserve = total * min_free_fraction;
+  if (avail >= static_cast<long double>(bytes) + reserve) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrFormat(
+      "a %d-byte slab would leave less than %.1f%% of the filesystem of %s free (%.0f bytes available of %.0f)",
+      bytes, 100.0 * min_free_fraction, dir, static_cast<double>(avail), static_cast<double>(total)));
+}
+
+}  // namespace
+
 absl::Status SsdTier::AddSlabs(uint32_t count) {
   ssd::MutexLock lock(&alloc_mu_);
   for (uint32_t id = static_cast<uint32_t>(slabs_.size()); id < count; ++id) {
-    absl::StatusOr<std::shared_ptr<SlabFile>> file =
-        SlabFile::Open(options_.dir + "/" + SlabFile::FileName(id), id, slab_bytes_);
+    const std::string path = options_.dir + "/" + SlabFile::FileName(id);
+    std::error_code ec;
+    const bool exists = std::filesystem::file_size(path, ec) >= slab_bytes_ && !ec;  // already allocated
+    if (!exists) {
+      if (absl::Status s = CheckFreeSpace(options_.dir, slab_bytes_, options_.min_free_fraction); !s.ok()) return s;
+    }
+    absl::StatusOr<std::shared_ptr<SlabFile>> file = SlabFile::Open(path, id, slab_bytes_);
     if (!file.ok()) return file.status();
     if (!(*file)->direct()) Log(absl::StrFormat("ssd_no_odirect file=%s", (*file)->path()));
     slabs_[id] = *std::move(file);

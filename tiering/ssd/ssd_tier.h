@@ -65,6 +65,10 @@ struct SsdTierOptions {
   std::string dir;                       // slab files and index/ live here; created if missing
   uint64_t capacity_bytes = 1ull << 30;  // rounded down to whole slabs (at least one)
   uint64_t slab_bytes = 256ull << 20;    // per file; a multiple of 4 KiB. Fixed at first Open (stored)
+  // New slab files are never preallocated into the last `min_free_fraction` of the filesystem: a
+  // capacity larger than the disk has room for ends with fewer slabs (logged), not with a full disk
+  // that the rest of the host (logs, the engine's own files) then fails on. Existing slabs are kept.
+  double min_free_fraction = 0.05;
   int queue_depth = 16;                  // I/O ops in flight per backend
   uint32_t io_block_bytes = 1u << 20;    // largest single read/write; a multiple of 4 KiB
   int io_buffers = 0;                    // registered I/O buffers of io_block_bytes; 0: 2 * queue_depth
