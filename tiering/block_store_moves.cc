@@ -380,9 +380,10 @@ void BlockStore::ForgetDroppedSsdRecordsLocked(std::span<const BlockKey> dropped
 //   3. The SSD tier moves the records of the removed slabs with kKeepRecords: it never drops a readable
 //      record, so a block pinned after step 2 (a deduplicated Commit pins a block wherever it lives) is
 //      kept whatever happens; where a record cannot move, the tier stops above the requested size.
-//   4. If it stopped above, the unpinned blocks left in the slabs it kept are evicted and it tries once
-//      more: what then stays is pinned (or being promoted), and the tier keeps the smallest size that
-//      holds it.
+//   4. If it stopped above, the unpinned blocks left in the slabs it kept are evicted (or, when only
+//      pinned ones are left there, more unpinned blocks elsewhere, for contiguous room) and it tries
+//      again, twice at most: what then stays is pinned (or being promoted), and the tier keeps the
+//      smallest size that holds it.
 absl::Status BlockStore::ShrinkSsdLocked(uint64_t ssd_tier_bytes) {
   const uint64_t target = ssd_->SlabRoundedCapacity(ssd_tier_bytes);
   ssd_writes_held_ = true;
@@ -390,31 +391,49 @@ absl::Status BlockStore::ShrinkSsdLocked(uint64_t ssd_tier_bytes) {
   absl::Status status;
   int64_t relocated = 0, evicted = 0;
   std::vector<BlockKey> kept_in_place;
-  for (int round = 0; round < 2; ++round) {
+  // Evicts unpinned SSD blocks (and copies) until the tier holds at most `bytes`.
+  auto evict_down_to = [&](uint64_t bytes) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    const SsdTierStats st = ssd_->Stats();
+    if (st.used_bytes <= bytes) return;
+    const uint64_t before = counters_.blocks_dropped;
+    MakeSsdRoomLocked(st.capacity_bytes - bytes, /*may_drop=*/true);
+    evicted += static_cast<int64_t>(counters_.blocks_dropped - before);
+  };
+  bool evicted_for_room = false;
+  for (int round = 0; round < 3; ++round) {
     if (round == 0) {
-      const SsdTierStats st = ssd_->Stats();
-      if (st.used_bytes > target) {
-        const uint64_t before = counters_.blocks_dropped;
-        MakeSsdRoomLocked(st.capacity_bytes - target, /*may_drop=*/true);
-        evicted += static_cast<int64_t>(counters_.blocks_dropped - before);
-      }
+      evict_down_to(target);
     } else {
+      // Stopped above the target. First the unpinned blocks left in the slabs it kept; if only pinned (or
+      // moving) ones are left there, the room below is too fragmented for them: evict more, twice their
+      // size, and try once more.
       std::vector<BlockKey> keys;
+      uint64_t stuck_bytes = 0;
       for (const BlockKey& k : kept_in_place) {
         auto it = index_.find(k);
         if (it == index_.end()) continue;
         Entry* e = FindLocked(it->second);
-        if (e == nullptr || e->moving) continue;
-        if (e->tier == Tier::kSsd && e->committed && e->pins == 0) {
+        if (e == nullptr) continue;
+        if (e->moving || e->pins > 0 || !e->committed) {
+          stuck_bytes += e->record_bytes;
+        } else if (e->tier == Tier::kSsd) {
           FreeBlockLocked(*e, /*dropped=*/true, &keys);
           ++evicted;
-        } else if (e->tier != Tier::kSsd && e->ssd_copy) {
+        } else if (e->ssd_copy) {
           keys.push_back(e->key);
           ForgetSsdCopyLocked(*e);
         }
       }
-      if (keys.empty()) break;  // everything left in the kept slabs is pinned or moving
-      (void)ssd_->Remove(keys);
+      if (!keys.empty()) {
+        (void)ssd_->Remove(keys);
+      } else if (evicted_for_room || stuck_bytes == 0 || 2 * stuck_bytes >= target) {
+        break;  // nothing more to gain by evicting
+      } else {
+        evicted_for_room = true;
+        const int64_t before = evicted;
+        evict_down_to(target - 2 * stuck_bytes);
+        if (evicted == before) break;
+      }
     }
     std::function<void()> hook = ssd_shrink_hook_;
     mu_.Unlock();  // SSD I/O runs without the table lock
