@@ -381,8 +381,8 @@ void BlockStore::ForgetDroppedSsdRecordsLocked(std::span<const BlockKey> dropped
 //      record, so a block pinned after step 2 (a deduplicated Commit pins a block wherever it lives) is
 //      kept whatever happens; where a record cannot move, the tier stops above the requested size.
 //   4. If it stopped above, the unpinned blocks left in the slabs it kept are evicted (or, when only
-//      pinned ones are left there, more unpinned blocks elsewhere, for contiguous room) and it tries
-//      again, twice at most: what then stays is pinned (or being promoted), and the tier keeps the
+//      pinned ones are left there, as many bytes of unpinned blocks elsewhere as they hold, for room) and
+//      it tries again, twice at most: what then stays is pinned (or being promoted), and the tier keeps the
 //      smallest size that holds it.
 absl::Status BlockStore::ShrinkSsdLocked(uint64_t ssd_tier_bytes) {
   const uint64_t target = ssd_->SlabRoundedCapacity(ssd_tier_bytes);
@@ -391,6 +391,7 @@ absl::Status BlockStore::ShrinkSsdLocked(uint64_t ssd_tier_bytes) {
   absl::Status status;
   int64_t relocated = 0, evicted = 0;
   std::vector<BlockKey> kept_in_place;
+  std::vector<uint64_t> kept_bytes;
   // Evicts unpinned SSD blocks (and copies) until the tier holds at most `bytes`.
   auto evict_down_to = [&](uint64_t bytes) ABSL_NO_THREAD_SAFETY_ANALYSIS {
     const SsdTierStats st = ssd_->Stats();
@@ -405,17 +406,17 @@ absl::Status BlockStore::ShrinkSsdLocked(uint64_t ssd_tier_bytes) {
       evict_down_to(target);
     } else {
       // Stopped above the target. First the unpinned blocks left in the slabs it kept; if only pinned (or
-      // moving) ones are left there, the room below is too fragmented for them: evict more, twice their
-      // size, and try once more.
+      // moving) ones are left there, the room below is too full or too fragmented for them: evict as much
+      // again as they hold (least valuable first) and try once more.
       std::vector<BlockKey> keys;
       uint64_t stuck_bytes = 0;
-      for (const BlockKey& k : kept_in_place) {
-        auto it = index_.find(k);
+      for (size_t i = 0; i < kept_in_place.size(); ++i) {
+        auto it = index_.find(kept_in_place[i]);
         if (it == index_.end()) continue;
         Entry* e = FindLocked(it->second);
         if (e == nullptr) continue;
         if (e->moving || e->pins > 0 || !e->committed) {
-          stuck_bytes += e->record_bytes;
+          stuck_bytes += kept_bytes[i];
         } else if (e->tier == Tier::kSsd) {
           FreeBlockLocked(*e, /*dropped=*/true, &keys);
           ++evicted;
@@ -426,12 +427,12 @@ absl::Status BlockStore::ShrinkSsdLocked(uint64_t ssd_tier_bytes) {
       }
       if (!keys.empty()) {
         (void)ssd_->Remove(keys);
-      } else if (evicted_for_room || stuck_bytes == 0 || 2 * stuck_bytes >= target) {
-        break;  // nothing more to gain by evicting
       } else {
+        const uint64_t goal = std::min(ssd_->Stats().used_bytes, target);
+        if (evicted_for_room || stuck_bytes == 0 || stuck_bytes >= goal) break;  // nothing more to gain
         evicted_for_room = true;
         const int64_t before = evicted;
-        evict_down_to(target - 2 * stuck_bytes);
+        evict_down_to(goal - stuck_bytes);
         if (evicted == before) break;
       }
     }
@@ -448,6 +449,7 @@ absl::Status BlockStore::ShrinkSsdLocked(uint64_t ssd_tier_bytes) {
     ForgetDroppedSsdRecordsLocked(change->dropped, RemoveReason::kCorrupt);  // failed verification: data gone
     counters_.checksum_failures += change->dropped.size();
     kept_in_place = std::move(change->kept_in_place);
+    kept_bytes = std::move(change->kept_in_place_bytes);
     if (change->capacity_bytes <= target || kept_in_place.empty()) break;
   }
   ssd_writes_held_ = false;

@@ -83,6 +83,8 @@ TEST_F(SsdShrinkTest, KeepRecordsStopsAtTheFirstSlabWhoseRecordsDoNotFit) {
   EXPECT_EQ(c->capacity_bytes, 12u << 20) << "slab 2 holds records that do not fit in slab 0";
   EXPECT_EQ(c->relocated, 3);
   EXPECT_TRUE(c->dropped.empty());
+  ASSERT_EQ(c->kept_in_place_bytes.size(), 3u);
+  for (uint64_t b : c->kept_in_place_bytes) EXPECT_GE(b, 1u << 20);  // a whole 1 MiB record (+ header)
   std::vector<BlockKey> kept = c->kept_in_place;
   std::sort(kept.begin(), kept.end(), [](const BlockKey& a, const BlockKey& b) { return a.lo < b.lo; });
   std::vector<BlockKey> want = {KeyFor(6), KeyFor(7), KeyFor(8)};

@@ -112,6 +112,7 @@ struct SsdCapacityChange {
   int64_t relocated = 0;          // records moved out of removed slabs
   std::vector<BlockKey> dropped;  // records that no longer fit and were removed (kKeepRecords: corrupt ones only)
   std::vector<BlockKey> kept_in_place;  // kKeepRecords: records left in slabs the shrink had to keep
+  std::vector<uint64_t> kept_in_place_bytes;  // the disk space each of them holds (same order)
 };
 
 // What a shrink does with a record that finds no room in the remaining slabs.

@@ -176,7 +176,10 @@ absl::StatusOr<SsdCapacityChange> SsdTier::SetCapacity(uint64_t bytes, std::span
   if (keep_slabs > want) {
     ssd::ReaderMutexLock lock(&mu_);
     for (const auto& [key, r] : map_)
-      if (r.entry.extent.slab >= want && r.entry.extent.slab < keep_slabs) change.kept_in_place.push_back(key);
+      if (r.entry.extent.slab >= want && r.entry.extent.slab < keep_slabs) {
+        change.kept_in_place.push_back(key);
+        change.kept_in_place_bytes.push_back(r.entry.extent.length);
+      }
   }
 
   ssd::MutexLock lock(&alloc_mu_);
