@@ -92,6 +92,8 @@ std::string RenderPrometheusText(const MetricsSample& sample) {
          st.blocks_dropped);
   Scalar(&out, "kvtier_checksum_failures_total", "counter",
          "Blocks whose checksum did not verify (dropped, never served).", st.checksum_failures);
+  Scalar(&out, "kvtier_pinned_blocks_dropped_total", "counter",
+         "Pinned blocks freed anyway (only a corrupt record may do that).", st.pinned_blocks_dropped);
   Scalar(&out, "kvtier_quantization_saved_bytes_total", "counter",
          "Bytes saved by the offload codec, summed over page-outs (resident size minus record size).",
          st.bytes_saved_by_quantization);

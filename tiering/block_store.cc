@@ -166,6 +166,11 @@ void BlockStore::FreeBlockLocked(Entry& e, bool dropped, std::vector<BlockKey>* 
   }
   if (e.pins > 0) {
     // Dropped while pinned (it failed its checksum): the pins die with it.
+    if (dropped) {
+      ++counters_.pinned_blocks_dropped;
+      KVTIER_LOG(kError, "pinned_block_dropped") << "block=" << e.id << " pins=" << e.pins
+                                                 << " reason=" << RemoveReasonName(reason);
+    }
     for (auto it = pins_.begin(); it != pins_.end();) {
       it->second.erase(e.id);
       if (it->second.empty()) {

@@ -34,6 +34,7 @@
 #include <array>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -127,6 +128,7 @@ struct StoreStats {
   uint64_t bytes_saved_by_quantization = 0;
   uint64_t pinned_blocks = 0, layouts = 0;
   uint64_t static_scale_clipped = 0;  // values clipped by calibrated static scales (page-outs)
+  uint64_t pinned_blocks_dropped = 0;  // pinned blocks freed anyway (only a corrupt record may do that)
 };
 
 struct EvictOutcome {
@@ -195,8 +197,13 @@ class BlockStore {
   EvictOutcome DemoteFromGpu(int64_t max_blocks);
   // Demotes up to max_blocks (0: all) unpinned blocks from the host tier to the SSD tier.
   EvictOutcome DemoteFromHost(int64_t max_blocks);
-  // Changes tier capacities (0 keeps one); shrinking demotes or drops until the tier fits.
+  // Changes tier capacities (0 keeps one); shrinking demotes or drops until the tier fits. The SSD tier
+  // never drops a pinned block to shrink: it evicts unpinned ones, and when what is left does not fit it
+  // stops at the smallest size (whole slabs) that keeps it; Stats() then shows the capacity it kept.
   absl::Status SetLimits(uint64_t gpu_pool_bytes, uint64_t host_tier_bytes, uint64_t ssd_tier_bytes = 0);
+  // Test hook: called by an SSD shrink once it has made room, with the table lock released, just before
+  // the SSD tier moves the records out of its removed slabs (the window other requests run in).
+  void SetSsdShrinkHookForTesting(std::function<void()> hook);
   bool has_ssd() const { return ssd_ != nullptr; }
 
   // Admin operations (block_store_admin.cc).
@@ -442,6 +449,19 @@ class BlockStore {
   StoreStats counters_ ABSL_GUARDED_BY(mu_);
   MoveLatencies latencies_;  // atomics: recorded outside the lock
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  // SSD resizes (SetLimits, block_store_moves.cc) run one at a time; while a shrink runs, no new SSD
+  // record is written (demotions and Flush wait in BeginSsdWriteLocked), so the room it made for the
+  // records of the removed slabs is still there when they move.
+  bool ssd_resizing_ ABSL_GUARDED_BY(mu_) = false;
+  bool ssd_writes_held_ ABSL_GUARDED_BY(mu_) = false;
+  int ssd_writes_in_flight_ ABSL_GUARDED_BY(mu_) = 0;  // SSD Puts running with the table lock released
+  std::function<void()> ssd_shrink_hook_ ABSL_GUARDED_BY(mu_);
+  void BeginSsdWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EndSsdWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status ShrinkSsdLocked(uint64_t ssd_tier_bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Frees the blocks (or forgets the SSD copies) whose records the SSD tier dropped itself.
+  void ForgetDroppedSsdRecordsLocked(std::span<const BlockKey> dropped, RemoveReason reason)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The mover sleeps on its own condition variable, not on mu_'s: waiting on mu_ would wake it (and have
   // it take the table lock) at every unlock of every request. Lock order: mu_, then mover_mu_.
   void KickMover();

@@ -155,11 +155,13 @@ absl::StatusOr<FlushOutcome> BlockStore::Flush(Tier to) {
     }
     std::vector<absl::Status> put;
     if (!items.empty()) {
+      BeginSsdWriteLocked();  // waits out an SSD shrink (the batch is marked moving)
       mu_.Unlock();
       const absl::Time started = absl::Now();
       put = ssd_->Put(items);
       latencies_.ssd_write.Record(absl::Now() - started);
       mu_.Lock();
+      EndSsdWriteLocked();
     }
     std::vector<bool> written(batch.size(), false);
     for (size_t k = 0; k < item_block.size(); ++k) {

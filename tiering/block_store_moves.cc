@@ -323,33 +323,19 @@ absl::Status BlockStore::SetLimits(uint64_t gpu_pool_bytes, uint64_t host_tier_b
     gpu_limit_ = gpu_pool_bytes;
   }
   if (ssd_tier_bytes) {
-    // Shrinking: evict unpinned SSD blocks (and copies) first, so that the records the SSD tier moves out
-    // of its removed slabs find room and it drops nothing on its own: it does not know about pins, and a
-    // record it drops takes a pinned block with it.
-    const uint64_t capacity = ssd_->Stats().capacity_bytes;
-    if (ssd_tier_bytes < capacity) MakeSsdRoomLocked(capacity - ssd_tier_bytes, /*may_drop=*/true);
-    // Pinned blocks (a deduplicated commit pins a block wherever it lives) and blocks being promoted go
-    // first, into the room just made.
-    std::vector<BlockKey> keep;
-    for (BlockId id : ssd_blocks_)
-      if (const Entry* e = FindLocked(id); e != nullptr && (e->pins > 0 || e->moving)) keep.push_back(e->key);
-    mu_.Unlock();  // SSD I/O runs without the table lock
-    auto change = ssd_->SetCapacity(ssd_tier_bytes, keep);
-    mu_.Lock();
-    if (!change.ok()) return change.status();
-    for (const BlockKey& k : change->dropped) {
-      auto it = index_.find(k);
-      if (it == index_.end()) continue;
-      if (Entry* e = FindLocked(it->second); e != nullptr && e->tier == Tier::kSsd && !e->moving) {
-        if (e->pins > 0)  // only when even the pinned records did not fit (fragmentation): data is gone
-          KVTIER_LOG(kError, "pinned_block_dropped") << "block=" << e->id << " pins=" << e->pins
-                                                     << " reason=ssd_shrink";
-        std::vector<BlockKey> already_gone;  // the SSD tier dropped these records itself
-        FreeBlockLocked(*e, /*dropped=*/true, &already_gone);
-      } else if (e != nullptr && e->ssd_copy) {
-        ForgetSsdCopyLocked(*e);  // only a copy: the block itself lives above
-      }
+    mu_.Await([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS { return !ssd_resizing_; });  // one resize at a time
+    ssd_resizing_ = true;
+    absl::Status st;
+    if (ssd_->SlabRoundedCapacity(ssd_tier_bytes) < ssd_->Stats().capacity_bytes) {
+      st = ShrinkSsdLocked(ssd_tier_bytes);
+    } else {
+      mu_.Unlock();  // SSD I/O runs without the table lock
+      auto change = ssd_->SetCapacity(ssd_tier_bytes);
+      mu_.Lock();
+      st = change.status();
     }
+    ssd_resizing_ = false;
+    if (!st.ok()) return st;
   }
   if (host_tier_bytes) host_.set_capacity(host_tier_bytes);
   // Shrinking drains: host first (to SSD, or dropped), then the GPU tier (demoted into what is left).
@@ -358,6 +344,127 @@ absl::Status BlockStore::SetLimits(uint64_t gpu_pool_bytes, uint64_t host_tier_b
   KVTIER_LOG(kInfo, "tier_limits") << "gpu_bytes=" << gpu_limit_ << " host_bytes=" << host_.capacity()
                                    << " gpu_used=" << gpu_used_ << " host_used=" << host_.used();
   return absl::OkStatus();
+}
+
+void BlockStore::SetSsdShrinkHookForTesting(std::function<void()> hook) {
+  MutexLock lock(&mu_);
+  ssd_shrink_hook_ = std::move(hook);
+}
+
+void BlockStore::BeginSsdWriteLocked() {
+  mu_.Await([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS { return !ssd_writes_held_; });
+  ++ssd_writes_in_flight_;
+}
+
+void BlockStore::EndSsdWriteLocked() { --ssd_writes_in_flight_; }
+
+void BlockStore::ForgetDroppedSsdRecordsLocked(std::span<const BlockKey> dropped, RemoveReason reason) {
+  for (const BlockKey& k : dropped) {
+    auto it = index_.find(k);
+    if (it == index_.end()) continue;
+    if (Entry* e = FindLocked(it->second); e != nullptr && e->tier == Tier::kSsd && !e->moving) {
+      std::vector<BlockKey> already_gone;  // the SSD tier dropped these records itself
+      FreeBlockLocked(*e, /*dropped=*/true, &already_gone, reason);
+    } else if (e != nullptr && e->ssd_copy) {
+      ForgetSsdCopyLocked(*e);  // only a copy: the block itself lives above
+    }
+  }
+}
+
+// Shrinking the SSD tier. The decision of what to drop is made here, under the table lock, and never by
+// the SSD tier (which knows nothing of pins):
+//   1. SSD writes are held off (BeginSsdWriteLocked) and the ones in flight finish, so that no demotion
+//      or Flush fills the room made below while the lock is released.
+//   2. Unpinned SSD blocks (least valuable first) and SSD copies of blocks that live above are evicted
+//      until what is left fits in the new size.
+//   3. The SSD tier moves the records of the removed slabs with kKeepRecords: it never drops a readable
+//      record, so a block pinned after step 2 (a deduplicated Commit pins a block wherever it lives) is
+//      kept whatever happens; where a record cannot move, the tier stops above the requested size.
+//   4. If it stopped above, the unpinned blocks left in the slabs it kept are evicted (or, when only
+//      pinned ones are left there, as many bytes of unpinned blocks elsewhere as they hold, for room) and
+//      it tries again, twice at most: what then stays is pinned (or being promoted), and the tier keeps the
+//      smallest size that holds it.
+absl::Status BlockStore::ShrinkSsdLocked(uint64_t ssd_tier_bytes) {
+  const uint64_t target = ssd_->SlabRoundedCapacity(ssd_tier_bytes);
+  ssd_writes_held_ = true;
+  mu_.Await([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS { return ssd_writes_in_flight_ == 0; });
+  absl::Status status;
+  int64_t relocated = 0, evicted = 0;
+  std::vector<BlockKey> kept_in_place;
+  std::vector<uint64_t> kept_bytes;
+  // Evicts unpinned SSD blocks (and copies) until the tier holds at most `bytes`.
+  auto evict_down_to = [&](uint64_t bytes) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    const SsdTierStats st = ssd_->Stats();
+    if (st.used_bytes <= bytes) return;
+    const uint64_t before = counters_.blocks_dropped;
+    MakeSsdRoomLocked(st.capacity_bytes - bytes, /*may_drop=*/true);
+    evicted += static_cast<int64_t>(counters_.blocks_dropped - before);
+  };
+  bool evicted_for_room = false;
+  for (int round = 0; round < 3; ++round) {
+    if (round == 0) {
+      evict_down_to(target);
+    } else {
+      // Stopped above the target. First the unpinned blocks left in the slabs it kept; if only pinned (or
+      // moving) ones are left there, the room below is too full or too fragmented for them: evict as much
+      // again as they hold (least valuable first) and try once more.
+      std::vector<BlockKey> keys;
+      uint64_t stuck_bytes = 0;
+      for (size_t i = 0; i < kept_in_place.size(); ++i) {
+        auto it = index_.find(kept_in_place[i]);
+        if (it == index_.end()) continue;
+        Entry* e = FindLocked(it->second);
+        if (e == nullptr) continue;
+        if (e->moving || e->pins > 0 || !e->committed) {
+          stuck_bytes += kept_bytes[i];
+        } else if (e->tier == Tier::kSsd) {
+          FreeBlockLocked(*e, /*dropped=*/true, &keys);
+          ++evicted;
+        } else if (e->ssd_copy) {
+          keys.push_back(e->key);
+          ForgetSsdCopyLocked(*e);
+        }
+      }
+      if (!keys.empty()) {
+        (void)ssd_->Remove(keys);
+      } else {
+        const uint64_t goal = std::min(ssd_->Stats().used_bytes, target);
+        if (evicted_for_room || stuck_bytes == 0 || stuck_bytes >= goal) break;  // nothing more to gain
+        evicted_for_room = true;
+        const int64_t before = evicted;
+        evict_down_to(goal - stuck_bytes);
+        if (evicted == before) break;
+      }
+    }
+    std::function<void()> hook = ssd_shrink_hook_;
+    mu_.Unlock();  // SSD I/O runs without the table lock
+    if (hook) hook();
+    absl::StatusOr<SsdCapacityChange> change = ssd_->SetCapacity(ssd_tier_bytes, {}, SsdShrinkMode::kKeepRecords);
+    mu_.Lock();
+    if (!change.ok()) {
+      status = change.status();
+      break;
+    }
+    relocated += change->relocated;
+    ForgetDroppedSsdRecordsLocked(change->dropped, RemoveReason::kCorrupt);  // failed verification: data gone
+    counters_.checksum_failures += change->dropped.size();
+    kept_in_place = std::move(change->kept_in_place);
+    kept_bytes = std::move(change->kept_in_place_bytes);
+    if (change->capacity_bytes <= target || kept_in_place.empty()) break;
+  }
+  ssd_writes_held_ = false;
+  const SsdTierStats st = ssd_->Stats();
+  if (status.ok() && st.capacity_bytes > target) {
+    KVTIER_LOG(kWarning, "ssd_shrink_incomplete")
+        << "requested_bytes=" << ssd_tier_bytes << " capacity_bytes=" << st.capacity_bytes
+        << " used_bytes=" << st.used_bytes << " kept_in_place=" << kept_in_place.size()
+        << " relocated=" << relocated << " evicted=" << evicted;
+  } else {
+    KVTIER_LOG(kInfo, "ssd_shrink") << "capacity_bytes=" << st.capacity_bytes << " used_bytes=" << st.used_bytes
+                                    << " relocated=" << relocated << " evicted=" << evicted << " status=\"" << status
+                                    << "\"";
+  }
+  return status;
 }
 
 void BlockStore::KickMover() {

@@ -136,6 +136,9 @@ EvictOutcome BlockStore::DemoteToSsdLocked(std::vector<Entry*> victims, bool may
     victims = std::move(fits);
   }
   if (victims.empty()) return outcome;
+  // Waits out an SSD shrink (the victims are marked moving: nothing frees them meanwhile) before making
+  // room, so that the room is made in the tier as it will be.
+  BeginSsdWriteLocked();
   uint64_t bytes = 0;
   for (Entry* e : victims)
     if (!e->ssd_copy) bytes += e->record_bytes;
@@ -163,6 +166,7 @@ EvictOutcome BlockStore::DemoteToSsdLocked(std::vector<Entry*> victims, bool may
     latencies_.ssd_write.Record(absl::Now() - started);
     mu_.Lock();
   }
+  EndSsdWriteLocked();
   std::vector<BlockKey> undo;
   for (size_t i = 0; i < victims.size(); ++i) {
     Entry& e = *victims[i];

@@ -252,6 +252,7 @@ TEST_F(MetricsTest, ValuesFollowTheRpcs) {
   EXPECT_EQ(e.samples.at("kvtier_tier_blocks{tier=\"gpu\"}"), 1);
   EXPECT_EQ(e.samples.at("kvtier_pinned_blocks"), 1);
   EXPECT_EQ(e.samples.at("kvtier_checksum_failures_total"), 0);
+  EXPECT_EQ(e.samples.at("kvtier_pinned_blocks_dropped_total"), 0);
 
   c.reset();  // the session ends: its pin goes with it (the daemon sees the stream close asynchronously)
   for (int i = 0; i < 500; ++i) {

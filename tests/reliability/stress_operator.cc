@@ -9,6 +9,8 @@
 #include <thread>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "client/prompt_kv.h"
 #include "tests/reliability/stress_client.h"
 #include "tests/reliability/stress_roles.h"
@@ -49,11 +51,14 @@ void SampleStats(Shared* shared, Session& s) {
   shared->stats_sessions.store(st->sessions());
 }
 
-// Sessions of processes killed more than a lease (plus slack) ago must be gone with their pins.
+// Sessions of processes killed more than a lease (plus slack) ago must be gone with their pins. A session
+// attached after the kill belongs to a later worker that was given the same pid (pids wrap around on a
+// busy machine), not to the killed one.
 void CheckDeadSessions(const Options& o, Shared* shared, Session& s, absl::flat_hash_set<int64_t>& reported) {
   auto ls = s.client->ListSessions();
   if (!ls.ok()) return;
   const int64_t now = SteadyMs();
+  const int64_t now_unix_ms = absl::ToUnixMillis(absl::Now());
   for (const auto& info : ls->sessions()) {
     for (int i = 0; i < Shared::kKilled; ++i) {
       if (shared->killed_pid[i].load() != info.pid()) continue;
@@ -61,8 +66,12 @@ void CheckDeadSessions(const Options& o, Shared* shared, Session& s, absl::flat_
       // kill can be the killed worker's.
       if (info.attached_unix_ms() > shared->killed_at_unix_ms[i].load()) continue;
       const int64_t at = shared->killed_at_ms[i].load();
-      if (at == 0 || now - at < o.lease_ms + 3000 || reported.contains(info.pid())) continue;
-      reported.insert(info.pid());
+      if (at == 0 || now - at < o.lease_ms + 3000) continue;
+      const int64_t killed_unix_ms = now_unix_ms - (now - at);
+      if (info.attached_unix_ms() > killed_unix_ms + 1000) continue;  // a later process with the same pid
+      const auto id = static_cast<int64_t>(info.session_id());
+      if (reported.contains(id)) continue;
+      reported.insert(id);
       shared->leaked_sessions.fetch_add(1);
       shared->leaked_pins.fetch_add(info.pinned_blocks());
       std::fprintf(stderr, "LEAKED session %llu of killed pid %lld: %lld pins, %lld ms after the kill\n",

@@ -36,6 +36,7 @@
 // helpers share zstd and checksum work with the caller. options.log may be called from any of them.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -113,7 +114,19 @@ struct SsdEntryInfo {
 struct SsdCapacityChange {
   uint64_t capacity_bytes = 0;    // the new capacity (whole slabs)
   int64_t relocated = 0;          // records moved out of removed slabs
-  std::vector<BlockKey> dropped;  // records that no longer fit and were removed
+  std::vector<BlockKey> dropped;  // records that no longer fit and were removed (kKeepRecords: corrupt ones only)
+  std::vector<BlockKey> kept_in_place;  // kKeepRecords: records left in slabs the shrink had to keep
+  std::vector<uint64_t> kept_in_place_bytes;  // the disk space each of them holds (same order)
+};
+
+// What a shrink does with a record that finds no room in the remaining slabs.
+enum class SsdShrinkMode {
+  kDropWhatDoesNotFit,  // dropped and reported (SsdCapacityChange::dropped)
+  // Never dropped: the slabs are drained from the highest down, and the shrink stops at the first slab
+  // holding a record that cannot be moved (no room, or an I/O error), keeping it and every slab below.
+  // Only records that fail verification (corrupt: unreadable anyway) are dropped. For callers that must
+  // not lose a record they cannot vouch for (BlockStore: pinned blocks).
+  kKeepRecords,
 };
 
 struct SsdTierStats {
@@ -193,10 +206,16 @@ class SsdTier {
   absl::StatusOr<std::vector<SsdEntryInfo>> ListEntries() const;
 
   // Grows (new slab files) or shrinks (records in removed slabs are moved into free space of the
-  // remaining ones; those that do not fit are dropped and reported) the tier at runtime.
+  // remaining ones; those that do not fit are dropped and reported, or with kKeepRecords kept where they
+  // are, the tier stopping above `bytes`) the tier at runtime.
   // `relocate_first`: keys whose records are moved before any other (e.g. the caller's pinned blocks),
-  // so that they are the last to be dropped when the remaining slabs run out of room.
-  absl::StatusOr<SsdCapacityChange> SetCapacity(uint64_t bytes, std::span<const BlockKey> relocate_first = {});
+  // so that they are the last to be dropped when the remaining slabs run out of room (kDropWhatDoesNotFit).
+  absl::StatusOr<SsdCapacityChange> SetCapacity(uint64_t bytes, std::span<const BlockKey> relocate_first = {},
+                                                SsdShrinkMode mode = SsdShrinkMode::kDropWhatDoesNotFit);
+  // The capacity SetCapacity(bytes) aims for: whole slabs, at least one.
+  uint64_t SlabRoundedCapacity(uint64_t bytes) const {
+    return std::max<uint64_t>(1, bytes / slab_bytes_) * slab_bytes_;
+  }
 
   SsdTierStats Stats() const;
 
