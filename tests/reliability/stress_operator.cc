@@ -58,17 +58,12 @@ void CheckDeadSessions(const Options& o, Shared* shared, Session& s, absl::flat_
   auto ls = s.client->ListSessions();
   if (!ls.ok()) return;
   const int64_t now = SteadyMs();
-  const int64_t now_unix_ms = absl::ToUnixMillis(absl::Now());
   for (const auto& info : ls->sessions()) {
     for (int i = 0; i < Shared::kKilled; ++i) {
       if (shared->killed_pid[i].load() != info.pid()) continue;
-      // Pids are reused (thousands of worker processes come and go): only a session attached before the
-      // kill can be the killed worker's.
-      if (info.attached_unix_ms() > shared->killed_at_unix_ms[i].load()) continue;
+      if (info.attached_unix_ms() > shared->killed_at_unix_ms[i].load()) continue;  // a later process
       const int64_t at = shared->killed_at_ms[i].load();
       if (at == 0 || now - at < o.lease_ms + 3000) continue;
-      const int64_t killed_unix_ms = now_unix_ms - (now - at);
-      if (info.attached_unix_ms() > killed_unix_ms + 1000) continue;  // a later process with the same pid
       const auto id = static_cast<int64_t>(info.session_id());
       if (reported.contains(id)) continue;
       reported.insert(id);
