@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from kvtier.v1 import config_pb2
 from kvtier.v1 import kvtier_pb2 as pb
 from kvtier.v1 import kvtier_pb2_grpc as pb_grpc
 
@@ -97,9 +98,13 @@ class Client:
                       r.offload_page_bytes, r.activation_page_bytes)
 
     def allocate(self, layout, count):
+        return [block_id for block_id, _ in self.allocate_slots(layout, count)]
+
+    def allocate_slots(self, layout, count):
+        """Private GPU-tier blocks: [(block_id, slot)], the slot being where a mapped pool holds the page."""
         r = self._call("Allocate", pb.AllocateRequest(session_id=self.session_id, layout_id=layout.layout_id,
                                                       count=count))
-        return list(r.block_ids)
+        return list(zip(r.block_ids, r.slots))
 
     def write_blocks(self, block_ids, pages):
         blocks = [pb.BlockData(block_id=i, data=p) for i, p in zip(block_ids, pages, strict=True)]
@@ -184,3 +189,87 @@ class Client:
 
     def policy_stats(self):
         return self._call("PolicyStats", pb.PolicyStatsRequest(session_id=self.session_id))
+
+    # ---- Operators (admin sessions; kvtierctl's calls) ----
+
+    def list_sessions(self):
+        """The live sessions (SessionInfo: session_id, tenant, client_name, pid, attached_unix_ms, pins)."""
+        return list(self._call("ListSessions", pb.ListSessionsRequest(session_id=self.session_id)).sessions)
+
+    def set_tier_limits(self, gpu_bytes=0, host_bytes=0, ssd_bytes=0):
+        """Resizes tiers at run time (0 leaves a tier as it is); returns the TierLimits now in force."""
+        limits = config_pb2.TierLimits(gpu_pool_bytes=gpu_bytes, host_tier_bytes=host_bytes, ssd_tier_bytes=ssd_bytes)
+        return self._call("SetTierLimits", pb.SetTierLimitsRequest(session_id=self.session_id, limits=limits)).limits
+
+    def set_tenant_quota(self, tenant, gpu_bytes=0, host_bytes=0, ssd_bytes=0):
+        """Caps what one tenant's blocks may occupy per tier (0: no cap)."""
+        quota = pb.TenantQuotaSpec(gpu_bytes=gpu_bytes, host_bytes=host_bytes, ssd_bytes=ssd_bytes)
+        return self._call("SetTenantQuota", pb.SetTenantQuotaRequest(session_id=self.session_id, tenant=tenant,
+                                                                     quota=quota))
+
+    def flush(self, to_tier=""):
+        """Gives every committed block a copy in the SSD tier ("ssd": durable, the default with an SSD tier)
+        or in host memory ("host"); returns FlushResponse (blocks_written, blocks_not_written, durable)."""
+        return self._call("Flush", pb.FlushRequest(session_id=self.session_id, to_tier=_tier(to_tier)))
+
+    def drain(self, tier, wait_ms=0):
+        """Moves every block out of the GPU ("gpu") or host ("host") tier, retrying up to wait_ms while
+        pinned blocks remain; returns DrainResponse (blocks_moved, blocks_remaining, drained)."""
+        return self._call("Drain", pb.DrainRequest(session_id=self.session_id, tier=_tier(tier), wait_ms=wait_ms))
+
+    # ---- Calibration and static scales (admin; docs/calibration.md) ----
+
+    def start_calibration(self, layout=None, target_session_id=0):
+        layout_id = layout.layout_id if layout is not None else 0
+        self._call("StartCalibration", pb.StartCalibrationRequest(session_id=self.session_id, layout_id=layout_id,
+                                                                  target_session_id=target_session_id))
+
+    def stop_calibration(self):
+        return self._call("StopCalibration", pb.StopCalibrationRequest(session_id=self.session_id))
+
+    def export_calibration(self, layout=None):
+        """The statistics gathered so far as a scales file (StaticScalesFile, protobuf text format)."""
+        layout_id = layout.layout_id if layout is not None else 0
+        return self._call("ExportCalibration", pb.ExportCalibrationRequest(session_id=self.session_id,
+                                                                           layout_id=layout_id))
+
+    def load_static_scales(self, layout, scales_file, include=(), exclude=(), fmt=""):
+        """Registers a variant of `layout` whose offload copy uses the calibrated scales of `scales_file`
+        (bytes or str, protobuf text format) for the layers selected by include/exclude."""
+        policy = config_pb2.StaticScalesPolicy(include=list(include), exclude=list(exclude), format=fmt)
+        data = scales_file.encode() if isinstance(scales_file, str) else bytes(scales_file)
+        return self._call("LoadStaticScales", pb.LoadStaticScalesRequest(
+            session_id=self.session_id, layout_id=layout.layout_id, scales_file=data, policy=policy))
+
+    # ---- Prefetch and the mapped pool ----
+
+    def prefetch(self, layout, tokens=(), keys=(), pin=False):
+        """Starts bringing a cached prefix (tokens, or its block keys in order) up to the GPU tier in the
+        background; returns PrefetchResponse (prefetch_id, blocks_requested)."""
+        return self._call("Prefetch", pb.PrefetchRequest(session_id=self.session_id, layout_id=layout.layout_id,
+                                                         tokens=list(tokens), keys=list(keys), pin=pin))
+
+    def get_prefetch(self, prefetch_id, wait_ms=0):
+        """A prefetch's progress, waiting up to wait_ms for it to finish: GetPrefetchResponse (state,
+        blocks_ready, prefix_end, blocks)."""
+        return self._call("GetPrefetch", pb.GetPrefetchRequest(session_id=self.session_id, prefetch_id=prefetch_id,
+                                                               wait_ms=wait_ms))
+
+    def get_pool_handle(self, layout):
+        """The layout's GPU-tier pool export (GetPoolHandleResponse); its descriptors are fetched with the
+        one-time fd_ticket from fd_socket (kvtier.pool.fetch_fds). Needs a tenant with pool access."""
+        return self._call("GetPoolHandle", pb.GetPoolHandleRequest(session_id=self.session_id,
+                                                                   layout_id=layout.layout_id))
+
+    def map_pool(self, layout):
+        """Maps the layout's GPU-tier pool into this process: a kvtier.pool.MappedPool with numpy (and
+        torch) views of the resident pages. Host-device pools only (see kvtier.pool)."""
+        from kvtier.pool import MappedPool
+        return MappedPool.open(self.get_pool_handle(layout))
+
+
+def _tier(name):
+    tiers = {"": pb.TIER_UNSPECIFIED, "gpu": pb.TIER_GPU, "host": pb.TIER_HOST, "ssd": pb.TIER_SSD}
+    if name not in tiers:
+        raise ValueError(f"unknown tier {name!r} (gpu, host, ssd)")
+    return tiers[name]
