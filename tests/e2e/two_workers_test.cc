@@ -4,6 +4,7 @@
 #include <signal.h>
 
 #include <chrono>
+#include <memory>
 #include <thread>
 
 #include "client/client.h"
@@ -33,7 +34,28 @@ class TwoWorkersTest : public testing::DaemonProcessTest {
     EXPECT_TRUE(c.ok()) << c.status();
     return c.ok() ? std::move(*c) : nullptr;
   }
-
+  // A writer that commits 320 tokens (20 blocks), keeps them pinned and holds its session for a minute.
+  std::unique_ptr<ChildProcess> StartHolder(const std::string& name) {
+    auto holder = std::make_unique<ChildProcess>(
+        std::vector<std::string>{WORKER_PATH, "--socket=" + socket_, "--role=writer", "--tokens=320",
+                                 "--hold_ms=60000", "--name=" + name},
+        (dir_ / "worker.log").string());
+    const std::string line = holder->ReadLine();
+    EXPECT_EQ(JsonNumber(line, "committed_blocks"), 20) << line;
+    return holder;
+  }
+  // Polls Stats until no block is pinned or `timeout` passes; the pinned count at the end.
+  static uint64_t PinnedAfterWaiting(Client& admin, std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    uint64_t pinned = 1;
+    while (pinned != 0 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      auto s = admin.Stats();
+      EXPECT_TRUE(s.ok());
+      if (s.ok()) pinned = s->pinned_blocks();
+    }
+    return pinned;
+  }
 };
 
 TEST_F(TwoWorkersTest, SecondProcessReusesThePrefixAcrossAPageOutAndPageIn) {
@@ -68,11 +90,8 @@ TEST_F(TwoWorkersTest, SecondProcessReusesThePrefixAcrossAPageOutAndPageIn) {
 }
 
 TEST_F(TwoWorkersTest, KillingAWorkerReleasesItsPins) {
-  ChildProcess holder({WORKER_PATH, "--socket=" + socket_, "--role=writer", "--tokens=320", "--hold_ms=60000",
-                       "--name=holder"},
-                      (dir_ / "worker.log").string());
-  const std::string line = holder.ReadLine();
-  ASSERT_EQ(JsonNumber(line, "committed_blocks"), 20) << line;
+  auto holder = StartHolder("holder");
+  ASSERT_FALSE(HasFailure());
   auto admin = Admin();
   ASSERT_NE(admin, nullptr);
   auto before = admin->Stats();
@@ -84,16 +103,9 @@ TEST_F(TwoWorkersTest, KillingAWorkerReleasesItsPins) {
   ASSERT_TRUE(ev.ok());
   EXPECT_EQ(ev->blocks_moved(), 0);
 
-  holder.Signal(SIGKILL);
-  holder.Wait();
-  uint64_t pinned = 1;
-  for (int i = 0; i < 200 && pinned != 0; ++i) {  // within the 2 s lease
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    auto s = admin->Stats();
-    ASSERT_TRUE(s.ok());
-    pinned = s->pinned_blocks();
-  }
-  EXPECT_EQ(pinned, 0u);
+  holder->Signal(SIGKILL);
+  holder->Wait();
+  EXPECT_EQ(PinnedAfterWaiting(*admin, std::chrono::milliseconds(2000)), 0u);  // within the 2 s lease
   ev = admin->Evict(kvtier::v1::TIER_GPU, 0);
   ASSERT_TRUE(ev.ok());
   EXPECT_EQ(ev->blocks_moved(), 20);  // committed blocks stay cached and are now evictable
@@ -102,30 +114,21 @@ TEST_F(TwoWorkersTest, KillingAWorkerReleasesItsPins) {
 // A worker that hangs (SIGSTOP: its socket stays open, but nothing answers on it) loses its session, and
 // so its pins, within about the lease: kvtierd's keepalive pings on the idle Attach stream go unanswered.
 TEST_F(TwoWorkersTest, FrozenWorkerLosesItsPinsWithinTheLease) {
-  ChildProcess holder({WORKER_PATH, "--socket=" + socket_, "--role=writer", "--tokens=320", "--hold_ms=60000",
-                       "--name=frozen"},
-                      (dir_ / "worker.log").string());
-  const std::string line = holder.ReadLine();
-  ASSERT_EQ(JsonNumber(line, "committed_blocks"), 20) << line;
+  auto holder = StartHolder("frozen");
+  ASSERT_FALSE(HasFailure());
   auto admin = Admin();
   ASSERT_NE(admin, nullptr);
   auto before = admin->Stats();
   ASSERT_TRUE(before.ok());
   ASSERT_EQ(before->pinned_blocks(), 20u);
-  holder.Signal(SIGSTOP);
+  holder->Signal(SIGSTOP);
   const auto start = std::chrono::steady_clock::now();
-  uint64_t pinned = 20;
-  while (pinned != 0 && std::chrono::steady_clock::now() - start < std::chrono::seconds(20)) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    auto s = admin->Stats();
-    ASSERT_TRUE(s.ok());
-    pinned = s->pinned_blocks();
-  }
+  const uint64_t pinned = PinnedAfterWaiting(*admin, std::chrono::seconds(20));
   const double waited_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_EQ(pinned, 0u) << "the frozen worker's session outlived its 2 s lease by " << waited_s << " s";
   EXPECT_LT(waited_s, 8.0);  // keepalive every lease/2, answered within lease/2; slack for a loaded host
-  holder.Signal(SIGKILL);
-  holder.Wait();
+  holder->Signal(SIGKILL);
+  holder->Wait();
 }
 
 TEST_F(TwoWorkersTest, KilledDaemonRestartsAndServesThePrefixFromSsd) {
