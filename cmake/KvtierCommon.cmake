@@ -58,6 +58,17 @@ if(KVTIER_SANITIZE)
   add_link_options(-fsanitize=${KVTIER_SANITIZE})
 endif()
 
+# libFuzzer coverage on all of kvtier's code (the `fuzz` preset, clang only): every library the fuzz
+# targets link is compiled with -fsanitize=fuzzer-no-link, so libFuzzer is guided by coverage of the
+# request handlers, not only of the harness; the fuzz target itself links with -fsanitize=fuzzer.
+option(KVTIER_FUZZ_COVERAGE "Compile all code with libFuzzer coverage (clang only)" OFF)
+if(KVTIER_FUZZ_COVERAGE)
+  if(NOT CMAKE_CXX_COMPILER_ID MATCHES "Clang")
+    message(FATAL_ERROR "KVTIER_FUZZ_COVERAGE needs clang (use the fuzz preset)")
+  endif()
+  add_compile_options($<$<COMPILE_LANGUAGE:CXX,C>:-fsanitize=fuzzer-no-link>)
+endif()
+
 # kvtier_test(NAME SOURCES... LIBS ... LABELS ...): one GoogleTest binary registered with ctest.
 function(kvtier_test name)
   cmake_parse_arguments(T "" "TIMEOUT" "SOURCES;LIBS;LABELS" ${ARGN})
