@@ -45,7 +45,8 @@ message(STATUS "kvtier: CUDA kernels ${KVTIER_WITH_CUDA} (archs: ${CMAKE_CUDA_AR
 # -Wno-restrict: GCC 12 at -O3 reports impossible overlaps inside std::string (GCC bug 105329).
 function(kvtier_strict_warnings target)
   target_compile_options(${target} PRIVATE
-    $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Werror -Wno-missing-field-initializers -Wno-restrict>
+    $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Werror -Wno-missing-field-initializers>
+    $<$<AND:$<COMPILE_LANGUAGE:CXX>,$<CXX_COMPILER_ID:GNU>>:-Wno-restrict>
     $<$<COMPILE_LANGUAGE:CUDA>:-Werror=all-warnings -Xcompiler=-Wall,-Wextra,-Werror,-Wno-missing-field-initializers>)
 endfunction()
 
