@@ -13,7 +13,6 @@
 #include "client/fd_transfer.h"
 
 namespace kvtier {
-namespace v1 = kvtier::v1;
 namespace {
 
 absl::Status FromGrpc(const grpc::Status& s) {

@@ -39,8 +39,8 @@ class LocalAttention {
  private:
   const MappedPool& pool_;
   const int cpu_threads_;
-  void* scratch_ = nullptr;  // device: seq_lens, block table, q_indptr mirrors and split-K workspace
-  size_t scratch_bytes_ = 0;
+  [[maybe_unused]] void* scratch_ = nullptr;  // (CUDA builds) device: seq_lens, block table, q_indptr mirrors and split-K workspace
+  [[maybe_unused]] size_t scratch_bytes_ = 0;
 };
 
 }  // namespace kvtier

@@ -12,7 +12,6 @@
 #endif
 
 namespace kvtier {
-namespace v1 = kvtier::v1;
 
 #if !KVTIER_WITH_CUDA
 class GpuPoolMapping {};  // built without CUDA: only host pools can be mapped

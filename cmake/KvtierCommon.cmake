@@ -45,7 +45,8 @@ message(STATUS "kvtier: CUDA kernels ${KVTIER_WITH_CUDA} (archs: ${CMAKE_CUDA_AR
 # -Wno-restrict: GCC 12 at -O3 reports impossible overlaps inside std::string (GCC bug 105329).
 function(kvtier_strict_warnings target)
   target_compile_options(${target} PRIVATE
-    $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Werror -Wno-missing-field-initializers -Wno-restrict>
+    $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Werror -Wno-missing-field-initializers>
+    $<$<AND:$<COMPILE_LANGUAGE:CXX>,$<CXX_COMPILER_ID:GNU>>:-Wno-restrict>
     $<$<COMPILE_LANGUAGE:CUDA>:-Werror=all-warnings -Xcompiler=-Wall,-Wextra,-Werror,-Wno-missing-field-initializers>)
 endfunction()
 
@@ -56,6 +57,17 @@ if(KVTIER_SANITIZE)
                       $<$<COMPILE_LANGUAGE:CXX,C>:-fno-omit-frame-pointer>
                       $<$<COMPILE_LANGUAGE:CXX,C>:-fno-sanitize-recover=all>)
   add_link_options(-fsanitize=${KVTIER_SANITIZE})
+endif()
+
+# libFuzzer coverage on all of kvtier's code (the `fuzz` preset, clang only): every library the fuzz
+# targets link is compiled with -fsanitize=fuzzer-no-link, so libFuzzer is guided by coverage of the
+# request handlers, not only of the harness; the fuzz target itself links with -fsanitize=fuzzer.
+option(KVTIER_FUZZ_COVERAGE "Compile all code with libFuzzer coverage (clang only)" OFF)
+if(KVTIER_FUZZ_COVERAGE)
+  if(NOT CMAKE_CXX_COMPILER_ID MATCHES "Clang")
+    message(FATAL_ERROR "KVTIER_FUZZ_COVERAGE needs clang (use the fuzz preset)")
+  endif()
+  add_compile_options($<$<COMPILE_LANGUAGE:CXX,C>:-fsanitize=fuzzer-no-link>)
 endif()
 
 # kvtier_test(NAME SOURCES... LIBS ... LABELS ...): one GoogleTest binary registered with ctest.

@@ -5,7 +5,6 @@
 #include "tiering/log.h"
 
 namespace kvtier {
-namespace v1 = kvtier::v1;
 
 // The longest a Drain may wait for pins to go away.
 inline constexpr int64_t kMaxDrainWaitMs = 600000;

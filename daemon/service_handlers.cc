@@ -8,7 +8,6 @@
 #include "tiering/log.h"
 
 namespace kvtier {
-namespace v1 = kvtier::v1;
 namespace {
 
 v1::Tier ToWire(Tier t) {

@@ -13,7 +13,6 @@
 #include "tiering/log.h"
 
 namespace kvtier {
-namespace v1 = kvtier::v1;
 namespace {
 
 constexpr int kMaxEventStreams = 64;

@@ -7,7 +7,6 @@
 #include "tiering/log.h"
 
 namespace kvtier {
-namespace v1 = kvtier::v1;
 
 grpc::ServerUnaryReactor* KvTierService::GetPoolHandle(grpc::CallbackServerContext* ctx,
                                                        const v1::GetPoolHandleRequest* req,

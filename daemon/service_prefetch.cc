@@ -4,7 +4,6 @@
 #include "daemon/status_map.h"
 
 namespace kvtier {
-namespace v1 = kvtier::v1;
 namespace {
 
 inline constexpr int64_t kMaxPrefetchWaitMs = 60000;

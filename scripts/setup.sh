@@ -16,6 +16,8 @@ apt_packages=(
   systemd yamllint shellcheck python3-yaml python3-kubernetes
   # daemon auth test: self-signed TLS certificates; perf for bench/daemon profiles
   openssl linux-perf
+  # the fuzz preset: clang with libFuzzer and the sanitizer runtimes (scripts/test.sh's fuzz stage)
+  clang libclang-rt-14-dev
 )
 # kubectl renders the kustomize overlays; take Debian's unless one is installed already.
 command -v kubectl >/dev/null || apt_packages+=(kubernetes-client)

@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "kernels/cpu/avx2_target.h"
 #include "kernels/format.h"
 #include "kernels/segment.h"
 #include "kernels/static_codec.h"
@@ -93,15 +94,14 @@ KVTIER_STATIC_FAST_IMPL
 }  // namespace static_portable
 
 #if defined(KVTIER_HAVE_AVX2_PATH)
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
+KVTIER_AVX2_BEGIN
 #define KVTIER_FAST_F16C 1
 namespace static_avx2 {
 #include "kernels/cpu/transcode_fast_impl.h"
 KVTIER_STATIC_FAST_IMPL
 }  // namespace static_avx2
 #undef KVTIER_FAST_F16C
-#pragma GCC pop_options
+KVTIER_AVX2_END
 #endif
 #undef KVTIER_STATIC_FAST_IMPL
 
@@ -112,8 +112,7 @@ using StaticPageFn = uint64_t (*)(const PageGeometry&, PageView, const PageGeome
 
 StaticPageFn SelectStaticPath(CpuPath path) {
 #if defined(KVTIER_HAVE_AVX2_PATH)
-  static const bool has_avx2 =
-      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  static const bool has_avx2 = CpuHasAvx2FmaF16c();
   if (path == CpuPath::kBest && has_avx2) return static_avx2::TranscodeStaticPage;
 #else
   (void)path;

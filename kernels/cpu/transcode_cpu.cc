@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include "kernels/cpu/avx2_target.h"
 #include "kernels/format.h"
 #include "kernels/segment.h"
 #include "kernels/transcode.h"
@@ -24,14 +25,13 @@ namespace portable {
 }  // namespace portable
 
 #if defined(KVTIER_HAVE_AVX2_PATH)
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
+KVTIER_AVX2_BEGIN
 #define KVTIER_FAST_F16C 1
 namespace avx2 {
 #include "kernels/cpu/transcode_fast_impl.h"
 }  // namespace avx2
 #undef KVTIER_FAST_F16C
-#pragma GCC pop_options
+KVTIER_AVX2_END
 #endif
 
 namespace {
@@ -40,8 +40,7 @@ using PageFn = void (*)(const PageGeometry&, PageView, const PageGeometry&, Muta
 
 PageFn SelectPath(CpuPath path) {
 #if defined(KVTIER_HAVE_AVX2_PATH)
-  static const bool has_avx2 =
-      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  static const bool has_avx2 = CpuHasAvx2FmaF16c();
   if (path == CpuPath::kBest && has_avx2) return avx2::TranscodePage;
 #else
   (void)path;

@@ -115,8 +115,8 @@ static void MinMaxColumns(const float* v, int rows, int cols, float* lo, float* 
     for (int c = 0; c < cols; ++c) {
       const float x = v[r * cols + c];
       const bool finite = fabsf(x) <= 3.402823466e38f;
-      lo[c] = finite & (x < lo[c]) ? x : lo[c];
-      hi[c] = finite & (x > hi[c]) ? x : hi[c];
+      lo[c] = (finite & (x < lo[c])) ? x : lo[c];
+      hi[c] = (finite & (x > hi[c])) ? x : hi[c];
     }
 }
 
