@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "client/absl_runtime.h"
 #include "daemon/config.h"
 #include "daemon/server.h"
 #include "tiering/log.h"
@@ -59,6 +60,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "kvtierd: invalid configuration: %s\n", std::string(config.status().message()).c_str());
     return 2;
   }
+
+  ConfigureAbslForLowLatency();  // before gRPC starts its threads (client/absl_runtime.h)
 
   // Signals are taken synchronously by this thread; every thread started later inherits the mask.
   sigset_t signals;

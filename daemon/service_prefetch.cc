@@ -41,12 +41,9 @@ grpc::ServerUnaryReactor* KvTierService::Prefetch(grpc::CallbackServerContext* c
       keys.push_back(k);
     }
     const int bs = layout->shape.block_size;
-    BlockKey parent;
     const std::span<const int32_t> tokens(req->tokens().data(), req->tokens_size());
-    for (size_t b = 0; b + 1 <= tokens.size() / bs; ++b) {
-      parent = ChainKey(parent, layout->id, s.salt, tokens.subspan(b * bs, bs));
-      keys.push_back(parent);
-    }
+    const std::vector<BlockKey> chained = PrefixKeys(layout->id, s.salt, tokens, bs);
+    keys.insert(keys.end(), chained.begin(), chained.end());
     const int32_t n = static_cast<int32_t>(keys.size());
     auto id = prefetcher_->Start(s, layout->id, std::move(keys), req->pin());
     if (!id.ok()) return ToGrpc(id.status());

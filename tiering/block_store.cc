@@ -451,13 +451,7 @@ absl::StatusOr<LookupOutcome> BlockStore::Lookup(SessionId session, std::string_
   const int bs = layout->shape.block_size;
   const size_t full_blocks = tokens.size() / bs;
   // Keys are computed before taking the lock: hashing is the bulk of a long lookup.
-  std::vector<BlockKey> keys;
-  keys.reserve(full_blocks);
-  BlockKey parent;
-  for (size_t b = 0; b < full_blocks; ++b) {
-    parent = ChainKey(parent, layout_id, tenant_salt, tokens.subspan(b * bs, bs));
-    keys.push_back(parent);
-  }
+  const std::vector<BlockKey> keys = PrefixKeys(layout_id, tenant_salt, tokens, bs);
   MutexLock lock(&mu_);
   if (!tls_warming) {  // warm-up (block_store_policy.cc) is not lookup traffic
     ++counters_.lookups;
@@ -495,6 +489,7 @@ absl::StatusOr<LookupOutcome> BlockStore::Lookup(SessionId session, std::string_
     for (size_t i = 0; i < keep; ++i) hits.push_back(FindLocked(ids[i]));
   }
   LookupOutcome out;
+  out.blocks.reserve(hits.size());
   for (Entry* e : hits) {
     Touch(*e);
     out.blocks.push_back({e->key, e->id, e->tier, e->tier == Tier::kGpu ? e->slot : -1, EtaSecondsLocked(*e)});

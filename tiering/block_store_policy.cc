@@ -311,12 +311,7 @@ absl::StatusOr<BlockStore::PinOutcome> BlockStore::PinPrefix(std::string_view te
   const Layout* layout = layouts_.Find(layout_id);
   if (layout == nullptr) return absl::NotFoundError(absl::StrCat("unknown layout_id=", layout_id));
   const int bs = layout->shape.block_size;
-  std::vector<BlockKey> keys;
-  BlockKey parent;
-  for (size_t b = 0; b < tokens.size() / bs; ++b) {
-    parent = ChainKey(parent, layout_id, tenant_salt, tokens.subspan(b * bs, bs));
-    keys.push_back(parent);
-  }
+  const std::vector<BlockKey> keys = PrefixKeys(layout_id, tenant_salt, tokens, bs);
   if (keys.empty()) return absl::InvalidArgumentError(absl::StrCat("fewer tokens than one block (", bs, ")"));
   const uint64_t ns = TenantNs(tenant_salt);
   MutexLock lock(&mu_);
@@ -369,11 +364,7 @@ absl::StatusOr<BlockStore::InvalidateOutcome> BlockStore::Invalidate(const Inval
     const std::span<const int32_t> tokens(scope.tokens);
     if (tokens.size() < static_cast<size_t>(bs))
       return absl::InvalidArgumentError(absl::StrCat("a prefix needs at least one full block (", bs, " tokens)"));
-    BlockKey parent;
-    for (size_t b = 0; b < tokens.size() / bs; ++b) {
-      parent = ChainKey(parent, scope.layout_id, scope.tenant_salt, tokens.subspan(b * bs, bs));
-      keys.push_back(parent);
-    }
+    keys = PrefixKeys(scope.layout_id, scope.tenant_salt, tokens, bs);
   } else if (scope.kind == InvalidateScope::Kind::kTenant && scope.tenant_ns == 0) {
     return absl::InvalidArgumentError("no tenant named");
   } else if (scope.kind == InvalidateScope::Kind::kLayout && scope.layout_id == 0) {
@@ -457,12 +448,7 @@ absl::StatusOr<BlockStore::WarmOutcome> BlockStore::Warm(SessionId session, std:
     if (auto st = Release(session, ids); !st.ok()) return st;
   } else {
     const int bs = layout->shape.block_size;
-    std::vector<BlockKey> keys;
-    BlockKey parent;
-    for (size_t b = 0; b < tokens.size() / bs; ++b) {
-      parent = ChainKey(parent, layout_id, tenant_salt, tokens.subspan(b * bs, bs));
-      keys.push_back(parent);
-    }
+    const std::vector<BlockKey> keys = PrefixKeys(layout_id, tenant_salt, tokens, bs);
     MutexLock lock(&mu_);
     std::vector<BlockId> ids;
     for (const BlockKey& k : keys) {

@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "client/absl_runtime.h"
 #include "client/cli_args.h"
 #include "client/client.h"
 
@@ -108,6 +109,7 @@ void Worker(const std::string& socket, int id, double seconds, int prompt_blocks
 
 int main(int argc, char** argv) {
   using namespace kvtier;
+  ConfigureAbslForLowLatency();  // as kvtierd does; the workers stand for engines linking the C++ client
   const CliArgs args = CliArgs::Parse(argc, argv);
   const std::string socket = args.Get("socket");
   if (socket.empty()) {

@@ -104,6 +104,39 @@ TEST(BlockKey, MatchesTheDocumentedByteLayout) {
   }
 }
 
+TEST(BlockKey, BatchedChainEqualsOneKeyAtATime) {
+  // ChainKeys/PrefixKeys lay the header out once and copy fixed-size token blocks; they must give exactly
+  // ChainKey's digests, for the block sizes with a fixed-size path (16/32/64), others, and salts that push
+  // a block past the inline buffer.
+  // 16-token blocks hash 101 + salt bytes: salts of 0..27 bytes take the unrolled 97..128-byte path,
+  // 28 and more the library's.
+  std::vector<std::string> salts = {std::string(1000, 's')};
+  for (int n = 0; n <= 40; ++n) salts.push_back(std::string(n, static_cast<char>('a' + n % 26)));
+  for (const std::string& salt : salts) {
+    for (int bs : {1, 7, 16, 32, 64, 300}) {
+      std::vector<int32_t> t(bs * 9 + bs / 2);  // nine full blocks and a partial one (no key)
+      for (size_t i = 0; i < t.size(); ++i) t[i] = static_cast<int32_t>((i * 104729) % 151000) - 70000;
+      std::vector<BlockKey> expect;
+      BlockKey parent;
+      for (size_t b = 0; b < t.size() / bs; ++b)
+        expect.push_back(parent = ChainKey(parent, 42, salt, std::span<const int32_t>(t).subspan(b * bs, bs)));
+      EXPECT_EQ(PrefixKeys(42, salt, t, bs), expect) << salt.size() << " " << bs;
+      // Layout ids with all 8 bytes set (the unrolled path shifts the layout id into a straddling word).
+      const uint64_t wide = 0xf1e2d3c4b5a69788ULL;
+      BlockKey p2;
+      std::vector<BlockKey> expect_wide;
+      for (size_t b = 0; b < t.size() / bs; ++b)
+        expect_wide.push_back(p2 = ChainKey(p2, wide, salt, std::span<const int32_t>(t).subspan(b * bs, bs)));
+      EXPECT_EQ(PrefixKeys(wide, salt, t, bs), expect_wide) << salt.size() << " " << bs;
+      // From a non-zero parent, on a sub-span.
+      std::vector<BlockKey> tail(8);
+      ChainKeys(expect[0], 42, salt, std::span<const int32_t>(t).subspan(bs), bs, tail);
+      EXPECT_EQ(tail, std::vector<BlockKey>(expect.begin() + 1, expect.end())) << salt.size() << " " << bs;
+    }
+  }
+  EXPECT_TRUE(PrefixKeys(42, "", std::vector<int32_t>(15), 16).empty());
+}
+
 TEST(BlockKey, BytesRoundTrip) {
   const BlockKey k{0x0123456789abcdefULL, 0xfedcba9876543210ULL};
   BlockKey back;
