@@ -122,6 +122,9 @@ absl::Status ValidateConfig(const DaemonConfig& c) {
     return absl::InvalidArgumentError("config: limits.ssd_tier_bytes must be at least 16 MiB");
   if (c.ssd_min_free_fraction() < 0 || c.ssd_min_free_fraction() > 0.9)
     return absl::InvalidArgumentError("config: ssd_min_free_fraction outside [0, 0.9]");
+  if (!c.ssd_durability().empty() && c.ssd_durability() != "process_crash" && c.ssd_durability() != "power_loss")
+    return absl::InvalidArgumentError(
+        absl::StrCat("config: ssd_durability \"", c.ssd_durability(), "\" is neither process_crash nor power_loss"));
   if (c.ssd_io_timeout_ms() < 0 || c.ssd_io_timeout_ms() > 600000)
     return absl::InvalidArgumentError("config: ssd_io_timeout_ms outside [0, 600000]");
   if (auto plan = ParseFaultSpec(c.fault_spec()); !plan.ok())

@@ -63,6 +63,8 @@ absl::StatusOr<std::unique_ptr<KvTierServer>> KvTierServer::Start(const kvtier::
     so.log = [](std::string_view line) { KVTIER_LOG(kInfo, "ssd") << line; };
     if (config.ssd_io_timeout_ms() > 0) so.io_timeout = absl::Milliseconds(config.ssd_io_timeout_ms());
     if (config.ssd_min_free_fraction() > 0) so.min_free_fraction = config.ssd_min_free_fraction();
+    so.durability =
+        config.ssd_durability() == "power_loss" ? SsdDurability::kPowerLoss : SsdDurability::kProcessCrash;
     std::unique_ptr<IoBackend> io;
     if (!faults->ssd.empty()) {
       KVTIER_LOG(kWarning, "fault_injection") << "target=ssd rules=" << faults->ssd.size() << " spec=\""

@@ -8,10 +8,13 @@
 // raw read, tier read through GetInto (into reused caller buffers, BlockStore's promotion path) and
 // through Get (the tier allocates each payload). Raw and tier phases alternate so both see the
 // same disk conditions; the report gives every repetition and the medians. Throughput is payload bytes
-// per second as the caller sees them (with zstd, more than the disk moves).
+// per second as the caller sees them (with zstd, more than the disk moves). Each configuration runs with
+// the tier's two durability modes (SsdDurability: process_crash, kvtierd's default, and power_loss, which
+// adds an fdatasync and a synced index commit per batch); the raw write ends with one fdatasync.
 //
 //   ssd_bench --dir=/var/tmp/kvtier_ssd_bench --gib=2 --reps=3 --qd=16 --block_kib=1024 --batch=16
-//             --threads=2 --workers=2 --modes=off,on,auto --out=bench/results/ssd_tier_vm.json
+//             --threads=2 --workers=2 --modes=off,on,auto --durability=process_crash,power_loss
+//             --out=bench/results/ssd_tier_vm.json
 #include <sys/resource.h>
 #include <sys/statfs.h>
 #include <sys/utsname.h>
@@ -48,6 +51,8 @@ struct Config {
   int reps = 3;
   std::string out;
   std::string modes = "off,on,auto";
+  std::string durabilities = "process_crash,power_loss";
+  SsdDurability durability = SsdDurability::kProcessCrash;  // of the configuration being run
 };
 
 bool ParseFlag(const char* arg, const char* name, std::string* value) {
@@ -155,6 +160,7 @@ Sample RunOnce(const Config& c, size_t record, SsdCompression mode, const std::v
   o.io_block_bytes = block;
   o.io_buffers = 4 * c.qd;
   o.compression = mode;
+  o.durability = c.durability;
   o.worker_threads = c.worker_threads;
   o.log = [](std::string_view) {};
   auto tier = SsdTier::Open(o);
@@ -265,7 +271,8 @@ std::string RunConfig(const Config& c, size_t record, bool int8, SsdCompression 
   std::vector<double> get_rr;
   for (size_t i = 0; i < raw_r.size(); ++i) get_rr.push_back(tier_get_r[i] / raw_r[i]);
   return absl::StrFormat(
-      "{\"record_bytes\": %d, \"content\": \"%s\", \"zstd\": \"%s\", \"records\": %d, \"reps\": %d,\n"
+      "{\"record_bytes\": %d, \"content\": \"%s\", \"zstd\": \"%s\", \"durability\": \"%s\", \"records\": %d, "
+      "\"reps\": %d,\n"
       "     \"median\": {\"raw_write_gbps\": %.3f, \"tier_write_gbps\": %.3f, \"write_vs_raw\": %.3f,\n"
       "                \"raw_read_gbps\": %.3f, \"tier_getinto_read_gbps\": %.3f, \"getinto_read_vs_raw\": %.3f,\n"
       "                \"tier_get_read_gbps\": %.3f, \"get_read_vs_raw\": %.3f, \"disk_write_gbps\": %.3f,\n"
@@ -275,7 +282,8 @@ std::string RunConfig(const Config& c, size_t record, bool int8, SsdCompression 
       "     \"tier_getinto_read_gbps\": %s, \"tier_get_read_gbps\": %s,\n"
       "     \"compression_ratio\": %.3f, \"compressed_records\": %d, \"errors\": %d, \"checksum_failures\": %d, "
       "\"backend\": \"%s\"}",
-      record, int8 ? "int8" : "fp16", mode_name, static_cast<int64_t>(c.gib * (1ull << 30)) / record, c.reps,
+      record, int8 ? "int8" : "fp16", mode_name,
+      c.durability == SsdDurability::kPowerLoss ? "power_loss" : "process_crash", static_cast<int64_t>(c.gib * (1ull << 30)) / record, c.reps,
       Median(raw_w), Median(tier_w), Median(wr), Median(raw_r), Median(tier_r), Median(rr), Median(tier_get_r),
       Median(get_rr), Median(disk_w), Median(raw_cpu_w), Median(cpu_w), Median(raw_cpu_r), Median(cpu_r),
       Median(cpu_get_r), JsonList(raw_w), JsonList(tier_w), JsonList(raw_r), JsonList(tier_r), JsonList(tier_get_r),
@@ -305,6 +313,8 @@ int Main(int argc, char** argv) {
       c.reps = std::stoi(v);
     } else if (ParseFlag(argv[i], "--modes", &v)) {
       c.modes = v;
+    } else if (ParseFlag(argv[i], "--durability", &v)) {
+      c.durabilities = v;
     } else if (ParseFlag(argv[i], "--out", &v)) {
       c.out = v;
     } else {
@@ -320,9 +330,13 @@ int Main(int argc, char** argv) {
     const SsdCompression m = mode == "off"  ? SsdCompression::kOff
                              : mode == "on" ? SsdCompression::kOn
                                             : SsdCompression::kAuto;
-    for (const auto& [record, int8] : {std::pair<size_t, bool>{2u << 20, false}, {1u << 20, true}}) {
-      results.push_back(RunConfig(c, record, int8, m));
-      std::fprintf(stderr, "%s\n", results.back().c_str());
+    for (const std::string durability : {"process_crash", "power_loss"}) {
+      if (c.durabilities.find(durability) == std::string::npos) continue;
+      c.durability = durability == "power_loss" ? SsdDurability::kPowerLoss : SsdDurability::kProcessCrash;
+      for (const auto& [record, int8] : {std::pair<size_t, bool>{2u << 20, false}, {1u << 20, true}}) {
+        results.push_back(RunConfig(c, record, int8, m));
+        std::fprintf(stderr, "%s\n", results.back().c_str());
+      }
     }
   }
 

@@ -67,6 +67,12 @@ TEST(FaultSpec, ConfigValidationRefusesABadSpecAndTimeout) {
   EXPECT_FALSE(ValidateConfig(c).ok());
   c.set_ssd_min_free_fraction(0.2);
   EXPECT_TRUE(ValidateConfig(c).ok());
+  c.set_ssd_durability("fsync");
+  EXPECT_FALSE(ValidateConfig(c).ok());
+  for (const char* ok : {"", "process_crash", "power_loss"}) {
+    c.set_ssd_durability(ok);
+    EXPECT_TRUE(ValidateConfig(c).ok()) << ok;
+  }
 }
 
 }  // namespace

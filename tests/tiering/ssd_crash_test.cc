@@ -24,7 +24,7 @@ namespace {
 class SsdCrashTest : public ssd_test::TempDirTest {
  protected:
   // Runs the writer for about `run_for`, kills it, and returns what it reported.
-  void RunAndKill(uint64_t seed, bool compress, absl::Duration run_for) {
+  void RunAndKill(uint64_t seed, bool compress, SsdDurability durability, absl::Duration run_for) {
     int fds[2];
     ASSERT_EQ(pipe(fds), 0);
     const std::string seed_arg = std::to_string(seed), fd_arg = std::to_string(fds[1]);
@@ -33,7 +33,7 @@ class SsdCrashTest : public ssd_test::TempDirTest {
     if (pid == 0) {
       close(fds[0]);
       execl(SSD_CRASH_WRITER, SSD_CRASH_WRITER, dir_.c_str(), seed_arg.c_str(), fd_arg.c_str(), compress ? "on" : "off",
-            static_cast<char*>(nullptr));
+            durability == SsdDurability::kPowerLoss ? "power_loss" : "process_crash", static_cast<char*>(nullptr));
       _exit(127);
     }
     close(fds[1]);
@@ -85,7 +85,9 @@ TEST_F(SsdCrashTest, KillDuringWritesNeverLosesAcknowledgedRecordsOrServesTornOn
   uint64_t total_acked = 0;
   for (int round = 1; round <= kRounds; ++round) {
     const absl::Duration run_for = absl::Milliseconds(150 + rng() % 350);
-    ASSERT_NO_FATAL_FAILURE(RunAndKill(round, round % 2 == 0, run_for));
+    // Rounds cover zstd off/on and both durability modes (kill -9 must lose nothing acknowledged in either).
+    const SsdDurability durability = (round / 2) % 2 ? SsdDurability::kPowerLoss : SsdDurability::kProcessCrash;
+    ASSERT_NO_FATAL_FAILURE(RunAndKill(round, round % 2 == 0, durability, run_for));
 
     SsdTierOptions o = ssd_crash::Options(dir_);
     o.recovery_check = SsdTierOptions::RecoveryCheck::kFull;

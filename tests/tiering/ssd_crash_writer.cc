@@ -36,14 +36,15 @@ bool Report(int fd, uint64_t word) {
 
 int main(int argc, char** argv) {
   using namespace kvtier;
-  if (argc != 5) {
-    std::fprintf(stderr, "usage: %s DIR SEED FD off|on\n", argv[0]);
+  if (argc != 6) {
+    std::fprintf(stderr, "usage: %s DIR SEED FD off|on process_crash|power_loss\n", argv[0]);
     return 2;
   }
   const uint64_t seed = std::strtoull(argv[2], nullptr, 10);
   const int fd = std::atoi(argv[3]);
   SsdTierOptions o = ssd_crash::Options(argv[1]);
   o.compression = std::string(argv[4]) == "on" ? SsdCompression::kOn : SsdCompression::kOff;
+  o.durability = std::string(argv[5]) == "power_loss" ? SsdDurability::kPowerLoss : SsdDurability::kProcessCrash;
   auto tier = SsdTier::Open(o);
   if (!tier.ok()) {
     std::fprintf(stderr, "open: %s\n", std::string(tier.status().message()).c_str());

@@ -11,7 +11,7 @@
 // (payload_codec.h), in parallel on a small worker pool.
 //
 // Crash consistency. The index (RocksDB, ssd_index.h) is written only after the records it names are
-// durable (all writes completed, then fdatasync of each slab touched), and with a synced WAL. A crash
+// written (all writes completed; with SsdDurability::kPowerLoss also fdatasync'ed, and the WAL synced). A crash
 // therefore leaves at worst records without index entries (orphans): the free-space map is rebuilt from
 // the index at Open, so orphan space is simply free again. Open also re-reads every indexed record's
 // header (or, with RecoveryCheck::kFull, the whole record) and drops entries that do not verify, which
@@ -62,6 +62,8 @@
 
 namespace kvtier {
 
+enum class SsdDurability : uint8_t { kProcessCrash, kPowerLoss };
+
 struct SsdTierOptions {
   std::string dir;                       // slab files and index/ live here; created if missing
   uint64_t capacity_bytes = 1ull << 30;  // rounded down to whole slabs (at least one)
@@ -82,6 +84,13 @@ struct SsdTierOptions {
   absl::Duration io_timeout = absl::Seconds(10);
   enum class RecoveryCheck { kHeaders, kFull };
   RecoveryCheck recovery_check = RecoveryCheck::kHeaders;
+  // What an acknowledged Put survives. kProcessCrash: kill -9 of the daemon (the O_DIRECT writes have
+  // completed to the device and the index's WAL is in the kernel's page cache), not a power loss or a
+  // kernel crash, after which records may be missing but never wrong: reopening re-reads every indexed
+  // record's header and drops the ones that do not verify, and a read verifies the whole record against
+  // the index's checksum. kPowerLoss adds an fdatasync of the slabs written and a synced index commit to
+  // every Put batch (two flushes of the device's write cache per batch).
+  SsdDurability durability = SsdDurability::kPowerLoss;
   bool sync_removes = false;  // fsync the index on Remove (a lost remove only resurrects a
                               // valid record, so the default trades that for speed)
   // Receives one line per notable event ("ssd_fallback backend=threads reason=..."); stderr if unset.

@@ -154,7 +154,9 @@ void SsdTier::WriteExtents(std::span<WriteJob> jobs, absl::Time deadline) {
     }
   }
 
-  // Make the written records durable before anyone indexes them.
+  // Make the written records durable before anyone indexes them (power-loss durability only: completed
+  // O_DIRECT writes already survive the process).
+  if (options_.durability != SsdDurability::kPowerLoss) return;
   std::vector<std::shared_ptr<SlabFile>> files;
   for (const Stream& st : streams) {
     const bool any_ok = std::any_of(st.jobs.begin(), st.jobs.end(), [&](size_t j) { return jobs[j].status.ok(); });
@@ -415,7 +417,8 @@ std::vector<absl::Status> SsdTier::Put(std::span<const SsdPutItem> items) {
       puts.push_back(SsdIndex::Put{p.header.key, e, items[live[job_prep[n]]].metadata});
       put_job.push_back(n);
     }
-    const absl::Status s = puts.empty() ? absl::OkStatus() : index_->Apply(puts, {}, /*sync=*/true);
+    const bool sync = options_.durability == SsdDurability::kPowerLoss;
+    const absl::Status s = puts.empty() ? absl::OkStatus() : index_->Apply(puts, {}, sync);
     if (!s.ok()) {
       for (size_t n : put_job) jobs[n].status = s;
       Log(absl::StrFormat("ssd_index_write_failed records=%d error=\"%s\"", puts.size(), s.message()));
