@@ -71,6 +71,7 @@ BlockStore::~BlockStore() {
   mover_cv_.notify_all();
   mover_.join();
   MutexLock lock(&mu_);
+  index_.clear();    // points into entries_
   entries_.clear();  // host records return their memory before host_ dies
 }
 
@@ -140,11 +141,10 @@ void BlockStore::FreeBlockLocked(Entry& e, bool dropped, std::vector<BlockKey>* 
   OnRemovedLocked(e, reason);
   if (e.committed) {
     auto it = index_.find(e.key);
-    if (it != index_.end() && it->second == e.id) index_.erase(it);
+    if (it != index_.end() && it->second == &e) index_.erase(it);
     if (!e.parent.IsZero()) {
       auto pit = index_.find(e.parent);
-      if (pit != index_.end())
-        if (Entry* p = FindLocked(pit->second)) --p->children;
+      if (pit != index_.end()) --pit->second->children;
     }
   }
   if (e.tier == Tier::kGpu && e.slot >= 0) {
@@ -398,7 +398,7 @@ absl::StatusOr<std::vector<CommitOutcome>> BlockStore::Commit(SessionId session,
       if (bk != batch_keys.end()) {
         parent_layout = bk->second;
       } else if (auto it = index_.find(parent); it != index_.end()) {
-        const Entry* p = FindLocked(it->second);
+        const Entry* p = it->second;
         if (p->ns == ns) parent_layout = p->layout_id;  // another tenant's key is as good as unknown
       }
       // Unknown parents are reported as NOT_FOUND whether they exist for another tenant or not at all.
@@ -418,7 +418,7 @@ absl::StatusOr<std::vector<CommitOutcome>> BlockStore::Commit(SessionId session,
     owned_[session].erase(e.id);
     if (auto it = index_.find(keys[i]); it != index_.end()) {
       // Someone published this prefix first: keep theirs, free ours, pin theirs for the session.
-      Entry* existing = FindLocked(it->second);
+      Entry* existing = it->second;
       Pin(session, *existing);
       OnUsedLocked(*existing);
       out.push_back({keys[i], existing->id, true});
@@ -431,9 +431,9 @@ absl::StatusOr<std::vector<CommitOutcome>> BlockStore::Commit(SessionId session,
     e.key = keys[i];
     e.parent = parents[i];
     e.ns = ns;
-    index_.emplace(e.key, e.id);
+    index_.emplace(e.key, &e);
     if (!e.parent.IsZero())
-      if (auto pit = index_.find(e.parent); pit != index_.end()) ++FindLocked(pit->second)->children;
+      if (auto pit = index_.find(e.parent); pit != index_.end()) ++pit->second->children;
     Pin(session, e);
     OnStoredLocked(e, items[i].tokens);
     out.push_back({e.key, e.id, false});
@@ -460,19 +460,13 @@ absl::StatusOr<LookupOutcome> BlockStore::Lookup(SessionId session, std::string_
   // Two passes over hash tables far larger than the caches, each prefetching a few probes ahead: the
   // walk is a chain of independent misses otherwise (a 32K-token lookup is 2048 of each).
   constexpr size_t kAhead = 8;
-  std::vector<BlockId> hit_ids;
-  hit_ids.reserve(keys.size());
+  std::vector<Entry*> hits;
+  hits.reserve(keys.size());
   for (size_t i = 0; i < keys.size(); ++i) {
     if (i + kAhead < keys.size()) index_.prefetch(keys[i + kAhead]);
     auto it = index_.find(keys[i]);
     if (it == index_.end()) break;
-    hit_ids.push_back(it->second);
-  }
-  std::vector<Entry*> hits;
-  hits.reserve(hit_ids.size());
-  for (size_t i = 0; i < hit_ids.size(); ++i) {
-    if (i + kAhead < hit_ids.size()) entries_.prefetch(hit_ids[i + kAhead]);
-    hits.push_back(FindLocked(hit_ids[i]));
+    hits.push_back(it->second);
   }
   if (!tls_warming)
     for (Entry* e : hits) {  // hit rate per tier: where each block was found

@@ -432,7 +432,9 @@ class BlockStore {
 
   mutable Mutex mu_;
   absl::flat_hash_map<BlockId, std::unique_ptr<Entry>> entries_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<BlockKey, BlockId> index_ ABSL_GUARDED_BY(mu_);
+  // Published blocks by key. Values point into entries_ (an Entry is unpublished before it is destroyed,
+  // FreeBlockLocked), which saves the lookup path a second probe per block.
+  absl::flat_hash_map<BlockKey, Entry*> index_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, std::unique_ptr<PageArena>> arenas_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<BlockId> gpu_blocks_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<BlockId> host_blocks_ ABSL_GUARDED_BY(mu_);

@@ -269,7 +269,7 @@ absl::StatusOr<LookupOutcome> BlockStore::PinAndPromote(SessionId session, std::
   for (const BlockKey& k : keys) {
     auto it = index_.find(k);
     if (it == index_.end()) break;
-    Entry* e = FindLocked(it->second);
+    Entry* e = it->second;
     // Another tenant's (or layout's) block is as good as absent: the prefix ends here.
     if (e->ns != ns || e->layout_id != layout_id) break;
     Pin(session, *e);

@@ -362,7 +362,7 @@ void BlockStore::ForgetDroppedSsdRecordsLocked(std::span<const BlockKey> dropped
   for (const BlockKey& k : dropped) {
     auto it = index_.find(k);
     if (it == index_.end()) continue;
-    if (Entry* e = FindLocked(it->second); e != nullptr && e->tier == Tier::kSsd && !e->moving) {
+    if (Entry* e = it->second; e != nullptr && e->tier == Tier::kSsd && !e->moving) {
       std::vector<BlockKey> already_gone;  // the SSD tier dropped these records itself
       FreeBlockLocked(*e, /*dropped=*/true, &already_gone, reason);
     } else if (e != nullptr && e->ssd_copy) {
@@ -413,8 +413,7 @@ absl::Status BlockStore::ShrinkSsdLocked(uint64_t ssd_tier_bytes) {
       for (size_t i = 0; i < kept_in_place.size(); ++i) {
         auto it = index_.find(kept_in_place[i]);
         if (it == index_.end()) continue;
-        Entry* e = FindLocked(it->second);
-        if (e == nullptr) continue;
+        Entry* e = it->second;
         if (e->moving || e->pins > 0 || !e->committed) {
           stuck_bytes += kept_bytes[i];
         } else if (e->tier == Tier::kSsd) {

@@ -105,7 +105,7 @@ void BlockStore::OnStoredLocked(Entry& e, const std::vector<int32_t>& tokens) {
   e.uses = 1;
   if (!e.parent.IsZero())
     if (auto it = index_.find(e.parent); it != index_.end())
-      if (const Entry* p = FindLocked(it->second)) e.depth = p->depth + 1;
+      e.depth = it->second->depth + 1;
   const double cost = e.layout != nullptr ? static_cast<double>(e.layout->shape.num_layers) *
                                                 e.layout->shape.block_size * (1.0 + e.depth)
                                           : 1.0;
@@ -319,7 +319,7 @@ absl::StatusOr<BlockStore::PinOutcome> BlockStore::PinPrefix(std::string_view te
   for (const BlockKey& k : keys) {
     auto it = index_.find(k);
     if (it == index_.end()) break;
-    hits.push_back(FindLocked(it->second));
+    hits.push_back(it->second);
   }
   if (hits.empty()) return absl::NotFoundError("no block of this prefix is cached");
   RetentionPin p;
@@ -380,7 +380,7 @@ absl::StatusOr<BlockStore::InvalidateOutcome> BlockStore::Invalidate(const Inval
       absl::flat_hash_map<BlockKey, std::vector<BlockId>> children;
       for (const auto& [id, e] : entries_)
         if (e->committed && !e->parent.IsZero()) children[e->parent].push_back(id);
-      std::deque<BlockId> todo{it->second};
+      std::deque<BlockId> todo{it->second->id};
       while (!todo.empty()) {
         const BlockId id = todo.front();
         todo.pop_front();
@@ -454,7 +454,7 @@ absl::StatusOr<BlockStore::WarmOutcome> BlockStore::Warm(SessionId session, std:
     for (const BlockKey& k : keys) {
       auto it = index_.find(k);
       if (it == index_.end()) break;
-      ids.push_back(it->second);
+      ids.push_back(it->second->id);
     }
     out.found = static_cast<int64_t>(ids.size());
     std::vector<Entry*> from_ssd;

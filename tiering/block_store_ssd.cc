@@ -299,7 +299,7 @@ void BlockStore::RestoreFromSsd() {
     e->record_checksum = m.record_checksum;
     e->scale_set_id = m.scale_set_id;
     e->last_use = info.sequence;  // older writes are older uses
-    index_.emplace(e->key, e->id);
+    index_.emplace(e->key, e.get());
     ssd_blocks_.insert(e->id);
     e->uses = 1;
     PolicyFor(Tier::kSsd).OnInsert({e->id, e->key, e->record_bytes, 1.0});
@@ -311,7 +311,7 @@ void BlockStore::RestoreFromSsd() {
   });
   for (auto& [id, e] : entries_)
     if (!e->parent.IsZero())
-      if (auto it = index_.find(e->parent); it != index_.end()) ++FindLocked(it->second)->children;
+      if (auto it = index_.find(e->parent); it != index_.end()) ++it->second->children;
   clock_ = 0;
   for (auto& [id, e] : entries_) clock_ = std::max(clock_, e->last_use);
   absl::flat_hash_set<uint64_t> sets;  // static scale sets the restored blocks need (docs/calibration.md)
