@@ -40,14 +40,20 @@ if [[ $steps == *" lookup "* ]]; then
 fi
 
 if [[ $steps == *" rpc "* ]]; then
-  echo "== RPC lookup latency (kvtierd with the CUDA backend, 1 and 8 workers)"
+  # Interleaved A/B: kvtierd and rpc_bench with absl's deadlock detection off (their default) and on
+  # (KVTIER_ABSL_DEADLOCK_DETECTION=1, the Debian abseil's default; client/absl_runtime.h).
+  echo "== RPC lookup latency (kvtierd with the CUDA backend, 1, 8 and 32 workers)"
   sock=$work/k.sock
-  kvtierd --socket_path="$sock" --limits.gpu_pool_bytes=34359738368 --limits.host_tier_bytes=1073741824 \
-    >"$out/rpc_kvtierd.log" 2>&1 &
-  pid=$!
-  for _ in $(seq 200); do [[ -S $sock ]] && break; sleep 0.05; done
-  timeout 60 rpc_bench --socket="$sock" --workers=1,8 --seconds=3 | tee "$out/rpc_bench.json"
-  kill -TERM $pid; wait $pid
+  for detect in 0 1 0 1; do
+    rm -f "$sock"
+    KVTIER_ABSL_DEADLOCK_DETECTION=$detect kvtierd --socket_path="$sock" --limits.gpu_pool_bytes=34359738368 \
+      --limits.host_tier_bytes=1073741824 >"$out/rpc_kvtierd.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 200); do [[ -S $sock ]] && break; sleep 0.05; done
+    KVTIER_ABSL_DEADLOCK_DETECTION=$detect timeout 90 rpc_bench --socket="$sock" --workers=1,8,32 --seconds=3 |
+      grep '"workers"' | sed "s/^ *{/{\"absl_deadlock_detection\": $detect, /; s/},\?$/}/" | tee -a "$out/rpc_bench.jsonl"
+    kill -TERM $pid; wait $pid
+  done
 fi
 
 if [[ $steps == *" stress "* ]]; then
@@ -62,8 +68,9 @@ fi
 if [[ $steps == *" ssd "* ]]; then
   echo "== SSD tier vs raw io_uring"
   df -h /tmp | tail -1
-  timeout 240 ssd_bench --dir="$work/ssd" --gib=1 --reps=3 --modes=off,auto --out="$out/ssd_bench.json" \
-    2>&1 | tail -25 | tee "$out/ssd_bench.txt"
+  timeout 540 ssd_bench --dir="$work/ssd" --gib=1 --reps=3 --modes=off,auto --durability=process_crash,power_loss \
+    --out="$out/ssd_bench.json" 2>&1 | grep -o '"zstd": "[a-z]*", "durability": "[a-z_]*"\|"content": "[a-z0-9]*"\|"write_vs_raw": [0-9.]*\|"getinto_read_vs_raw": [0-9.]*' |
+    paste - - - - | tee "$out/ssd_bench.txt"
 fi
 
 rm -rf "$work"
