@@ -91,9 +91,9 @@ class TransformersCacheTest(unittest.TestCase):
             self.refs[key] = greedy(self.model, ids, DynamicCache(config=self.model.config), NEW)
         return self.refs[key]
 
-    def run_kvtier(self, ids, attn, policy=FP16, expect_prefix=None):
+    def run_kvtier(self, ids, attn, policy=FP16, expect_prefix=None, data_path="rpc"):
         self.model.set_attn_implementation(attn)
-        cache = KvTierCache(self.model.config, self.client, policy=policy)
+        cache = KvTierCache(self.model.config, self.client, policy=policy, data_path=data_path)
         try:
             n = cache.load_prefix(ids)
             if expect_prefix is not None:
@@ -127,6 +127,36 @@ class TransformersCacheTest(unittest.TestCase):
                 ref_tokens2, _ = self.reference(longer)
                 tokens, _, stats = self.run_kvtier(longer, attn, expect_prefix=48)
                 self.assertEqual(tokens, ref_tokens2)
+
+    def test_pool_data_path_matches_dynamic_cache_through_every_tier(self):
+        # The mapped pool (memfd on the host device, CUDA VMM on the GPU machine): K/V scattered into the
+        # pages in place and gathered back per layer; the same tokens and logits as DynamicCache, with and
+        # without a prefix hit, and after the prefix went to host and SSD and came back through page-in.
+        ids = prompt(70, 4)
+        ref_tokens, ref_logits = self.reference(ids)
+        tokens, logits, stats = self.run_kvtier(ids, "sdpa", expect_prefix=0, data_path="pool")
+        self.assertEqual(tokens, ref_tokens)
+        torch.testing.assert_close(logits, ref_logits, rtol=0, atol=0)  # identical K/V, identical math
+        self.assertGreater(stats["written_pages"], 0)
+        self.assertEqual(stats["committed_blocks"], (70 + NEW - 1) // 16)
+        layout = KvTierCache(self.model.config, self.client, policy=FP16).layout
+        for tier in ("gpu", "host", "ssd"):
+            with self.subTest(tier=tier):
+                if tier != "gpu":
+                    self.assertGreaterEqual(self.client.evict("gpu").blocks_moved, 4)
+                if tier == "ssd":
+                    self.assertGreaterEqual(self.client.evict("host").blocks_moved, 4)
+                want = {"gpu": kvtier.v1.kvtier_pb2.TIER_GPU, "host": kvtier.v1.kvtier_pb2.TIER_HOST,
+                        "ssd": kvtier.v1.kvtier_pb2.TIER_SSD}[tier]
+                self.assertTrue(all(b.tier == want for b in self.client.lookup(layout, ids[0].tolist()).blocks))
+                tokens, logits, stats = self.run_kvtier(ids, "sdpa", expect_prefix=64, data_path="pool")
+                self.assertEqual(tokens, ref_tokens)
+                self.assertEqual(stats["prefix_tiers"], [kvtier.v1.kvtier_pb2.Tier.Name(want)])
+                self.assertGreaterEqual(stats["read_pages"], 4)  # the prefix came out of the pool's pages
+                self.assertLess((logits - ref_logits).abs().max().item(), 0.02 * ref_logits.abs().max().item())
+        # A quantized resident format cannot be scattered into in place: refused with a clear error.
+        with self.assertRaisesRegex(ValueError, "resident pages"):
+            KvTierCache(self.model.config, self.client, policy=precision_policy("int8", "int8"), data_path="pool")
 
     def test_prefix_paged_out_to_host_and_ssd_and_back(self):
         ids = prompt(70, 3)

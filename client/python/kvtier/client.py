@@ -262,10 +262,10 @@ class Client:
                                                                    layout_id=layout.layout_id))
 
     def map_pool(self, layout):
-        """Maps the layout's GPU-tier pool into this process: a kvtier.pool.MappedPool with numpy (and
-        torch) views of the resident pages. Host-device pools only (see kvtier.pool)."""
+        """Maps the layout's GPU-tier pool into this process: a kvtier.pool.MappedPool with views of the
+        resident pages (numpy/torch CPU on the host device, torch CUDA for a CUDA VMM pool; kvtier.pool)."""
         from kvtier.pool import MappedPool
-        return MappedPool.open(self.get_pool_handle(layout))
+        return MappedPool.open(self.get_pool_handle(layout), refresh=lambda: self.get_pool_handle(layout))
 
 
 def _tier(name):

@@ -5,9 +5,8 @@ a leading run of committed blocks (published under their chained prefix keys and
 shared with every other session of the tenant) followed by private blocks this session owns (the part
 not yet committed, the partial tail included).
 
-Data path on the host device (the only pool an engine can reach without GetPoolHandle, see
-docs/transformers.md):
-- update(k, v, layer) copies the new tokens into a host staging copy of every private page it touches and
+Two data paths (data_path=):
+- "rpc" (default; any daemon, any resident format): update(k, v, layer) copies the new tokens into a host staging copy of every private page it touches and
   rewrites those pages with WriteBlocks: the daemon quantizes them into the layout's resident format.
   Segments are per (layer, K/V, head), so rewriting a page after layer l changes nothing of the layers
   before it and gives layer l's segments their final bytes.
@@ -17,11 +16,19 @@ docs/transformers.md):
 - fast path (the model's attn_implementation is "kvtier"): no read-back and no mirror; the attention
   function runs kvtier's paged attention over the pool (the Attend RPC: decode, or prefix-extend for
   several new tokens).
+- "pool" (fp16/bf16 resident pages in the activation dtype): the layout's pool is mapped into the process
+  (GetPoolHandle: a CUDA VMM pool on the GPU machine, the memfd pool on the host device) and update()
+  scatters the new tokens straight into the pages of the sequence's slots on the model's device; the
+  compatible path gathers K/V back out of the pool with one indexed copy per layer, so a prefix paged in
+  by the daemon reaches the model without passing through the host. The engine's writes are
+  stream-ordered: the cache synchronizes the current stream before it commits (the daemon reads the
+  pages on its own stream when it pages them out). The fast path still attends through the Attend RPC.
 - after the last layer of a step, full blocks whose token ids are known are committed (Commit with the
   previous block's key as parent), so other processes find them with Lookup.
 """
 import threading
 
+import numpy as np
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 from transformers.generation.logits_process import LogitsProcessor
@@ -130,10 +137,11 @@ class KvTierCache(Cache):
     commit: publish full blocks whose token ids are known (load_prefix, observe_tokens).
     observer: called as observer(layer, key_states, value_states) on every update before the write (e.g. a
       KvStatsRecorder collecting calibration statistics).
+    data_path: "rpc" (pages through WriteBlocks/ReadBlocks) or "pool" (the mapped pool; see the module doc).
     """
 
     def __init__(self, config, client, *, policy=None, dtype=None, block_size=16, model_name=None, commit=True,
-                 observer=None):
+                 observer=None, data_path="rpc"):
         self.config = config
         text, num_layers, num_q_heads, num_kv_heads, head_dim = _config_shape(config)
         if dtype is None:
@@ -155,6 +163,17 @@ class KvTierCache(Cache):
         self._page_bytes = self.layout.activation_page_bytes
         # Blocks per ReadBlocks/WriteBlocks call: stay well below the 64 MiB message limit.
         self._per_call = max(1, min(_MAX_BLOCKS_PER_CALL, (32 << 20) // self._page_bytes))
+        if data_path not in ("rpc", "pool"):
+            raise ValueError(f"data_path must be rpc or pool, not {data_path!r}")
+        self.data_path = data_path
+        self._pool = None
+        if data_path == "pool":
+            self._pool = client.map_pool(self.layout)
+            if self._pool.dtype != {"fp16": np.float16, "bf16": "bfloat16"}[dtype]:
+                self._pool.close()
+                raise ValueError(f"data_path='pool' needs {dtype} resident pages (the activation dtype); the "
+                                 "layout's policy quantizes them: use data_path='rpc'")
+            self._pool_pages = self._pool.pool_tensor()  # [slots][L][2][H][bs][D]
         super().__init__(layers=[_KvTierLayer(self, i) for i in range(num_layers)])
         self._clear()
         self.stats = {"prefix_tokens": 0, "committed_blocks": 0, "deduplicated_blocks": 0, "written_pages": 0,
@@ -163,6 +182,7 @@ class KvTierCache(Cache):
     # ----------------------------------------------------------------------------------------- state
     def _clear(self):
         self._ids = []            # block id of block i of the sequence
+        self._slots = []          # pool data path: GPU-tier slot of block i (-1 until paged in)
         self._committed = 0       # blocks [0, _committed) are committed and pinned; the rest are private
         self._parent_key = b""    # key of block _committed - 1
         self._stage = {}          # block index -> [L, 2, H, bs, D] host copy of a private page
@@ -222,6 +242,7 @@ class KvTierCache(Cache):
         if not blocks:
             return 0
         self._ids = [b.block_id for b in blocks]
+        self._slots = [b.slot if b.tier == pb.TIER_GPU else -1 for b in blocks]
         self._committed = len(blocks)
         self._parent_key = blocks[-1].key
         n = len(blocks) * self.block_size
@@ -237,6 +258,7 @@ class KvTierCache(Cache):
         if self._page_in is not None:
             page_in, self._page_in = self._page_in, None
             page_in.wait()
+            self._slots[:len(page_in.slots)] = page_in.slots
 
     def observe_tokens(self, input_ids):
         """Tells the cache the sequence's token ids so far (prompt + generated); commits what became full."""
@@ -270,6 +292,8 @@ class KvTierCache(Cache):
         bs = self.block_size
         first = self._committed
         ids = self._ids[first:full]
+        if self._pool is not None and self._pool.on_gpu:
+            torch.cuda.current_stream(self._pool_pages.device).synchronize()  # the pages are written before
         results = self.client.commit(self.layout, ids, self._tokens[first * bs:full * bs], parent_key=self._parent_key)
         deduplicated = 0
         for i, (key, block_id, dedup) in enumerate(results):
@@ -290,6 +314,8 @@ class KvTierCache(Cache):
             if extra[:full] != self._ids[:full]:
                 self.client.release(extra)
                 raise RuntimeError("the committed prefix changed under a deduplicated commit")
+            if self._pool is not None:
+                self._slots[:full] = [b.slot for b in hit.blocks[:full]]
             self.client.release(extra)
 
     # ------------------------------------------------------------------------------------ update
@@ -311,15 +337,18 @@ class KvTierCache(Cache):
         if start < self._committed * bs:
             raise RuntimeError(f"layer {layer_idx}: writing at token {start} inside committed blocks")
         self._ensure_blocks(end)
-        k = key_states[0].detach().to(device="cpu", dtype=self.act_dtype)
-        v = value_states[0].detach().to(device="cpu", dtype=self.act_dtype)
         touched = list(range(start // bs, (end - 1) // bs + 1))
-        for b in touched:
-            lo, hi = max(start, b * bs), min(end, (b + 1) * bs)
-            page = self._stage[b]
-            page[layer_idx, 0, :, lo - b * bs:hi - b * bs] = k[:, lo - start:hi - start]
-            page[layer_idx, 1, :, lo - b * bs:hi - b * bs] = v[:, lo - start:hi - start]
-        self._write(touched)
+        if self._pool is not None:
+            self._scatter(key_states[0], value_states[0], layer_idx, start, end)
+        else:
+            k = key_states[0].detach().to(device="cpu", dtype=self.act_dtype)
+            v = value_states[0].detach().to(device="cpu", dtype=self.act_dtype)
+            for b in touched:
+                lo, hi = max(start, b * bs), min(end, (b + 1) * bs)
+                page = self._stage[b]
+                page[layer_idx, 0, :, lo - b * bs:hi - b * bs] = k[:, lo - start:hi - start]
+                page[layer_idx, 1, :, lo - b * bs:hi - b * bs] = v[:, lo - start:hi - start]
+            self._write(touched)
         self._len[layer_idx] = end
         if self.fast_path:
             out = self._attend_handles(key_states, value_states, layer_idx, end, n)
@@ -331,11 +360,49 @@ class KvTierCache(Cache):
 
     def _ensure_blocks(self, end):
         need = -(-end // self.block_size) - len(self._ids)
-        if need > 0:
-            new = self.client.allocate(self.layout, need)
-            for bid in new:
-                self._stage[len(self._ids)] = torch.zeros(self._page_shape, dtype=self.act_dtype)
+        if need <= 0:
+            return
+        if self._pool is not None:
+            for bid, slot in self.client.allocate_slots(self.layout, need):
                 self._ids.append(bid)
+                self._slots.append(slot)
+            return
+        for bid in self.client.allocate(self.layout, need):
+            self._stage[len(self._ids)] = torch.zeros(self._page_shape, dtype=self.act_dtype)
+            self._ids.append(bid)
+
+    def _slot_index(self, blocks):
+        """The slots of sequence blocks `blocks` as an index tensor on the pool's device (mapped)."""
+        self._prefix_ready()
+        slots = [self._slots[b] for b in blocks]
+        if any(x < 0 for x in slots):
+            raise RuntimeError("a block of the sequence is not in the GPU tier")
+        self._pool.ensure_mapped(slots)
+        return torch.tensor(slots, dtype=torch.long, device=self._pool_pages.device)
+
+    def _scatter(self, k, v, layer, start, end):
+        """Pool data path: tokens [start, end) of K/V ([H, n, D]) into their blocks' pages, in place."""
+        bs = self.block_size
+        pos = torch.arange(start, end)
+        slots = self._slot_index(range(start // bs, (end - 1) // bs + 1))
+        slot = slots[(pos // bs - start // bs).to(slots.device)]
+        off = (pos % bs).to(slots.device)
+        dev, dt = self._pool_pages.device, self._pool_pages.dtype
+        # Advanced indices on the slot and token axes: the indexed view is [n, H, D].
+        self._pool_pages[slot, layer, 0, :, off] = k.detach().to(device=dev, dtype=dt).transpose(0, 1)
+        self._pool_pages[slot, layer, 1, :, off] = v.detach().to(device=dev, dtype=dt).transpose(0, 1)
+        self.stats["written_pages"] += int((end - 1) // bs - start // bs + 1)
+
+    def _gather(self, layer, blocks, limit):
+        """Pool data path: K and V [H, tokens, D] of `blocks` (consecutive) of one layer, cut at token `limit`."""
+        bs = self.block_size
+        pages = self._pool_pages[self._slot_index(blocks), layer]  # [n, 2, H, bs, D], one indexed copy
+        n = len(blocks)
+        k = pages[:, 0].transpose(0, 1).reshape(self.num_kv_heads, n * bs, self.head_dim)
+        v = pages[:, 1].transpose(0, 1).reshape(self.num_kv_heads, n * bs, self.head_dim)
+        keep = limit - blocks[0] * bs
+        self.stats["read_pages"] += n
+        return k[:, :keep], v[:, :keep]
 
     def _write(self, blocks):
         for i in range(0, len(blocks), self._per_call):
@@ -372,6 +439,13 @@ class KvTierCache(Cache):
 
     def _fill_mirror(self, layers, blocks, pages, limit):
         bs = self.block_size
+        if self._pool is not None:  # pages is None: gathered out of the pool per layer
+            lo = blocks[0] * bs
+            for layer in layers:
+                k, v = self._gather(layer, blocks, limit)
+                self._mirror_k[layer][:, lo:limit] = k.to(self._mirror_k[layer])
+                self._mirror_v[layer][:, lo:limit] = v.to(self._mirror_v[layer])
+            return
         for b, page in zip(blocks, pages):
             lo, hi = b * bs, min((b + 1) * bs, limit)
             for layer in layers:
@@ -388,10 +462,10 @@ class KvTierCache(Cache):
             for x in lacking:
                 self._mirror_reserve(x, start, like)
             blocks = list(range(gap // bs, -(-start // bs)))
-            self._fill_mirror(lacking, blocks, self._read(blocks), start)
+            self._fill_mirror(lacking, blocks, None if self._pool is not None else self._read(blocks), start)
             for x in lacking:
                 self._mirror_len[x] = start
-        self._fill_mirror([layer], touched, self._read(touched), end)
+        self._fill_mirror([layer], touched, None if self._pool is not None else self._read(touched), end)
         self._mirror_len[layer] = end
         return (self._mirror_k[layer][:, :end].unsqueeze(0), self._mirror_v[layer][:, :end].unsqueeze(0))
 
@@ -454,6 +528,7 @@ class _PageIn:
 
     def __init__(self, client, layout, tokens, ids):
         self.error = None
+        self.slots = []  # the blocks' GPU-tier slots once paged in
         self.thread = threading.Thread(target=self._run, args=(client, layout, tokens, list(ids)), daemon=True)
         self.thread.start()
 
@@ -461,6 +536,7 @@ class _PageIn:
         try:
             hit = client.lookup(layout, tokens, promote=True)
             got = [b.block_id for b in hit.blocks]
+            self.slots = [b.slot for b in hit.blocks]
             if got:
                 client.release(got)
             if got != ids:
