@@ -11,13 +11,16 @@ For each prompt length, in one run and one process (same model, same daemon):
 A hit prefills only the prompt's last token(s) (at least one token is always computed: its logits are the
 first token); TTFT = load_prefix (Lookup + pin + page-in) + forward of the remainder + argmax.
 
-Runs on the host device (CPU model, host-device kvtierd) at small sizes, and unchanged on a GPU machine
-(--device cuda --model llama3-8b --lengths 4096,8192,16384,32768) once kvtierd and the Python client are
-there; note that until the engine maps the pool (GetPoolHandle, docs/transformers.md) the data path is
-the RPC one on both. Writes JSON and an SVG plot (TTFT vs prompt length, one line per case).
+Runs on the host device (CPU model, host-device kvtierd) at small sizes, and on a GPU machine with the
+model on the GPU and kvtierd on its CUDA backend. --data_path pool maps the GPU pool into the process
+(CUDA VMM) and moves K/V between the model and the pages on the GPU (KvTierCache(data_path="pool"));
+rpc sends them through WriteBlocks/ReadBlocks/Attend. Writes JSON and an SVG plot (TTFT vs prompt
+length, one line per case).
 
   python3 bench/transformers/ttft.py --kvtierd build/release/daemon/kvtierd \
       --out bench/results/transformers_ttft_cpu.json
+  python3 bench/transformers/ttft.py --device cuda --model llama3-8b --dtype bf16 --attn sdpa \
+      --data_path pool --lengths 4096,8192,16384,32768 --out bench/results/transformers_ttft_h100.json
 """
 import argparse
 import json
@@ -154,6 +157,8 @@ def main():
                     help="model dtype; pages are bf16 for bf16 models, fp16 otherwise (CPUs without fp16 GEMM: fp32)")
     ap.add_argument("--attn", default="kvtier", choices=["kvtier", "sdpa"],
                     help="attention for the kvtier runs: the Attend fast path or SDPA over dequantized K/V")
+    ap.add_argument("--data_path", default="rpc", choices=["rpc", "pool"],
+                    help="KvTierCache data path: RPCs, or the GPU pool mapped into this process")
     ap.add_argument("--lengths", default="256,512,1024,2048")
     ap.add_argument("--host_formats", default="fp16,int8,int4")
     ap.add_argument("--ssd_formats", default="int8,int4")
@@ -168,14 +173,16 @@ def main():
     lengths = [int(x) for x in args.lengths.split(",")]
     load_start = os.getloadavg()
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    page_dtype = "bf16" if args.dtype == "bf16" else "fp16"  # KvTierCache's activation dtype for the model
     register_attention()
     model = build_model(args.model, dtype, args.device, "sdpa")
     text = model.config
     page_bytes = text.num_hidden_layers * 2 * text.num_key_value_heads * 16 * text.head_dim * 2
-    total = sum(lengths) * page_bytes // 16
-    n_formats = 1 + len(args.host_formats.split(",")) + len(args.ssd_formats.split(","))
-    daemon = Daemon(args.kvtierd, ssd_bytes=max(64 << 20, 3 * total * n_formats),
-                    host_bytes=max(64 << 20, 3 * total * n_formats), gpu_bytes=max(64 << 20, 3 * total * n_formats))
+    # Tiers sized for a few copies of the longest prompt's fp16 pages: the daemon demotes and drops the
+    # earlier cases' blocks as later ones fill the tiers (each case times its own prompt only).
+    longest = max(lengths) * page_bytes // 16
+    daemon = Daemon(args.kvtierd, ssd_bytes=max(64 << 20, 4 * longest), host_bytes=max(64 << 20, 4 * longest),
+                    gpu_bytes=max(64 << 20, 3 * longest))
     client = kvtier.Client(target="unix:" + daemon.socket, client_name="ttft-bench", max_message_bytes=256 << 20)
     results = []
     vocab = text.vocab_size
@@ -193,7 +200,7 @@ def main():
                 client.evict(tier)
             sync(args.device)
             t0 = time.perf_counter()
-            cache = KvTierCache(model.config, client, policy=policy)
+            cache = KvTierCache(model.config, client, policy=policy, data_path=args.data_path)
             prefix = cache.load_prefix(ids)
             token = first_token(model, ids, cache)
             sync(args.device)
@@ -221,14 +228,14 @@ def main():
             cases = [("gpu", "fp16", [])] + [("host", f, ["gpu"]) for f in args.host_formats.split(",") if f] + \
                     [("ssd", f, ["gpu", "host"]) for f in args.ssd_formats.split(",") if f]
             for i, (tier, fmt, evict) in enumerate(cases):
-                policy = precision_policy("fp16", fmt)  # fp16 resident pages, `fmt` in host/SSD
+                policy = precision_policy(page_dtype, fmt)  # pages in the model's dtype, `fmt` in host/SSD
                 ids = base.clone()
                 ids[0, 0] = i  # a prompt of its own per case (cases may share a layout)
                 ids = ids.to(args.device)
                 # The first request prefills and publishes the prompt (timed: the miss case, once per length).
                 sync(args.device)
                 t0 = time.perf_counter()
-                cache = KvTierCache(model.config, client, policy=policy)
+                cache = KvTierCache(model.config, client, policy=policy, data_path=args.data_path)
                 assert cache.load_prefix(ids) == 0
                 miss_token = first_token(model, ids, cache)
                 cache.observe_tokens(ids)
@@ -236,7 +243,7 @@ def main():
                 miss_ms = (time.perf_counter() - t0) * 1e3
                 cache.release()
                 if i == 0:
-                    record("kvtier_miss", "", "fp16", n, [miss_ms], 0, miss_token, ref)
+                    record("kvtier_miss", "", page_dtype, n, [miss_ms], 0, miss_token, ref)
                 times, prefix, token = kvtier_hit(ids, policy, evict)
                 record(f"hit_{tier}" + ("" if tier == "gpu" else f"_{fmt}"), tier, fmt, n, times, prefix, token, ref)
         decode = []
@@ -246,7 +253,8 @@ def main():
             for name, attn in (("dynamic_cache", "sdpa"), ("kvtier_" + args.attn, args.attn)):
                 model.set_attn_implementation(attn)
                 cache = DynamicCache(config=model.config) if attn == "sdpa" and name == "dynamic_cache" else \
-                    KvTierCache(model.config, client, policy=precision_policy("fp16", "int8"))
+                    KvTierCache(model.config, client, policy=precision_policy(page_dtype, "int8"),
+                                data_path=args.data_path)
                 tok = first_token(model, ids, cache)
                 sync(args.device)
                 t0 = time.perf_counter()
@@ -273,7 +281,9 @@ def main():
             "torch": torch.__version__, "transformers": transformers.__version__, "model": args.model,
             "model_config": MODELS[args.model], "dtype": args.dtype, "attn": args.attn,
             "torch_threads": torch.get_num_threads(), "repeats": args.repeats, "lengths": lengths,
-            "kvtier_data_path": "RPC (WriteBlocks/ReadBlocks/Attend)", "command": " ".join(sys.argv),
+            "kvtier_data_path": {"rpc": "RPC (WriteBlocks/ReadBlocks/Attend)",
+                                 "pool": "mapped pool (GetPoolHandle; scatter/gather on the model's device)"}[
+                                     args.data_path], "command": " ".join(sys.argv),
             "cores": os.cpu_count(), "loadavg_start": load_start, "loadavg_end": os.getloadavg()}
     with open(args.out, "w") as f:
         json.dump({"meta": meta, "results": results, "decode": decode}, f, indent=1)

@@ -71,6 +71,9 @@ class Client:
             pass
 
     def close(self):
+        for pool in getattr(self, "_shared_pools", {}).values():
+            pool.close()
+        self._shared_pools = {}
         self._attach.cancel()
         self._channel.close()
 
@@ -266,6 +269,14 @@ class Client:
         resident pages (numpy/torch CPU on the host device, torch CUDA for a CUDA VMM pool; kvtier.pool)."""
         from kvtier.pool import MappedPool
         return MappedPool.open(self.get_pool_handle(layout), refresh=lambda: self.get_pool_handle(layout))
+
+    def shared_pool(self, layout):
+        """map_pool, once per layout for this client: later calls return the same mapping (which follows
+        the pool's growth); closed with the client."""
+        pools = self.__dict__.setdefault("_shared_pools", {})
+        if layout.layout_id not in pools:
+            pools[layout.layout_id] = self.map_pool(layout)
+        return pools[layout.layout_id]
 
 
 def _tier(name):

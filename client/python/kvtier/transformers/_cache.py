@@ -168,9 +168,8 @@ class KvTierCache(Cache):
         self.data_path = data_path
         self._pool = None
         if data_path == "pool":
-            self._pool = client.map_pool(self.layout)
+            self._pool = client.shared_pool(self.layout)  # one mapping per layout and client
             if self._pool.dtype != {"fp16": np.float16, "bf16": "bfloat16"}[dtype]:
-                self._pool.close()
                 raise ValueError(f"data_path='pool' needs {dtype} resident pages (the activation dtype); the "
                                  "layout's policy quantizes them: use data_path='rpc'")
             self._pool_pages = self._pool.pool_tensor()  # [slots][L][2][H][bs][D]
