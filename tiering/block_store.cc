@@ -223,6 +223,17 @@ absl::StatusOr<std::vector<AllocatedBlock>> BlockStore::Allocate(SessionId sessi
   if (!AwaitGpuRoomLocked(*arena, need, count))
     return absl::ResourceExhaustedError(absl::StrCat("GPU pool full: need ", need, " bytes, used ", gpu_used_,
                                                      " of ", gpu_limit_, " and nothing evictable"));
+  std::vector<int32_t> slots(count);
+  for (int32_t& s : slots) s = arena->Allocate();
+  // Memory behind the slots now: the engine may write them in place through its mapping of the pool.
+  absl::Status prepared = std::find(slots.begin(), slots.end(), -1) != slots.end()
+                              ? absl::ResourceExhaustedError("the arena has no free slot left")
+                              : device_->PrepareSlots(*arena, slots);
+  if (!prepared.ok()) {
+    for (int32_t s : slots)
+      if (s >= 0) arena->Free(s);
+    return absl::ResourceExhaustedError(absl::StrCat("GPU pool memory for ", count, " pages: ", prepared.message()));
+  }
   for (int i = 0; i < count; ++i) {
     std::unique_ptr<Entry> e = std::move(fresh[i]);
     e->id = next_id_++;
@@ -230,7 +241,7 @@ absl::StatusOr<std::vector<AllocatedBlock>> BlockStore::Allocate(SessionId sessi
     e->layout_id = layout->id;
     e->scale_set_id = layout->static_plan ? layout->static_plan->set->id : 0;
     e->owner = session;
-    e->slot = arena->Allocate();
+    e->slot = slots[i];
     Touch(*e);
     out.push_back({e->id, e->slot});
     owned_[session].insert(e->id);

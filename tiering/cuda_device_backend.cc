@@ -253,6 +253,10 @@ class CudaDeviceBackend final : public DeviceBackend {
     });
   }
 
+  absl::Status PrepareSlots(const PageArena& arena, std::span<const int32_t> slots) override {
+    return CheckBatch(arena, slots, slots.size(), /*commit=*/true).status();
+  }
+
   absl::Status WriteActivations(const Layout& layout, PageArena& arena, std::span<const int32_t> slots,
                                 std::span<const uint8_t* const> src) override {
     return ToDevice(layout.activation_geometry, layout.resident, arena, slots, src);

@@ -59,6 +59,14 @@ class DeviceBackend {
                               std::span<const int32_t> slots, std::span<const uint8_t* const> records) = 0;
   // Paged attention over resident pages of the arena (the caller keeps them in place).
   virtual absl::Status Attend(const Layout& layout, const PageArena& arena, const AttendBatch& batch) = 0;
+  // Backs `slots` of `arena` with memory, so that a process that mapped the pool (ExportPool) can write
+  // their pages in place before the daemon ever touches them. The CUDA pool commits memory lazily (on a
+  // slot's first write, page-in or this call); host arenas need nothing. Called for every Allocate.
+  virtual absl::Status PrepareSlots(const PageArena& arena, std::span<const int32_t> slots) {
+    (void)arena;
+    (void)slots;
+    return absl::OkStatus();
+  }
   // What another process needs to map `arena` (fresh descriptors, owned by the result). The default:
   // this backend cannot export.
   virtual absl::StatusOr<PoolExport> ExportPool(const PageArena& arena) const {

@@ -48,6 +48,9 @@ class FaultInjectingDeviceBackend final : public DeviceBackend {
                        std::span<const int32_t> slots, std::span<uint8_t* const> records) override;
   absl::Status PageIn(const Layout& layout, const PageGeometry& offload, PageArena& arena,
                       std::span<const int32_t> slots, std::span<const uint8_t* const> records) override;
+  absl::Status PrepareSlots(const PageArena& arena, std::span<const int32_t> slots) override {
+    return base_->PrepareSlots(arena, slots);
+  }
   absl::Status Attend(const Layout& layout, const PageArena& arena, const AttendBatch& batch) override {
     return base_->Attend(layout, arena, batch);
   }

@@ -320,6 +320,25 @@ class CudaBlockStoreTest : public ::testing::Test {
   const Layout* layout_ = nullptr;
 };
 
+// An engine writes freshly allocated blocks in place through its mapping of the pool, before the daemon
+// ever touched them: the pool's memory behind every allocated slot must be committed (and exported) at
+// Allocate, not at the daemon's first write.
+TEST_F(CudaBlockStoreTest, AllocatedSlotsAreBackedAndExportedBeforeAnyWrite) {
+  auto blocks = store_->Allocate(/*session=*/7, layout_->id, 20);
+  ASSERT_TRUE(blocks.ok()) << blocks.status();
+  auto e = store_->ExportPool(layout_->id);
+  ASSERT_TRUE(e.ok()) << e.status();
+  for (const AllocatedBlock& b : *blocks) {
+    const uint64_t begin = static_cast<uint64_t>(b.slot) * e->page_bytes, end = begin + e->page_bytes;
+    uint64_t at = begin;
+    for (const PoolExport::Chunk& c : e->chunks)
+      if (c.offset <= at && at < c.offset + c.bytes) at = c.offset + c.bytes;
+    EXPECT_GE(at, end) << "slot " << b.slot << " is not inside an exported (committed) chunk";
+  }
+  ClosePoolExport(*e);
+  store_->ReleaseSession(7);
+}
+
 TEST_F(CudaBlockStoreTest, ConcurrentSessionsAlwaysReadTheirOwnPromptsContent) {
   const auto r = testing::RunConcurrentSessions(*store_, *layout_, 4, 25, /*demote_host=*/false);
   EXPECT_EQ(r.failures, 0) << r.first_failure;
