@@ -200,7 +200,7 @@ def main():
                 client.evict(tier)
             sync(args.device)
             t0 = time.perf_counter()
-            cache = KvTierCache(model.config, client, policy=policy, data_path=args.data_path)
+            cache = KvTierCache(model.config, client, policy=policy, dtype=page_dtype, data_path=args.data_path)
             prefix = cache.load_prefix(ids)
             token = first_token(model, ids, cache)
             sync(args.device)
@@ -236,12 +236,13 @@ def main():
                 # The first request prefills and publishes the prompt (timed: the miss case, once per length).
                 sync(args.device)
                 t0 = time.perf_counter()
-                cache = KvTierCache(model.config, client, policy=policy, data_path=args.data_path)
+                cache = KvTierCache(model.config, client, policy=policy, dtype=page_dtype, data_path=args.data_path)
                 assert cache.load_prefix(ids) == 0
                 miss_token = first_token(model, ids, cache)
                 cache.observe_tokens(ids)
                 sync(args.device)
                 miss_ms = (time.perf_counter() - t0) * 1e3
+                layout = cache.layout
                 cache.release()
                 if i == 0:
                     record("kvtier_miss", "", page_dtype, n, [miss_ms], 0, miss_token, ref)
@@ -249,6 +250,9 @@ def main():
                 # A hit's first token is checked against the full prefill of the same prompt (the miss run).
                 record(f"hit_{tier}" + ("" if tier == "gpu" else f"_{fmt}"), tier, fmt, n, times, prefix, token,
                        miss_token)
+                # The case's blocks leave every tier (the first block and all chained below it), so that the
+                # next case finds the tiers as empty as this one did: no demotion cascades of old prompts.
+                client.invalidate_prefix(layout, ids[0, :16].tolist())
         decode = []
         if args.decode_steps:
             n = max(lengths)
@@ -256,7 +260,7 @@ def main():
             for name, attn in (("dynamic_cache", "sdpa"), ("kvtier_" + args.attn, args.attn)):
                 model.set_attn_implementation(attn)
                 cache = DynamicCache(config=model.config) if attn == "sdpa" and name == "dynamic_cache" else \
-                    KvTierCache(model.config, client, policy=precision_policy(page_dtype, "int8"),
+                    KvTierCache(model.config, client, policy=precision_policy(page_dtype, "int8"), dtype=page_dtype,
                                 data_path=args.data_path)
                 tok = first_token(model, ids, cache)
                 sync(args.device)

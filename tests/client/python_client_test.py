@@ -96,5 +96,20 @@ class PythonClientTest(unittest.TestCase):
         self.assertEqual(e.exception.code.name, "NOT_FOUND")
 
 
+
+class CudaPoolCoverageTest(unittest.TestCase):
+    """The chunk-coverage arithmetic of a CUDA pool mapping (kvtier.pool), which needs no GPU: which slot
+    pages lie in mapped chunks, with chunks that touch merged and pages straddling a gap refused."""
+
+    def test_pages_in_mapped_chunks(self):
+        from kvtier.pool import _CudaVmmMapping
+        m = _CudaVmmMapping.__new__(_CudaVmmMapping)
+        m._mapped = {}
+        self.assertEqual(m.covered([0, 10], 10).tolist(), [False, False])
+        m._mapped = {300: (100, 3), 0: (100, 1), 100: (50, 2)}  # [0, 150) in two touching chunks, [300, 400)
+        got = m.covered(np.array([0, 95, 140, 141, 150, 290, 300, 390, 391]), 10).tolist()
+        self.assertEqual(got, [True, True, True, False, False, False, True, True, False])
+
+
 if __name__ == "__main__":
     unittest.main()

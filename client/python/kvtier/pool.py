@@ -144,16 +144,22 @@ class _CudaVmmMapping:
             for fd in fds:
                 os.close(fd)
 
-    def covers(self, begin, end):
-        """True when [begin, end) lies in mapped chunks."""
-        at = begin
+    def covered(self, begins, nbytes):
+        """Which of the ranges [b, b + nbytes) (b in the array `begins`) lie in mapped memory (numpy bool
+        array): one binary search per range over the mapped chunks, merged where they touch."""
+        starts, ends = [], []
         for offset in sorted(self._mapped):
-            nbytes = self._mapped[offset][0]
-            if offset <= at < offset + nbytes:
-                at = offset + nbytes
-                if at >= end:
-                    return True
-        return at >= end
+            end = offset + self._mapped[offset][0]
+            if ends and ends[-1] == offset:
+                ends[-1] = end
+            else:
+                starts.append(offset)
+                ends.append(end)
+        if not starts:
+            return np.zeros(len(begins), dtype=bool)
+        begins = np.asarray(begins, dtype=np.int64)
+        i = np.searchsorted(np.asarray(starts, dtype=np.int64), begins, side="right") - 1
+        return (i >= 0) & (np.asarray(ends, dtype=np.int64)[np.maximum(i, 0)] >= begins + nbytes)
 
     def tensor(self, nbytes):
         """A torch uint8 tensor over the first `nbytes` of the range (no copy)."""
@@ -240,12 +246,12 @@ class MappedPool:
         a no-op on the host device). Touching an unmapped page of a CUDA pool would fault the context."""
         if not self.on_gpu:
             return
-        wanted = set(int(x) for x in slots)
-        for slot in wanted:
-            self._check(slot)
+        wanted = np.unique(np.asarray(slots, dtype=np.int64))
+        if len(wanted) and (wanted[0] < 0 or wanted[-1] >= self.num_slots):
+            self._check(int(wanted[0] if wanted[0] < 0 else wanted[-1]))
 
         def missing():
-            return sorted(x for x in wanted if not self._cuda.covers(x * self.page_bytes, (x + 1) * self.page_bytes))
+            return wanted[~self._cuda.covered(wanted * self.page_bytes, self.page_bytes)].tolist()
 
         if not missing():
             return
