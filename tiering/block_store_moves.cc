@@ -1,6 +1,7 @@
 // BlockStore: movement between the GPU and host tiers (page-out, page-in), eviction and the watermark
 // mover. The SSD tier's part is in block_store_ssd.cc.
 #include <algorithm>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "tiering/block_store.h"
@@ -196,10 +197,19 @@ absl::flat_hash_set<BlockId> BlockStore::PageInLocked(std::vector<Entry*> blocks
     const PageGeometry& offload = layout->offload_for(geometry.second);
     const uint64_t resident = ResidentBytes(*layout);
     PageArena* arena = ArenaLocked(*layout);
+    // The records' checksums, verified before they go up: on several threads and outside the table lock
+    // (the blocks are marked moving, so nobody frees or moves them meanwhile).
+    std::vector<std::pair<const uint8_t*, uint64_t>> records;
+    for (Entry* e : group) records.emplace_back(e->host->data(), e->host->size());
+    std::vector<uint64_t> sums(group.size());
+    mu_.Unlock();
+    RecordChecksums(records, sums, static_cast<int>(std::clamp(std::thread::hardware_concurrency() / 2, 1u, 8u)));
+    mu_.Lock();
     std::vector<Entry*> moving;
     std::vector<int32_t> slots;
-    for (Entry* e : group) {
-      if (RecordChecksum(e->host->data(), e->host->size()) != e->host->checksum) {
+    for (size_t g = 0; g < group.size(); ++g) {
+      Entry* e = group[g];
+      if (sums[g] != e->host->checksum) {
         ++counters_.checksum_failures;
         failed.insert(e->id);
         e->moving = false;

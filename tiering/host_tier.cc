@@ -2,7 +2,10 @@
 
 #include <xxhash.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <thread>
+#include <vector>
 
 namespace kvtier {
 namespace {
@@ -46,5 +49,21 @@ void HostTier::Release(uint8_t* data, uint64_t bytes) {
 }
 
 uint64_t RecordChecksum(const uint8_t* data, uint64_t size) { return XXH3_64bits(data, size); }
+
+void RecordChecksums(std::span<const std::pair<const uint8_t*, uint64_t>> records, std::span<uint64_t> out,
+                     int max_threads) {
+  uint64_t bytes = 0;
+  for (const auto& [data, size] : records) bytes += size;
+  constexpr uint64_t kBytesPerThread = 64ull << 20;  // below this a thread costs more than it saves
+  const auto threads = static_cast<size_t>(
+      std::clamp<uint64_t>(bytes / kBytesPerThread, 1, static_cast<uint64_t>(std::max(max_threads, 1))));
+  auto run = [&](size_t part) {
+    for (size_t i = part; i < records.size(); i += threads) out[i] = RecordChecksum(records[i].first, records[i].second);
+  };
+  std::vector<std::thread> pool;
+  for (size_t t = 1; t < threads; ++t) pool.emplace_back(run, t);
+  run(0);
+  for (std::thread& t : pool) t.join();
+}
 
 }  // namespace kvtier

@@ -147,19 +147,22 @@ class _CudaVmmMapping:
     def covered(self, begins, nbytes):
         """Which of the ranges [b, b + nbytes) (b in the array `begins`) lie in mapped memory (numpy bool
         array): one binary search per range over the mapped chunks, merged where they touch."""
-        starts, ends = [], []
-        for offset in sorted(self._mapped):
-            end = offset + self._mapped[offset][0]
-            if ends and ends[-1] == offset:
-                ends[-1] = end
-            else:
-                starts.append(offset)
-                ends.append(end)
-        if not starts:
+        if getattr(self, "_spans", None) is None or self._spans[2] != len(self._mapped):
+            starts, ends = [], []
+            for offset in sorted(self._mapped):
+                end = offset + self._mapped[offset][0]
+                if ends and ends[-1] == offset:
+                    ends[-1] = end
+                else:
+                    starts.append(offset)
+                    ends.append(end)
+            self._spans = (np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64), len(self._mapped))
+        starts, ends, _ = self._spans
+        if not len(starts):
             return np.zeros(len(begins), dtype=bool)
         begins = np.asarray(begins, dtype=np.int64)
-        i = np.searchsorted(np.asarray(starts, dtype=np.int64), begins, side="right") - 1
-        return (i >= 0) & (np.asarray(ends, dtype=np.int64)[np.maximum(i, 0)] >= begins + nbytes)
+        i = np.searchsorted(starts, begins, side="right") - 1
+        return (i >= 0) & (ends[np.maximum(i, 0)] >= begins + nbytes)
 
     def tensor(self, nbytes):
         """A torch uint8 tensor over the first `nbytes` of the range (no copy)."""

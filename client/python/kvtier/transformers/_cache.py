@@ -182,6 +182,7 @@ class KvTierCache(Cache):
     def _clear(self):
         self._ids = []            # block id of block i of the sequence
         self._slots = []          # pool data path: GPU-tier slot of block i (-1 until paged in)
+        self._slot_dev = None     # ... and as a device tensor, rebuilt when _slots changes (None: stale)
         self._committed = 0       # blocks [0, _committed) are committed and pinned; the rest are private
         self._parent_key = b""    # key of block _committed - 1
         self._stage = {}          # block index -> [L, 2, H, bs, D] host copy of a private page
@@ -242,6 +243,7 @@ class KvTierCache(Cache):
             return 0
         self._ids = [b.block_id for b in blocks]
         self._slots = [b.slot if b.tier == pb.TIER_GPU else -1 for b in blocks]
+        self._slot_dev = None
         self._committed = len(blocks)
         self._parent_key = blocks[-1].key
         n = len(blocks) * self.block_size
@@ -258,6 +260,7 @@ class KvTierCache(Cache):
             page_in, self._page_in = self._page_in, None
             page_in.wait()
             self._slots[:len(page_in.slots)] = page_in.slots
+            self._slot_dev = None
 
     def observe_tokens(self, input_ids):
         """Tells the cache the sequence's token ids so far (prompt + generated); commits what became full."""
@@ -315,6 +318,7 @@ class KvTierCache(Cache):
                 raise RuntimeError("the committed prefix changed under a deduplicated commit")
             if self._pool is not None:
                 self._slots[:full] = [b.slot for b in hit.blocks[:full]]
+                self._slot_dev = None
             self.client.release(extra)
 
     # ------------------------------------------------------------------------------------ update
@@ -365,28 +369,35 @@ class KvTierCache(Cache):
             for bid, slot in self.client.allocate_slots(self.layout, need):
                 self._ids.append(bid)
                 self._slots.append(slot)
+            self._slot_dev = None
             return
         for bid in self.client.allocate(self.layout, need):
             self._stage[len(self._ids)] = torch.zeros(self._page_shape, dtype=self.act_dtype)
             self._ids.append(bid)
 
-    def _slot_index(self, blocks):
-        """The slots of sequence blocks `blocks` as an index tensor on the pool's device (mapped)."""
+    def _slot_table(self):
+        """Every block's slot as an index tensor on the pool's device, its pages mapped. Rebuilt (one small
+        copy) only when the block list changed, not per layer: on the GPU each host-to-device copy of an
+        index would wait for the model's queued work."""
         self._prefix_ready()
-        slots = [self._slots[b] for b in blocks]
-        if any(x < 0 for x in slots):
-            raise RuntimeError("a block of the sequence is not in the GPU tier")
-        self._pool.ensure_mapped(slots)
-        return torch.tensor(slots, dtype=torch.long, device=self._pool_pages.device)
+        if self._slot_dev is None:
+            if any(x < 0 for x in self._slots):
+                raise RuntimeError("a block of the sequence is not in the GPU tier")
+            self._pool.ensure_mapped(self._slots)
+            self._slot_dev = torch.tensor(self._slots, dtype=torch.long, device=self._pool_pages.device)
+        return self._slot_dev
+
+    def _slot_index(self, blocks):
+        """The slots of the consecutive sequence blocks `blocks` (a range or list) as a device index tensor."""
+        return self._slot_table()[blocks[0]:blocks[-1] + 1]
 
     def _scatter(self, k, v, layer, start, end):
         """Pool data path: tokens [start, end) of K/V ([H, n, D]) into their blocks' pages, in place."""
         bs = self.block_size
-        pos = torch.arange(start, end)
-        slots = self._slot_index(range(start // bs, (end - 1) // bs + 1))
-        slot = slots[(pos // bs - start // bs).to(slots.device)]
-        off = (pos % bs).to(slots.device)
         dev, dt = self._pool_pages.device, self._pool_pages.dtype
+        pos = torch.arange(start, end, device=dev)
+        slot = self._slot_table()[pos // bs]
+        off = pos % bs
         # Advanced indices on the slot and token axes: the indexed view is [n, H, D].
         self._pool_pages[slot, layer, 0, :, off] = k.detach().to(device=dev, dtype=dt).transpose(0, 1)
         self._pool_pages[slot, layer, 1, :, off] = v.detach().to(device=dev, dtype=dt).transpose(0, 1)
