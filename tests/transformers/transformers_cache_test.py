@@ -154,6 +154,18 @@ class TransformersCacheTest(unittest.TestCase):
                 self.assertEqual(stats["prefix_tiers"], [kvtier.v1.kvtier_pb2.Tier.Name(want)])
                 self.assertGreaterEqual(stats["read_pages"], 4)  # the prefix came out of the pool's pages
                 self.assertLess((logits - ref_logits).abs().max().item(), 0.02 * ref_logits.abs().max().item())
+        # The fast path on the pool: kvtier's kernels run in this process over the mapped pages (decode, and
+        # prefix-extend for the prompt's uncached rows), no gather; same tokens as DynamicCache.
+        for expect in (64, 64):
+            tokens, logits, stats = self.run_kvtier(ids, "kvtier", expect_prefix=expect, data_path="pool")
+            self.assertEqual(tokens, ref_tokens)
+            self.assertEqual(stats["read_pages"], 0)  # no dequantized copy
+            self.assertEqual(stats["attend_calls"], 3 * NEW)  # 3 layers, NEW forward steps
+            self.assertLess((logits - ref_logits).abs().max().item(), 0.02 * ref_logits.abs().max().item())
+        fresh = prompt(50, 11)
+        ref_fresh, _ = self.reference(fresh)
+        tokens, _, _ = self.run_kvtier(fresh, "kvtier", expect_prefix=0, data_path="pool")
+        self.assertEqual(tokens, ref_fresh)
         # A quantized resident format cannot be scattered into in place: refused with a clear error.
         with self.assertRaisesRegex(ValueError, "resident pages"):
             KvTierCache(self.model.config, self.client, policy=precision_policy("int8", "int8"), data_path="pool")

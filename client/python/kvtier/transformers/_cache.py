@@ -167,6 +167,7 @@ class KvTierCache(Cache):
             raise ValueError(f"data_path must be rpc or pool, not {data_path!r}")
         self.data_path = data_path
         self._pool = None
+        self._kernels = None  # pool data path, fast path: kvtier.kernels.PoolAttention, made on first use
         if data_path == "pool":
             self._pool = client.shared_pool(self.layout)  # one mapping per layout and client
             if self._pool.dtype != {"fp16": np.float16, "bf16": "bfloat16"}[dtype]:
@@ -497,6 +498,17 @@ class KvTierCache(Cache):
             raise ValueError(f"query of shape {tuple(query.shape)} for a cache of {self.num_q_heads} query heads")
         n = query.shape[2]
         self._prefix_ready()
+        if self._pool is not None:  # the kernels in this process, over the mapped pool, on the model's stream
+            nblocks = -(-seq_len // self.block_size)
+            if self._kernels is None:
+                from kvtier.kernels import PoolAttention
+                self._kernels = PoolAttention(self._pool)
+            dev = self._pool_pages.device
+            q = query[0].detach().transpose(0, 1).to(device=dev, dtype=self.act_dtype)
+            o = self._kernels.attend(layer, q, self._slots[:nblocks], seq_len, float(scaling) if scaling else 0.0,
+                                     slots_dev=self._slot_table()[:nblocks])
+            self.stats["attend_calls"] += 1
+            return o.to(device=query.device, dtype=query.dtype).unsqueeze(0)
         q = query[0].detach().transpose(0, 1).to(device="cpu", dtype=self.act_dtype).contiguous()
         nblocks = -(-seq_len // self.block_size)
         out = self.client.attend(self.layout, layer, self.num_q_heads,
