@@ -7,8 +7,10 @@
 #         tar -cf - -C .dev/ttft bundle | xz > .dev/ttft/bundle.tar.xz; rm -r .dev/ttft/bundle
 #         pip download --python-version 3.12 --only-binary=:all: --no-deps grpcio-tools==<device grpcio> \
 #             -d .dev/ttft/whl                   (the device has grpcio and protobuf, not grpcio-tools)
+#         cp build/release/kernels/libkvtier_kernels_capi.so .dev/ttft/   (the fast path's kernels)
 # There:  STEPS="tests ttft" bash bench/transformers/run_on_gpu.sh .dev/ttft     (results under $OUT)
-# LENGTHS (default 4096,8192,16384,32768), REPEATS (3) and TESTS (unittest names) narrow a run down.
+# LENGTHS (default 4096,8192,16384,32768), REPEATS (3) and TESTS (unittest names) narrow a run down; ATTN
+# (sdpa) picks the model's attention: sdpa over K/V gathered from the pool, or kvtier (the kernels on the pool).
 set -uo pipefail
 steps=" ${STEPS:-tests ttft} "
 kit=$(cd "$1" && pwd)
@@ -25,7 +27,7 @@ exec "$work/bundle/bin/kvtierd" "\$@"
 WRAP
 chmod +x "$work/kvtierd"
 repo=$(pwd)
-export PYTHONPATH="$work/py:$repo/client/python" KVTIERD="$work/kvtierd"
+export PYTHONPATH="$work/py:$repo/client/python" KVTIERD="$work/kvtierd" KVTIER_KERNELS_CAPI="$kit/libkvtier_kernels_capi.so"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt"
 
 if [[ $steps == *" tests "* ]]; then
@@ -37,10 +39,10 @@ if [[ $steps == *" tests "* ]]; then
 fi
 
 if [[ $steps == *" ttft "* ]]; then
-  echo "== TTFT, Llama-3-8B architecture (random bf16 weights), SDPA, pool data path"
+  echo "== TTFT, Llama-3-8B architecture (random bf16 weights), attention ${ATTN:-sdpa}, pool data path"
   timeout 560 python3 bench/transformers/ttft.py --kvtierd "$work/kvtierd" --device cuda --model llama3-8b \
-    --dtype bf16 --attn sdpa --data_path pool --lengths "${LENGTHS:-4096,8192,16384,32768}" \
+    --dtype bf16 --attn "${ATTN:-sdpa}" --data_path pool --lengths "${LENGTHS:-4096,8192,16384,32768}" \
     --repeats "${REPEATS:-3}" --decode_steps 16 --host_formats fp16,int8,fp4_e2m1 --ssd_formats int8,fp4_e2m1 \
-    --out "$out/transformers_ttft_h100.json" 2>&1 | tail -45
+    --out "$out/transformers_ttft_h100_${ATTN:-sdpa}.json" 2>&1 | tail -45
 fi
 rm -rf "$work"
