@@ -8,7 +8,7 @@
 #         pip download --python-version 3.12 --only-binary=:all: --no-deps grpcio-tools==<device grpcio> \
 #             -d .dev/ttft/whl                   (the device has grpcio and protobuf, not grpcio-tools)
 #         cp build/release/kernels/libkvtier_kernels_capi.so .dev/ttft/   (the fast path's kernels)
-# There:  STEPS="tests ttft" bash bench/transformers/run_on_gpu.sh .dev/ttft     (results under $OUT)
+# There:  STEPS="tests ttft" (or profile) bash bench/transformers/run_on_gpu.sh .dev/ttft     (results under $OUT)
 # LENGTHS (default 4096,8192,16384,32768), REPEATS (3) and TESTS (unittest names) narrow a run down; ATTN
 # (sdpa) picks the model's attention: sdpa over K/V gathered from the pool, or kvtier (the kernels on the pool).
 set -uo pipefail
@@ -44,5 +44,11 @@ if [[ $steps == *" ttft "* ]]; then
     --dtype bf16 --attn "${ATTN:-sdpa}" --data_path pool --lengths "${LENGTHS:-4096,8192,16384,32768}" \
     --repeats "${REPEATS:-3}" --decode_steps 16 --host_formats fp16,int8,fp4_e2m1 --ssd_formats int8,fp4_e2m1 \
     --out "$out/transformers_ttft_h100_${ATTN:-sdpa}.json" 2>&1 | tail -45
+fi
+if [[ $steps == *" profile "* ]]; then
+  echo "== where a 32K-token GPU-tier hit spends its time (cProfile + torch.profiler)"
+  timeout 300 python3 bench/transformers/profile_hit.py --kvtierd "$work/kvtierd" --device cuda --model llama3-8b \
+    --dtype bf16 --attn "${ATTN:-kvtier}" --length "${LENGTH:-32768}" --out "$out/profile_hit_${ATTN:-kvtier}.txt" 2>&1 |
+    head -60
 fi
 rm -rf "$work"
