@@ -224,8 +224,31 @@ KernelStatus PagedExtendCuda(const ExtendParams& p, const CudaLaunch& launch) {
   if (launch.device.seq_lens == nullptr || launch.device.block_table == nullptr || launch.device.q_indptr == nullptr)
     return InvalidArgument("CUDA attention: device batch mirrors are null");
   const int group = p.num_q_heads / g.shape().num_kv_heads;
-  int max_rows = 0;
-  for (int i = 0; i < p.batch.num_seqs; ++i) max_rows = std::max(max_rows, (p.q_indptr[i + 1] - p.q_indptr[i]) * group);
+  int max_rows = 0, max_len = 0;
+  for (int i = 0; i < p.batch.num_seqs; ++i) {
+    max_rows = std::max(max_rows, (p.q_indptr[i + 1] - p.q_indptr[i]) * group);
+    max_len = std::max(max_len, p.batch.seq_lens[i]);
+  }
+  // Split-KV when the (query tile, KV head, sequence) CTAs cannot fill the GPU and the prefix is long: a
+  // prefix hit extends a few rows over thousands of cached tokens. Each split keeps >= 4 KV tiles.
+  const int q_tiles = (max_rows + cuda_attn::kExtendRows - 1) / cuda_attn::kExtendRows;
+  const int ctas = q_tiles * g.shape().num_kv_heads * p.batch.num_seqs;
+  const int kv_tiles = (max_len + cuda_attn::kAttnTile - 1) / cuda_attn::kAttnTile;
+  int num_splits = 1;
+  if (ctas < gpu.sm_count && kv_tiles >= 8)
+    num_splits = std::min({(2 * gpu.sm_count + ctas - 1) / ctas, kv_tiles / 4, 64});
+  const int tiles_per_split = (kv_tiles + num_splits - 1) / num_splits;
+  if (num_splits > 1) num_splits = (kv_tiles + tiles_per_split - 1) / tiles_per_split;
+  const int64_t partial_rows = int64_t(p.q_indptr[p.batch.num_seqs]) * p.num_q_heads;
+  float* partial_o = nullptr;
+  if (num_splits > 1)  // stream-ordered scratch: freed after the merge on the same stream
+    KVTIER_CUDA_RETURN_IF_ERROR(cudaMallocAsync(reinterpret_cast<void**>(&partial_o),
+                                                size_t(num_splits) * partial_rows * (D + 1) * sizeof(float),
+                                                launch.stream));
+  float* partial_lse = partial_o == nullptr ? nullptr : partial_o + size_t(num_splits) * partial_rows * D;
+  auto release = [&] {
+    if (partial_o != nullptr) IgnoreCudaError(cudaFreeAsync(partial_o, launch.stream));
+  };
   for (const HeadRun& run : runs) {
     const Format fk = run.key.format, fv = run.value.format;
     const bool direct = (fk == Format::kFp16 || fk == Format::kBf16);
@@ -242,7 +265,13 @@ KernelStatus PagedExtendCuda(const ExtendParams& p, const CudaLaunch& launch) {
     k.v_group = VGroup(run, D);
     k.tile = LayoutFor(g, p.layer, run, /*pad_rows=*/direct);
     k.mma_tile_off = cuda_attn::kExtendStages * k.tile.stage_bytes;
-    const dim3 grid((max_rows + cuda_attn::kExtendRows - 1) / cuda_attn::kExtendRows, run.num_heads, p.batch.num_seqs);
+    k.q_tiles = q_tiles;
+    k.num_splits = num_splits;
+    k.tiles_per_split = tiles_per_split;
+    k.partial_rows = partial_rows;
+    k.partial_o = partial_o;
+    k.partial_lse = partial_lse;
+    const dim3 grid(q_tiles * num_splits, run.num_heads, p.batch.num_seqs);
     cudaError_t err;
     if (direct) {
       err = cuda_attn::LaunchExtendF16(fk, fv, D, k, grid, launch.stream);
@@ -253,7 +282,17 @@ KernelStatus PagedExtendCuda(const ExtendParams& p, const CudaLaunch& launch) {
     } else {
       err = cuda_attn::LaunchExtendInt(fk, fv, D, k, grid, launch.stream);
     }
-    if (err != cudaSuccess) return LaunchError(err, "PagedExtendKernel", run);
+    if (err != cudaSuccess) {
+      release();
+      return LaunchError(err, "PagedExtendKernel", run);
+    }
+  }
+  if (num_splits > 1) {
+    MergeSplitsKernel<<<static_cast<unsigned>(partial_rows), 128, 0, launch.stream>>>(
+        partial_o, partial_lse, num_splits, static_cast<int>(partial_rows), D, static_cast<int>(p.dtype), p.out);
+    const cudaError_t err = cudaGetLastError();
+    release();
+    KVTIER_CUDA_RETURN_IF_ERROR(err);
   }
   return KernelStatus::Ok();
 }

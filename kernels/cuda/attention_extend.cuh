@@ -1,7 +1,7 @@
 // CUDA paged prefix-extend kernel (FA2-style, mma.sync m16n8k16 tensor cores), templated on head_dim
 // and the K/V formats. Included only by the format-family .cu files through attention_dispatch.h.
 //
-// One CTA = (query tile, KV head, sequence). A query tile is 128 *rows*; row r is (new token r / G,
+// One CTA = (query tile x KV split, KV head, sequence). A query tile is 128 *rows*; row r is (new token r / G,
 // query head r % G of the GQA group), so each KV tile is staged once for all query heads of the group.
 // 8 warps own 16 rows each. KV tiles of 64 tokens are staged by LoadTile (3-stage cp.async, one barrier per
 // tile; the causal mask is applied only on tiles that cross a warp's diagonal); 16-bit pages
@@ -9,6 +9,11 @@
 // (scales and offsets applied, through the conversion layer) into a padded fp16 tile. S = Q K^T and
 // O += P V run on tensor cores with fp32 accumulators; softmax is online in base 2; the causal mask
 // compares each row's position (seq_len - n + token) with the key position.
+//
+// Split-KV: a few new rows over a long cached prefix (a prefix hit's last tokens) would be one CTA per KV
+// head scanning the whole sequence. With num_splits > 1 each CTA takes only its split's range of KV tiles
+// and writes its rows' normalized partial output and log2-sum-exp; a merge kernel (the decode path's)
+// combines the splits. An empty range still writes its rows (lse = -inf) so that the merge ignores them.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -39,6 +44,12 @@ struct ExtendKernelParams {
   int v_group;            // V per-token group size in channels (int formats)
   TileLayout tile;        // staged raw tile layout (padded rows for 16-bit formats)
   uint32_t mma_tile_off;  // offset of the dequantized fp16 K|V tile (quantized formats only)
+  int q_tiles;            // query tiles per sequence (blockIdx.x = split * q_tiles + tile)
+  int num_splits;         // KV splits (1: no split, the output is written directly)
+  int tiles_per_split;    // KV tiles of kAttnTile keys per split
+  int64_t partial_rows;   // total query rows x num_q_heads (rows of partial_o / partial_lse per split)
+  float* partial_o;       // [num_splits][partial_rows][D], normalized (num_splits > 1)
+  float* partial_lse;     // [num_splits][partial_rows], log2 domain
 };
 
 template <int D, Format FK, Format FV>
@@ -56,7 +67,8 @@ __global__ void __launch_bounds__(kExtendThreads) PagedExtendKernel(const __grid
   const int row0_q = p.q_indptr[seq];
   const int n = p.q_indptr[seq + 1] - row0_q;
   const int rows = n * p.group;
-  const int tile_row0 = blockIdx.x * kExtendRows;
+  const int split = blockIdx.x / p.q_tiles;
+  const int tile_row0 = (blockIdx.x % p.q_tiles) * kExtendRows;
   if (tile_row0 >= rows) return;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
   const int qh0 = (p.kv.first_head + h) * p.group;
@@ -92,7 +104,10 @@ __global__ void __launch_bounds__(kExtendThreads) PagedExtendKernel(const __grid
 
   const int last_row = min(rows, tile_row0 + kExtendRows) - 1;
   const int max_pos = len - n + last_row / p.group;
-  const int num_tiles = max_pos / kAttnTile + 1;
+  // This CTA's KV tiles: [tile_begin, tile_end) of the causal range [0, max_pos / kAttnTile].
+  const int tile_begin = split * p.tiles_per_split;
+  const int tile_end = p.num_splits > 1 ? min(max_pos / kAttnTile + 1, tile_begin + p.tiles_per_split)
+                                        : max_pos / kAttnTile + 1;
   // Keys up to the smallest position of the warp's real rows need no causal mask (padding rows compute
   // on zero q and are never stored), so only the tiles crossing the diagonal pay for the comparisons.
   int my_min = INT_MAX;
@@ -102,25 +117,25 @@ __global__ void __launch_bounds__(kExtendThreads) PagedExtendKernel(const __grid
   const int warp_min_pos = __reduce_min_sync(0xffffffffu, my_min);
   // kExtendStages-deep cp.async pipeline with one barrier per tile: the barrier after tile t's copies
   // land also proves every warp is done with tile t - 1, whose stage the copy of tile t + 2 reuses.
-  TileSlots next_slots = FetchTileSlots(p.kv, seq, len, 0);
+  TileSlots next_slots = FetchTileSlots(p.kv, seq, len, min(tile_begin, max(tile_end - 1, 0)));
 #pragma unroll
   for (int s0 = 0; s0 < kExtendStages - 1; ++s0) {
-    if (s0 < num_tiles) {
-      LoadTile<kExtendThreads, kRowK, kRowV, kDirect>(p.kv, p.tile, next_slots, h, len, s0,
+    if (tile_begin + s0 < tile_end) {
+      LoadTile<kExtendThreads, kRowK, kRowV, kDirect>(p.kv, p.tile, next_slots, h, len, tile_begin + s0,
                                                       smem + s0 * p.tile.stage_bytes);
-      next_slots = FetchTileSlots(p.kv, seq, len, min(s0 + 1, num_tiles - 1));
+      next_slots = FetchTileSlots(p.kv, seq, len, min(tile_begin + s0 + 1, tile_end - 1));
     }
     CpAsyncCommit();
   }
   int stage_rd = 0, stage_wr = kExtendStages - 1;
-  for (int tile = 0; tile < num_tiles; ++tile) {
+  for (int tile = tile_begin; tile < tile_end; ++tile) {
     CpAsyncWait<kExtendStages - 2>();
     __syncthreads();
     const int ahead = tile + kExtendStages - 1;
-    if (ahead < num_tiles) {
+    if (ahead < tile_end) {
       LoadTile<kExtendThreads, kRowK, kRowV, kDirect>(p.kv, p.tile, next_slots, h, len, ahead,
                                                       smem + stage_wr * p.tile.stage_bytes);
-      if (ahead + 1 < num_tiles) next_slots = FetchTileSlots(p.kv, seq, len, ahead + 1);
+      if (ahead + 1 < tile_end) next_slots = FetchTileSlots(p.kv, seq, len, ahead + 1);
     }
     CpAsyncCommit();
     uint8_t* st = smem + stage_rd * p.tile.stage_bytes;
@@ -224,7 +239,18 @@ __global__ void __launch_bounds__(kExtendThreads) PagedExtendKernel(const __grid
     l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
     if (row_pos[i] < 0) continue;
     const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
-    const int64_t base = (int64_t(row0_q + row_tok[i]) * p.num_q_heads + qh0 + row_head[i]) * D;
+    const int64_t prow = int64_t(row0_q + row_tok[i]) * p.num_q_heads + qh0 + row_head[i];
+    const int64_t base = prow * D;
+    if (p.num_splits > 1) {  // this split's share: normalized output and log2-sum-exp of the row
+      float* po = p.partial_o + (int64_t(split) * p.partial_rows + prow) * D;
+#pragma unroll
+      for (int j = 0; j < kONT; ++j) {
+        po[j * 8 + 2 * t4] = o[j][2 * i] * inv;
+        po[j * 8 + 2 * t4 + 1] = o[j][2 * i + 1] * inv;
+      }
+      if (t4 == 0) p.partial_lse[int64_t(split) * p.partial_rows + prow] = l[i] > 0.0f ? m[i] + log2f(l[i]) : -INFINITY;
+      continue;
+    }
 #pragma unroll
     for (int j = 0; j < kONT; ++j) {
       StoreActDevice(p.out, p.dtype, base + j * 8 + 2 * t4, o[j][2 * i] * inv);

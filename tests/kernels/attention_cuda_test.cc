@@ -208,6 +208,19 @@ TEST_F(AttentionCuda, ExtendMatchesReferenceForEveryFormat) {
     }
 }
 
+// A prefix hit's extend: a few new rows over a long cached prefix. The (query tile, KV head, sequence) CTAs
+// cannot fill the GPU, so the KV range is split across CTAs and merged; it must match the reference.
+TEST_F(AttentionCuda, ExtendOfAFewRowsOverALongPrefixSplitsAndMatches) {
+  const std::vector<int32_t> lens = {8195, 5000, 70};
+  const std::vector<int32_t> indptr = {0, 3, 4, 20};  // 3 new rows, 1, 16
+  for (Format f : {Format::kFp16, Format::kBf16, Format::kInt8, Format::kFp4E2m1}) {
+    const PageGeometry g = UniformGeometry({1, 8, 128, 16}, f, f);
+    const ActDtype dt = f == Format::kBf16 ? ActDtype::kBf16 : ActDtype::kFp16;
+    const Outcome r = ExtendVsRef(g, lens, indptr, 4, dt, 900 + static_cast<int>(f));
+    EXPECT_LT(r.err, Tolerance(f, dt)) << GetFormatInfo(f).name << " " << r.what;
+  }
+}
+
 TEST_F(AttentionCuda, ExtendOverShapes) {
   for (int bs : {16, 32, 64})
     for (int group : {1, 3, 8}) {

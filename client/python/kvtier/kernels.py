@@ -108,9 +108,11 @@ class PoolAttention:
                                              self.dtype_code, q.data_ptr(), out.data_ptr(), sm_scale, self.threads))
             return out
         dev = q.device
+        # Device mirrors made by kernels, not copied from pageable host memory: such a copy would wait for
+        # the model's queued work on every layer and keep the CPU from running ahead.
         slots_dev = (slots_dev.to(dtype=torch.int32) if slots_dev is not None
                      else torch.from_numpy(slots_host).to(dev))
-        seq_lens_dev = torch.from_numpy(seq_lens_host).to(dev)
+        seq_lens_dev = torch.full((1,), seq_len, dtype=torch.int32, device=dev)
         stream = torch.cuda.current_stream(dev).cuda_stream
         if n == 1:
             need, splits = ctypes.c_uint64(0), ctypes.c_int32(0)
@@ -125,7 +127,7 @@ class PoolAttention:
                                           num_q_heads, self.dtype_code, q.data_ptr(), out.data_ptr(), sm_scale, ws,
                                           need.value, stream))
         else:
-            indptr_dev = torch.from_numpy(indptr_host).to(dev)
+            indptr_dev = torch.arange(0, 2 * n, n, dtype=torch.int32, device=dev)  # [0, n]
             _check(lib.kvtier_extend_cuda(self._layout, layer, data, params, ns, 1, seq_lens_host.ctypes.data,
                                           slots_host.ctypes.data, stride, indptr_host.ctypes.data,
                                           seq_lens_dev.data_ptr(), slots_dev.data_ptr(), indptr_dev.data_ptr(),
