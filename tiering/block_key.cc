@@ -103,9 +103,8 @@ namespace {
 // len > 96, bit for bit (tests/tiering/block_key_test.cc compares it with XXH3_128bits): four rounds that
 // each multiply two 16-byte chunks with the secret, the front chunks at 48, 32, 16, 0 and the back ones at
 // len-64 .. len-16. The parent (bytes 9..24) only enters the front chunks at 16 and 0; every back chunk
-// starts at >= len-64 >= 33. Writing the parent into the buffer and reading it back as words that
-// straddle the stores defeats store-to-load forwarding, which made the chain of a long prompt wait on
-// every key; here the words come from shifts, and the parent-free work of the next block overlaps.
+// starts at >= len-64 >= 33. The words come from KeyWords and the parent's shifts, so the parent-free work
+// of the next block overlaps the chain.
 struct Xxh3Words {
   static uint64_t Fold(uint64_t a, uint64_t b) {
     const unsigned __int128 p = static_cast<unsigned __int128>(a) * b;

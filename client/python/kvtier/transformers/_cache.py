@@ -184,7 +184,7 @@ class KvTierCache(Cache):
         self._ids = []            # block id of block i of the sequence
         self._slots = []          # pool data path: GPU-tier slot of block i (-1 until paged in)
         self._slot_dev = None     # ... and as a device tensor, rebuilt when _slots changes (None: stale)
-        self._slot_dev32 = None   # the same as int32 (the kernels' block table)
+        self._slot_dev32 = None   # the same as int32 (the kernels' block table), rebuilt with it
         self._committed = 0       # blocks [0, _committed) are committed and pinned; the rest are private
         self._parent_key = b""    # key of block _committed - 1
         self._stage = {}          # block index -> [L, 2, H, bs, D] host copy of a private page
@@ -387,7 +387,7 @@ class KvTierCache(Cache):
                 raise RuntimeError("a block of the sequence is not in the GPU tier")
             self._pool.ensure_mapped(self._slots)
             self._slot_dev = torch.tensor(self._slots, dtype=torch.long, device=self._pool_pages.device)
-            self._slot_dev32 = None
+            self._slot_dev32 = self._slot_dev.to(torch.int32)
         return self._slot_dev
 
     def _slot_index(self, blocks):
@@ -507,9 +507,7 @@ class KvTierCache(Cache):
                 self._kernels = PoolAttention(self._pool)
             dev = self._pool_pages.device
             q = query[0].detach().transpose(0, 1).to(device=dev, dtype=self.act_dtype)
-            table = self._slot_table()
-            if self._slot_dev32 is None or self._slot_dev32.shape != table.shape:
-                self._slot_dev32 = table.to(torch.int32)  # the kernels' block table, kept with the slot table
+            self._slot_table()  # current, with its int32 twin
             o = self._kernels.attend(layer, q, self._slots[:nblocks], seq_len, float(scaling) if scaling else 0.0,
                                      slots_dev=self._slot_dev32[:nblocks])
             self.stats["attend_calls"] += 1
